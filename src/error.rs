@@ -1,0 +1,60 @@
+//! One error type for the whole course: every message names the tensor, file or setting at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong when a learner feeds the course's code bad input.
+#[derive(Debug, thiserror::Error)]
+pub enum CourseError {
+    /// Data whose length does not match the shape it is given with.
+    #[error("{what}: shape {shape:?} needs {expected} values, but {got} were given")]
+    DataLength {
+        what: String,
+        shape: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
+    /// A shape that does not match what the graph (or a layer) was built for.
+    #[error("{what}: expected shape {expected}, got {got:?}")]
+    Shape {
+        what: String,
+        expected: String,
+        got: Vec<usize>,
+    },
+    /// A symbolic dimension bound to two different sizes.
+    #[error("dimension '{dim}' is already {bound}, so {what} cannot make it {requested}")]
+    DimConflict {
+        dim: char,
+        bound: usize,
+        requested: usize,
+        what: String,
+    },
+    /// A symbolic dimension that the graph uses but nobody gave a size.
+    #[error("dimension '{dim}' has no size: set an input that uses it, or call cx.set_dyn_dim('{dim}', n)")]
+    UnboundDim { dim: char },
+    /// An input node that was never given data.
+    #[error("input '{name}' has no value: call tensor::set on it before executing")]
+    InputNotSet { name: String },
+    /// A tensor read back that the graph did not keep.
+    #[error(
+        "{what} has no value: mark it with .retrieve() before compiling, then execute the graph"
+    )]
+    NotComputed { what: String },
+    /// A value outside its allowed range (token ids, hyperparameters, ...).
+    #[error("{what}: {problem}")]
+    OutOfRange { what: String, problem: String },
+    /// A configuration that cannot describe a valid model.
+    #[error("invalid config: {0}")]
+    Config(String),
+    /// A file that could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A graph picture that could not be laid out.
+    #[error("could not render the graph picture: {0}")]
+    Render(String),
+}
+
+/// `Result` with [`CourseError`].
+pub type Result<T, E = CourseError> = std::result::Result<T, E>;

@@ -1,0 +1,49 @@
+//! # transformer-course
+//!
+//! Build and train a transformer language model step by step, on the
+//! [luminal](https://crates.io/crates/luminal) deep-learning library.
+//!
+//! The numbered chapters (`chapters/` in the repository) are the lessons; each reads top to
+//! bottom like its book page: the math as a plain-Rust reference, then the luminal graph
+//! version, then the tests that tie them together. The modules under `src/` are
+//! infrastructure: device selection, tensor I/O, initialisation and graph pictures.
+
+pub mod device;
+pub mod dims;
+pub mod error;
+pub mod init;
+pub mod tensor;
+pub mod viz;
+
+#[path = "../chapters/ch00_graphs.rs"]
+pub mod ch00_graphs;
+#[path = "../chapters/ch01_linear.rs"]
+pub mod ch01_linear;
+#[path = "../chapters/ch02_rmsnorm.rs"]
+pub mod ch02_rmsnorm;
+
+pub use error::{CourseError, Result};
+
+/// What a notebook or example usually needs: luminal's prelude, the course's infrastructure and
+/// every chapter's public items.
+pub mod prelude {
+    pub use crate::ch00_graphs::*;
+    pub use crate::ch01_linear::*;
+    pub use crate::ch02_rmsnorm::*;
+    pub use crate::device::Device;
+    pub use crate::dims::*;
+    pub use crate::error::{CourseError, Result};
+    pub use crate::init;
+    pub use crate::tensor::{self, HostTensor};
+    pub use crate::viz;
+    pub use luminal::prelude::*;
+}
+
+/// Each chapter's demo, in order: (title, result). Printed by the `tour` command.
+pub fn tour() -> Vec<(&'static str, Result<String>)> {
+    vec![
+        ("0. Graphs", ch00_graphs::graphs_demo()),
+        ("1. Linear and embedding", ch01_linear::linear_demo()),
+        ("2. RMSNorm and LayerNorm", ch02_rmsnorm::norm_demo()),
+    ]
+}

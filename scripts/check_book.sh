@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Build the book and check it properly. `mdbook build` exits 0 even when an include is missing,
+# an anchor is wrong or some LaTeX fails to render, so this script also checks the build log,
+# every include link, and that the HTML loads nothing (math CSS, fonts) from the network.
+# Needs mdbook 0.5.4 and mdbook-katex 0.10.0 on PATH (.ci/run installs them). Run from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail() { echo "check_book: FAILED: $*" >&2; exit 1; }
+step() { echo "check_book: $*"; }
+
+# (a) The crate's rlibs for the book's code blocks, in their own target dir: other builds in
+#     target/ leave rlibs of other versions next to them and `mdbook test` fails with E0464.
+step "building the crate for the doctests (target/mdbook)"
+cargo build --lib --target-dir target/mdbook || fail "cargo build --lib --target-dir target/mdbook"
+
+# (b) Build, keeping the log; any ERROR or WARN line is a failure, except mdbook-katex's
+#     harmless "was built against mdbook version ..." notice.
+step "mdbook build book"
+log=target/mdbook/build.log
+test_log=target/mdbook/test.log
+mdbook build book 2>&1 | tee "$log" || fail "mdbook build book exited with an error (log: $log)"
+bad=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E 'ERROR|WARN' | grep -v 'was built against' || true)
+[ -z "$bad" ] || fail "mdbook build logged: $(head -n1 <<<"$bad") (log: $log)"
+
+# (c) Every {{#include}} / {{#rustdoc_include}} names an existing file, anchor and line range.
+step "checking include links and anchors"
+python3 scripts/check_anchors.py book/src || fail "broken include link(s) in book/src (listed above)"
+
+# (d) Offline: the vendored KaTeX CSS is in the output and nothing loads math, CSS or fonts
+#     from the network (a CDN link would render garbled math without a connection).
+step "checking that the HTML is self-contained"
+out=book/book
+[ -f "$out/katex/katex.min.css" ] || fail "$out/katex/katex.min.css is missing (book/src/katex/ vendoring)"
+grep -q 'katex/katex.min.css' "$out/index.html" || fail "index.html does not link katex/katex.min.css (book/theme/head.hbs)"
+# External resources: <link href="http..">, <script src="http..">, CSS url(http..), or any URL
+# that names KaTeX, MathJax or a CDN. (Plain <a href="https://..."> links in the text are fine.)
+pattern='(<(link|script)[^>]*(href|src)="|url\(.?)https?://[^" )]*|https?://[^" ]*(katex|mathjax|cdn)[^" ]*'
+external=$(grep -rhoiE "$pattern" --include='*.html' --include='*.css' "$out" | sort -u || true)
+[ -z "$external" ] || fail "the book loads from the network: $(head -n1 <<<"$external")"
+
+# (e) Compile and run the book's Rust code blocks against the crate built in (a).
+step "mdbook test book"
+if ! mdbook test book -L target/mdbook/debug/deps 2>&1 | tee "$test_log"; then
+    grep -q E0464 "$test_log" && fail "stale rlibs (E0464): rm -rf target/mdbook and run again"
+    fail "mdbook test book: a code block failed (log: $test_log)"
+fi
+step "ok"

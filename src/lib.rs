@@ -15,11 +15,11 @@ pub mod init;
 pub mod tensor;
 pub mod viz;
 
-#[path = "../chapters/ch00_graphs.rs"]
+#[path = "../chapters/ch00_graphs/mod.rs"]
 pub mod ch00_graphs;
-#[path = "../chapters/ch01_linear.rs"]
+#[path = "../chapters/ch01_linear/mod.rs"]
 pub mod ch01_linear;
-#[path = "../chapters/ch02_rmsnorm.rs"]
+#[path = "../chapters/ch02_rmsnorm/mod.rs"]
 pub mod ch02_rmsnorm;
 
 pub use error::{CourseError, Result};

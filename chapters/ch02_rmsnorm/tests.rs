@@ -1,0 +1,120 @@
+use super::*;
+use approx::assert_relative_eq;
+use proptest::prelude::*;
+
+#[test]
+fn rms_norm_on_hand_values() {
+    // x = [3, 4]: mean(x^2) = 12.5, rms = sqrt(12.5 + 1e-5) = 3.5355353;
+    // with g = [1, 2]: y = [3 / 3.5355353, 2 * 4 / 3.5355353] = [0.8485278, 2.2627409].
+    let y = run_norm(
+        Norm::Rms,
+        &[3.0, 4.0],
+        [1, 1, 2],
+        &[1.0, 2.0],
+        &[],
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_relative_eq!(y.data[0], 0.848_527_8, max_relative = 1e-6);
+    assert_relative_eq!(y.data[1], 2.262_740_9, max_relative = 1e-6);
+}
+
+#[test]
+fn layer_norm_on_hand_values() {
+    // x = [1, 2, 3]: mean 2, biased var 2/3, std = sqrt(2/3 + 1e-5) = 0.8165027;
+    // y = [-1, 0, 1] / 0.8164027 * 2 + 0.5 = [-1.9494713, 0.5, 2.9494713].
+    let y = run_norm(
+        Norm::Layer,
+        &[1.0, 2.0, 3.0],
+        [1, 1, 3],
+        &[2.0; 3],
+        &[0.5; 3],
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_relative_eq!(y.data[0], -1.949_471_3, max_relative = 1e-6);
+    assert_relative_eq!(y.data[1], 0.5, max_relative = 1e-6);
+    assert_relative_eq!(y.data[2], 2.949_471_3, max_relative = 1e-6);
+}
+
+#[test]
+fn wrong_gain_length_names_the_tensor() {
+    let mut cx = Graph::new();
+    let n = RmsNorm::<DModel>::new(&mut cx, "layers.3.ln2.weight", 8).unwrap();
+    let err = n.load(vec![1.0; 7]).unwrap_err().to_string();
+    assert!(
+        err.contains("layers.3.ln2.weight: shape [8] needs 8 values, but 7"),
+        "{err}"
+    );
+}
+
+#[test]
+fn compiled_op_listing_snapshot() {
+    let mut cx = Graph::new();
+    let mut n = RmsNorm::<DModel>::new(&mut cx, "ln1.weight", 4).unwrap();
+    let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+    let mut y = n.forward(x).retrieve();
+    Device::Cpu.compile(&mut cx, (&mut n.weight, &mut x, &mut y));
+    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+}
+
+/// Random (batch, seq, d) inputs with values in [-5, 5] and a random gain.
+fn case() -> impl Strategy<Value = ([usize; 3], Vec<f32>, Vec<f32>)> {
+    (1usize..3, 1usize..4, 1usize..17).prop_flat_map(|(b, s, d)| {
+        (
+            Just([b, s, d]),
+            prop::collection::vec(-5.0f32..5.0, b * s * d),
+            prop::collection::vec(-2.0f32..2.0, d),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Graph == loops. Tolerance 1e-5 relative to max(1, |y|): a handful of f32 roundings
+    /// in a mean over <= 16 values, a sqrt and a reciprocal.
+    #[test]
+    fn rms_norm_matches_reference((shape, x, g) in case()) {
+        let got = run_norm(Norm::Rms, &x, shape, &g, &[], Device::Cpu).unwrap();
+        let want = rms_norm_ref(&x, &g, shape[2], NORM_EPS);
+        for (a, b) in got.data.iter().zip(&want) {
+            prop_assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{} vs {}", a, b);
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_reference((shape, x, g) in case(), bias in -1.0f32..1.0) {
+        let beta = vec![bias; shape[2]];
+        let got = run_norm(Norm::Layer, &x, shape, &g, &beta, Device::Cpu).unwrap();
+        let want = layer_norm_ref(&x, &g, &beta, shape[2], NORM_EPS);
+        for (a, b) in got.data.iter().zip(&want) {
+            // Subtracting the mean can cancel digits: 1e-4 absolute on outputs of order 1.
+            prop_assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{} vs {}", a, b);
+        }
+    }
+
+    /// With g = 1 every output row has RMS 1 (up to eps: rows are kept away from 0 so that
+    /// eps / mean(x^2) < 1e-4, and the RMS is within 1e-4 of 1).
+    #[test]
+    fn rms_norm_output_has_unit_rms((shape, x, _g) in case()) {
+        let d = shape[2];
+        let x: Vec<f32> = x.iter().map(|v| if v.abs() < 0.5 { v.signum() * 0.5 + v } else { *v }).collect();
+        let y = run_norm(Norm::Rms, &x, shape, &vec![1.0; d], &[], Device::Cpu).unwrap();
+        for row in y.data.chunks(d) {
+            let rms = (row.iter().map(|v| v * v).sum::<f32>() / d as f32).sqrt();
+            prop_assert!((rms - 1.0).abs() < 1e-4, "rms {}", rms);
+        }
+    }
+
+    /// Scaling a row by c > 0 does not change RMSNorm's output (again away from eps).
+    #[test]
+    fn rms_norm_is_scale_invariant((shape, x, g) in case(), c in 1.0f32..100.0) {
+        let x: Vec<f32> = x.iter().map(|v| if v.abs() < 0.5 { v.signum() * 0.5 + v } else { *v }).collect();
+        let scaled: Vec<f32> = x.iter().map(|v| v * c).collect();
+        let a = run_norm(Norm::Rms, &x, shape, &g, &[], Device::Cpu).unwrap();
+        let b = run_norm(Norm::Rms, &scaled, shape, &g, &[], Device::Cpu).unwrap();
+        for (p, q) in a.data.iter().zip(&b.data) {
+            prop_assert!((p - q).abs() <= 1e-4 * p.abs().max(1.0), "{} vs {}", p, q);
+        }
+    }
+}

@@ -24,3 +24,11 @@ pub type In = Dyn<'i'>;
 pub type Out = Dyn<'o'>;
 /// Rows of a 2D input, for standalone layers (`n`).
 pub type Rows = Dyn<'n'>;
+/// Attention heads (`h`).
+pub type Heads = Dyn<'h'>;
+/// Width of one attention head, `d_model / n_heads` (`k`).
+pub type DHead = Dyn<'k'>;
+/// Rows of the precomputed RoPE tables: the longest sequence a model accepts (`m`).
+pub type MaxSeq = Dyn<'m'>;
+/// Positions of the source sequence in cross-attention, when they differ from `Seq` (`t`).
+pub type SrcSeq = Dyn<'t'>;

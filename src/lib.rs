@@ -13,6 +13,8 @@ pub mod dims;
 pub mod error;
 pub mod init;
 pub mod tensor;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod viz;
 
 #[path = "../chapters/ch00_graphs/mod.rs"]
@@ -21,6 +23,8 @@ pub mod ch00_graphs;
 pub mod ch01_linear;
 #[path = "../chapters/ch02_rmsnorm/mod.rs"]
 pub mod ch02_rmsnorm;
+#[path = "../chapters/ch03_feed_forward/mod.rs"]
+pub mod ch03_feed_forward;
 
 pub use error::{CourseError, Result};
 
@@ -30,6 +34,7 @@ pub mod prelude {
     pub use crate::ch00_graphs::*;
     pub use crate::ch01_linear::*;
     pub use crate::ch02_rmsnorm::*;
+    pub use crate::ch03_feed_forward::*;
     pub use crate::device::Device;
     pub use crate::dims::*;
     pub use crate::error::{CourseError, Result};
@@ -45,5 +50,6 @@ pub fn tour() -> Vec<(&'static str, Result<String>)> {
         ("0. Graphs", ch00_graphs::graphs_demo()),
         ("1. Linear and embedding", ch01_linear::linear_demo()),
         ("2. RMSNorm and LayerNorm", ch02_rmsnorm::norm_demo()),
+        ("3. Feed-forward (SwiGLU)", ch03_feed_forward::ffn_demo()),
     ]
 }

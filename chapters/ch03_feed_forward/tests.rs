@@ -1,0 +1,101 @@
+use super::*;
+use crate::testing::{assert_close, uniform};
+use approx::assert_relative_eq;
+use proptest::prelude::*;
+
+#[test]
+fn silu_on_hand_values() {
+    // SiLU(0) = 0; SiLU(1) = 1 / (1 + e^-1) = 0.7310586; SiLU(-2) = -2 / (1 + e^2) = -0.2384058.
+    assert_eq!(silu_ref(0.0), 0.0);
+    assert_relative_eq!(silu_ref(1.0), 0.731_058_6, max_relative = 1e-6);
+    assert_relative_eq!(silu_ref(-2.0), -0.238_405_8, max_relative = 1e-6);
+}
+
+#[test]
+fn swiglu_on_hand_values() {
+    // d_model = 1, d_ff = 2: W1 = [[1], [2]], W3 = [[3], [-1]], W2 = [[1, 0.5]], x = 1.
+    // gate = SiLU([1, 2]) = [0.7310586, 1.7615942]; value = [3, -1];
+    // y = 1 * 0.7310586 * 3 + 0.5 * 1.7615942 * -1 = 2.1931758 - 0.8807971 = 1.3123787.
+    let y = run_ffn(
+        Ffn::SwiGlu,
+        &[1.0],
+        [1, 1, 1],
+        &[&[1.0, 2.0], &[1.0, 0.5], &[3.0, -1.0]],
+        2,
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_relative_eq!(y.data[0], 1.312_378_7, max_relative = 1e-6);
+}
+
+#[test]
+fn silu_graph_has_the_right_limits() {
+    // Large |x|: exp(-x) overflows to inf for x = -1000, and the graph must still give -0,
+    // not NaN; for x = 1000 it gives x itself.
+    let x = [-1000.0, -100.0, 0.0, 100.0, 1000.0];
+    let eye = [1.0];
+    let y = run_ffn(Ffn::SwiGlu, &x, [1, 5, 1], &[&eye, &eye, &[0.0]], 1, Device::Cpu).unwrap();
+    assert!(y.data.iter().all(|v| *v == 0.0), "W3 = 0 zeroes all: {:?}", y.data);
+    let y = run_ffn(Ffn::SwiGlu, &x, [1, 5, 1], &[&eye, &eye, &eye], 1, Device::Cpu).unwrap();
+    // SwiGLU with identities = SiLU(x) * x: 0 for very negative x, x^2 for large x.
+    assert_eq!(&y.data[..3], &[0.0, 0.0, 0.0]);
+    assert_relative_eq!(y.data[3], 10_000.0, max_relative = 1e-6);
+    assert_relative_eq!(y.data[4], 1_000_000.0, max_relative = 1e-6);
+}
+
+#[test]
+fn default_d_ff_is_8_thirds_rounded_up_to_64() {
+    // 8/3 * 128 = 341.3 -> 384; 8/3 * 512 = 1365.3 -> 1408; 8/3 * 48 = 128 -> 128.
+    assert_eq!(default_d_ff(128), 384);
+    assert_eq!(default_d_ff(512), 1408);
+    assert_eq!(default_d_ff(48), 128);
+}
+
+#[test]
+fn wrong_weight_count_and_shape_are_named() {
+    let w = [0.0; 6];
+    let err = run_ffn(Ffn::SwiGlu, &[0.0; 3], [1, 1, 3], &[&w, &w], 2, Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("needs 3 weight matrices"), "{err}");
+    let err = run_ffn(Ffn::Relu, &[0.0; 3], [1, 1, 3], &[&w, &w[..5]], 2, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ffn.w2.weight"), "{err}");
+}
+
+#[test]
+fn compiled_op_listing_snapshot() {
+    let mut cx = Graph::new();
+    let mut f = SwiGlu::<DModel, DFf>::new(&mut cx, "layers.0.ffn", 4, 8).unwrap();
+    let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+    let mut y = f.forward(x).retrieve();
+    Device::Cpu.compile(&mut cx, (&mut f, &mut x, &mut y));
+    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Graph == loops over random shapes. Values in [-2, 2] and widths <= 12: sums of <= 12
+    /// products of order 1, twice, so 1e-4 relative to max(1, |y|) covers the summation order.
+    #[test]
+    fn swiglu_matches_reference(
+        b in 1usize..3, s in 1usize..4, d in 1usize..9, f in 1usize..13, seed in any::<u64>()
+    ) {
+        let mut rng = crate::init::rng(seed);
+        let x = uniform(&mut rng, b * s * d, 2.0);
+        let (w1, w2, w3) = (uniform(&mut rng, f * d, 2.0), uniform(&mut rng, d * f, 2.0), uniform(&mut rng, f * d, 2.0));
+        let got = run_ffn(Ffn::SwiGlu, &x, [b, s, d], &[&w1, &w2, &w3], f, Device::Cpu).unwrap();
+        prop_assert_eq!(&got.shape, &vec![b, s, d]);
+        assert_close(&got.data, &swiglu_ref(&x, [&w1, &w2, &w3], b * s, d, f), 1e-4)?;
+    }
+
+    #[test]
+    fn relu_ffn_matches_reference(
+        b in 1usize..3, s in 1usize..4, d in 1usize..9, f in 1usize..13, seed in any::<u64>()
+    ) {
+        let mut rng = crate::init::rng(seed);
+        let x = uniform(&mut rng, b * s * d, 2.0);
+        let (w1, w2) = (uniform(&mut rng, f * d, 2.0), uniform(&mut rng, d * f, 2.0));
+        let got = run_ffn(Ffn::Relu, &x, [b, s, d], &[&w1, &w2], f, Device::Cpu).unwrap();
+        assert_close(&got.data, &relu_ffn_ref(&x, [&w1, &w2], b * s, d, f), 1e-4)?;
+    }
+}

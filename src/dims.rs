@@ -32,3 +32,5 @@ pub type DHead = Dyn<'k'>;
 pub type MaxSeq = Dyn<'m'>;
 /// Positions of the source sequence in cross-attention, when they differ from `Seq` (`t`).
 pub type SrcSeq = Dyn<'t'>;
+/// Pairs of features rotated together by RoPE, `d_head / 2` (`p`).
+pub type Pairs = Dyn<'p'>;

@@ -25,6 +25,8 @@ pub mod ch01_linear;
 pub mod ch02_rmsnorm;
 #[path = "../chapters/ch03_feed_forward/mod.rs"]
 pub mod ch03_feed_forward;
+#[path = "../chapters/ch04_rope/mod.rs"]
+pub mod ch04_rope;
 
 pub use error::{CourseError, Result};
 
@@ -35,6 +37,7 @@ pub mod prelude {
     pub use crate::ch01_linear::*;
     pub use crate::ch02_rmsnorm::*;
     pub use crate::ch03_feed_forward::*;
+    pub use crate::ch04_rope::*;
     pub use crate::device::Device;
     pub use crate::dims::*;
     pub use crate::error::{CourseError, Result};
@@ -51,5 +54,6 @@ pub fn tour() -> Vec<(&'static str, Result<String>)> {
         ("1. Linear and embedding", ch01_linear::linear_demo()),
         ("2. RMSNorm and LayerNorm", ch02_rmsnorm::norm_demo()),
         ("3. Feed-forward (SwiGLU)", ch03_feed_forward::ffn_demo()),
+        ("4. Rotary position embedding", ch04_rope::rope_demo()),
     ]
 }

@@ -1,0 +1,145 @@
+use super::*;
+use crate::testing::{assert_close, uniform};
+use approx::assert_relative_eq;
+use proptest::prelude::*;
+
+#[test]
+fn rope_on_hand_values() {
+    // d = 4, theta = 100: pair 0 turns by pos * 100^0 = pos, pair 1 by pos * 100^(-1/2) = pos / 10.
+    // x = (1, 2, 3, 4) at position 1: pair 0 by 1 rad, pair 1 by 0.1 rad.
+    let (s1, c1) = 1.0f32.sin_cos(); // 0.8414710, 0.5403023
+    let (s2, c2) = 0.1f32.sin_cos(); // 0.0998334, 0.9950042
+    let want = [
+        c1 - 2.0 * s1,       // 0.5403 - 1.6829 = -1.1426397
+        s1 + 2.0 * c1,       // 0.8415 + 1.0806 =  1.9220756
+        3.0 * c2 - 4.0 * s2, // 2.9850 - 0.3993 =  2.5856786
+        3.0 * s2 + 4.0 * c2, // 0.2995 + 3.9800 =  4.2795171
+    ];
+    assert_relative_eq!(want[0], -1.142_639_7, max_relative = 1e-6);
+    let x = [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]; // positions 0 and 1
+    let y = run_rope(&x, [1, 1, 2, 4], 4, 100.0, Device::Cpu).unwrap();
+    assert_close(&y.data[4..], &want, 1e-6).unwrap();
+    assert_close(&rope_ref(&x[4..], &[1], 4, 100.0), &want, 1e-6).unwrap();
+}
+
+#[test]
+fn sinusoidal_positions_on_hand_values() {
+    // Position 0: sin 0 = 0 and cos 0 = 1 alternate. Position 1, d = 4: pair 0 at 1 rad,
+    // pair 1 at 1 / 10000^(2/4) = 0.01 rad.
+    let pe = sinusoidal_positions_ref(2, 4);
+    assert_eq!(&pe[..4], &[0.0, 1.0, 0.0, 1.0]);
+    assert_close(
+        &pe[4..],
+        &[1f32.sin(), 1f32.cos(), 0.01f32.sin(), 0.01f32.cos()],
+        1e-7,
+    )
+    .unwrap();
+}
+
+#[test]
+fn odd_head_size_and_long_sequences_are_refused() {
+    let mut cx = Graph::new();
+    let err = Rope::<MaxSeq, DHead>::new(&mut cx, 16, 5, ROPE_THETA)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("d_head = 5"), "{err}");
+    let err = run_rope(&[0.0; 40], [1, 1, 10, 4], 8, ROPE_THETA, Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("max_seq_len = 8"), "{err}");
+}
+
+#[test]
+fn compiled_op_listing_snapshot() {
+    let mut cx = Graph::new();
+    let mut rope = Rope::<MaxSeq, DHead>::new(&mut cx, 16, 4, ROPE_THETA).unwrap();
+    let mut x = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "q");
+    let mut y = rope.forward(x).retrieve();
+    Device::Cpu.compile(&mut cx, (&mut rope, &mut x, &mut y));
+    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+}
+
+/// Random (batch, heads, seq, d_head) with an even d_head, and values in [-3, 3].
+fn case() -> impl Strategy<Value = ([usize; 4], Vec<f32>)> {
+    (1usize..3, 1usize..3, 1usize..7, 1usize..5).prop_flat_map(|(b, h, s, half)| {
+        let shape = [b, h, s, 2 * half];
+        (
+            Just(shape),
+            prop::collection::vec(-3.0f32..3.0, b * h * s * 2 * half),
+        )
+    })
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Graph == loops. Both use the same f32 tables and do one multiply-add per output:
+    /// 1e-5 relative to max(1, |y|) for values up to 3 * sqrt(2).
+    #[test]
+    fn rope_matches_reference((shape, x) in case()) {
+        let [_, _, s, d] = shape;
+        let got = run_rope(&x, shape, 8, ROPE_THETA, Device::Cpu).unwrap();
+        let positions: Vec<usize> = (0..x.len() / d).map(|row| row % s).collect();
+        assert_close(&got.data, &rope_ref(&x, &positions, d, ROPE_THETA), 1e-5)?;
+    }
+
+    /// A rotation keeps the length of every pair (so of every vector): 1e-5 relative.
+    #[test]
+    fn rope_preserves_norms((shape, x) in case()) {
+        let got = run_rope(&x, shape, 8, ROPE_THETA, Device::Cpu).unwrap();
+        for (a, b) in x.chunks(2).zip(got.data.chunks(2)) {
+            let (na, nb) = (dot(a, a).sqrt(), dot(b, b).sqrt());
+            prop_assert!((na - nb).abs() <= 1e-5 * na.max(1.0), "{} vs {}", na, nb);
+        }
+    }
+
+    /// Position 0 turns by angle 0: the first position comes out exactly as it went in.
+    #[test]
+    fn position_zero_is_the_identity((shape, x) in case()) {
+        let [_, _, s, d] = shape;
+        let got = run_rope(&x, shape, 8, ROPE_THETA, Device::Cpu).unwrap();
+        for (row, (a, b)) in x.chunks(d).zip(got.data.chunks(d)).enumerate() {
+            if row % s == 0 {
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+
+    /// <RoPE(q, i), RoPE(k, j)> depends only on i - j: shifting both positions by t changes
+    /// nothing. q and k are repeated at all 12 positions of one sequence, rotated by the graph,
+    /// and every pair (i, j) is compared with (i + t, j + t). Tolerance 1e-4 relative: dot
+    /// products of <= 8 terms of size <= 9.
+    #[test]
+    fn rope_dot_products_depend_only_on_relative_position(half in 1usize..5, seed in any::<u64>(), t in 1usize..4) {
+        let d = 2 * half;
+        let mut rng = crate::init::rng(seed);
+        let (q, k) = (uniform(&mut rng, d, 3.0), uniform(&mut rng, d, 3.0));
+        let seq = 12;
+        let rq = run_rope(&q.repeat(seq), [1, 1, seq, d], seq, ROPE_THETA, Device::Cpu).unwrap().data;
+        let rk = run_rope(&k.repeat(seq), [1, 1, seq, d], seq, ROPE_THETA, Device::Cpu).unwrap().data;
+        let at = |v: &[f32], p: usize| v[p * d..(p + 1) * d].to_vec();
+        for i in 0..seq - t {
+            for j in 0..seq - t {
+                let a = dot(&at(&rq, i), &at(&rk, j));
+                let b = dot(&at(&rq, i + t), &at(&rk, j + t));
+                prop_assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "({}, {}) {} vs {}", i, j, a, b);
+            }
+        }
+    }
+
+    /// The sinusoids' relative-position property: for each frequency w, (sin, cos) at p + t is
+    /// (sin, cos) at p rotated by t w, a linear map that does not depend on p. 1e-5 absolute.
+    #[test]
+    fn sinusoidal_shift_is_a_rotation(p in 0usize..40, t in 1usize..20, half in 1usize..8) {
+        let d = 2 * half;
+        let pe = sinusoidal_positions_ref(p + t + 1, d);
+        for i in 0..half {
+            let (s0, c0) = (pe[p * d + 2 * i], pe[p * d + 2 * i + 1]);
+            let (st, ct) = rope_angle(t, i, d, ROPE_THETA).sin_cos();
+            let (s1, c1) = (pe[(p + t) * d + 2 * i], pe[(p + t) * d + 2 * i + 1]);
+            prop_assert!((s1 - (s0 * ct + c0 * st)).abs() < 1e-5);
+            prop_assert!((c1 - (c0 * ct - s0 * st)).abs() < 1e-5);
+        }
+    }
+}

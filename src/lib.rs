@@ -27,6 +27,8 @@ pub mod ch02_rmsnorm;
 pub mod ch03_feed_forward;
 #[path = "../chapters/ch04_rope/mod.rs"]
 pub mod ch04_rope;
+#[path = "../chapters/ch05_attention/mod.rs"]
+pub mod ch05_attention;
 
 pub use error::{CourseError, Result};
 
@@ -38,6 +40,7 @@ pub mod prelude {
     pub use crate::ch02_rmsnorm::*;
     pub use crate::ch03_feed_forward::*;
     pub use crate::ch04_rope::*;
+    pub use crate::ch05_attention::*;
     pub use crate::device::Device;
     pub use crate::dims::*;
     pub use crate::error::{CourseError, Result};
@@ -55,5 +58,6 @@ pub fn tour() -> Vec<(&'static str, Result<String>)> {
         ("2. RMSNorm and LayerNorm", ch02_rmsnorm::norm_demo()),
         ("3. Feed-forward (SwiGLU)", ch03_feed_forward::ffn_demo()),
         ("4. Rotary position embedding", ch04_rope::rope_demo()),
+        ("5. Attention", ch05_attention::attention_demo()),
     ]
 }

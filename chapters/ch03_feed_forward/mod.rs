@@ -114,7 +114,11 @@ impl<D: Dimension, F: Dimension> SwiGlu<D, F> {
 
 impl<D: Dimension, F: Dimension> ToIdsMut for SwiGlu<D, F> {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.w1.weight.id, &mut self.w2.weight.id, &mut self.w3.weight.id]
+        vec![
+            &mut self.w1.weight.id,
+            &mut self.w2.weight.id,
+            &mut self.w3.weight.id,
+        ]
     }
 }
 
@@ -224,7 +228,14 @@ pub fn run_ffn(
 pub fn ffn_demo() -> Result<String> {
     let x = [1.0, -2.0];
     let eye = [1.0, 0.0, 0.0, 1.0];
-    let y = run_ffn(Ffn::SwiGlu, &x, [1, 1, 2], &[&eye, &eye, &eye], 2, Device::Cpu)?;
+    let y = run_ffn(
+        Ffn::SwiGlu,
+        &x,
+        [1, 1, 2],
+        &[&eye, &eye, &eye],
+        2,
+        Device::Cpu,
+    )?;
     let r = run_ffn(Ffn::Relu, &x, [1, 1, 2], &[&eye, &eye], 2, Device::Cpu)?;
     Ok(format!(
         "SiLU(-2) = {:.4}, SiLU(1) = {:.4}, SiLU(4) = {:.4}: a smooth ReLU that dips below 0\n\

@@ -34,9 +34,29 @@ fn silu_graph_has_the_right_limits() {
     // not NaN; for x = 1000 it gives x itself.
     let x = [-1000.0, -100.0, 0.0, 100.0, 1000.0];
     let eye = [1.0];
-    let y = run_ffn(Ffn::SwiGlu, &x, [1, 5, 1], &[&eye, &eye, &[0.0]], 1, Device::Cpu).unwrap();
-    assert!(y.data.iter().all(|v| *v == 0.0), "W3 = 0 zeroes all: {:?}", y.data);
-    let y = run_ffn(Ffn::SwiGlu, &x, [1, 5, 1], &[&eye, &eye, &eye], 1, Device::Cpu).unwrap();
+    let y = run_ffn(
+        Ffn::SwiGlu,
+        &x,
+        [1, 5, 1],
+        &[&eye, &eye, &[0.0]],
+        1,
+        Device::Cpu,
+    )
+    .unwrap();
+    assert!(
+        y.data.iter().all(|v| *v == 0.0),
+        "W3 = 0 zeroes all: {:?}",
+        y.data
+    );
+    let y = run_ffn(
+        Ffn::SwiGlu,
+        &x,
+        [1, 5, 1],
+        &[&eye, &eye, &eye],
+        1,
+        Device::Cpu,
+    )
+    .unwrap();
     // SwiGLU with identities = SiLU(x) * x: 0 for very negative x, x^2 for large x.
     assert_eq!(&y.data[..3], &[0.0, 0.0, 0.0]);
     assert_relative_eq!(y.data[3], 10_000.0, max_relative = 1e-6);
@@ -56,9 +76,16 @@ fn wrong_weight_count_and_shape_are_named() {
     let w = [0.0; 6];
     let err = run_ffn(Ffn::SwiGlu, &[0.0; 3], [1, 1, 3], &[&w, &w], 2, Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("needs 3 weight matrices"), "{err}");
-    let err = run_ffn(Ffn::Relu, &[0.0; 3], [1, 1, 3], &[&w, &w[..5]], 2, Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let err = run_ffn(
+        Ffn::Relu,
+        &[0.0; 3],
+        [1, 1, 3],
+        &[&w, &w[..5]],
+        2,
+        Device::Cpu,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("ffn.w2.weight"), "{err}");
 }
 

@@ -93,7 +93,8 @@ pub fn swap_pairs<B: Dimension, H: Dimension, S: Dimension, K: Dimension>(
     let x1 = pairs.slice((.., .., .., .., Expression::from(1)..)); // (b, h, s, k/2, 1)
     let none = (0, 0);
     // Padding moves each half to the other slot: [0, x0] and [x1, 0].
-    let x0_back: GraphTensor<(B, H, S, Pairs, Const<2>)> = x0.pad(&[none, none, none, none, (1, 0)]);
+    let x0_back: GraphTensor<(B, H, S, Pairs, Const<2>)> =
+        x0.pad(&[none, none, none, none, (1, 0)]);
     let x1_front: GraphTensor<(B, H, S, Pairs, Const<2>)> =
         x1.pad(&[none, none, none, none, (0, 1)]);
     (x0_back - x1_front).reshape::<(B, H, S, K)>() // (b, h, s, k)
@@ -198,7 +199,13 @@ pub fn run_rope(
 /// This chapter in a few lines, for the tour.
 pub fn rope_demo() -> Result<String> {
     // One head of width 2, the vector (1, 0) at positions 0..4: pair 0 turns 1 radian a step.
-    let y = run_rope(&[1.0, 0.0].repeat(4), [1, 1, 4, 2], 8, ROPE_THETA, Device::Cpu)?;
+    let y = run_rope(
+        &[1.0, 0.0].repeat(4),
+        [1, 1, 4, 2],
+        8,
+        ROPE_THETA,
+        Device::Cpu,
+    )?;
     let rows: Vec<String> = y
         .data
         .chunks(2)

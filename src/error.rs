@@ -51,6 +51,12 @@ pub enum CourseError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A state dict that does not fit the model (missing or unexpected tensors).
+    #[error("state dict: {0}")]
+    StateDict(String),
+    /// A file that exists but whose contents are wrong (corrupt, truncated, wrong format).
+    #[error("{path}: {problem}")]
+    File { path: PathBuf, problem: String },
     /// A graph picture that could not be laid out.
     #[error("could not render the graph picture: {0}")]
     Render(String),

@@ -11,7 +11,9 @@
 pub mod device;
 pub mod dims;
 pub mod error;
+pub mod files;
 pub mod init;
+pub mod params;
 pub mod tensor;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -29,6 +31,8 @@ pub mod ch03_feed_forward;
 pub mod ch04_rope;
 #[path = "../chapters/ch05_attention/mod.rs"]
 pub mod ch05_attention;
+#[path = "../chapters/ch06_transformer/mod.rs"]
+pub mod ch06_transformer;
 
 pub use error::{CourseError, Result};
 
@@ -41,10 +45,12 @@ pub mod prelude {
     pub use crate::ch03_feed_forward::*;
     pub use crate::ch04_rope::*;
     pub use crate::ch05_attention::*;
+    pub use crate::ch06_transformer::*;
     pub use crate::device::Device;
     pub use crate::dims::*;
     pub use crate::error::{CourseError, Result};
     pub use crate::init;
+    pub use crate::params::{self, Param, Parameters, StateDict};
     pub use crate::tensor::{self, HostTensor};
     pub use crate::viz;
     pub use luminal::prelude::*;
@@ -59,5 +65,6 @@ pub fn tour() -> Vec<(&'static str, Result<String>)> {
         ("3. Feed-forward (SwiGLU)", ch03_feed_forward::ffn_demo()),
         ("4. Rotary position embedding", ch04_rope::rope_demo()),
         ("5. Attention", ch05_attention::attention_demo()),
+        ("6. The transformer", ch06_transformer::transformer_demo()),
     ]
 }

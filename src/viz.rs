@@ -144,26 +144,7 @@ pub fn to_svg(cx: &Graph) -> Result<String> {
     dot_to_svg(&to_dot(cx))
 }
 
-/// Write `contents` to `path` atomically: a temporary file in the same folder, then a rename,
-/// so a reader never sees half a file.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let io = |source| CourseError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let file_name = path.file_name().map(|n| n.to_string_lossy().to_string());
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp{}",
-        file_name.unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, contents).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
-}
+pub use crate::files::write_atomic;
 
 /// Write the graph as `<stem>.dot` and `<stem>.svg` (atomically); returns the SVG path.
 pub fn save(cx: &Graph, stem: &Path) -> Result<std::path::PathBuf> {

@@ -193,7 +193,7 @@ impl MaskSpec {
             .map(|i| {
                 let (bi, qi, kj) = (i / (s * t), (i / t) % s, i % t);
                 let causal_ok = !self.causal || kj <= qi;
-                let pad_ok = self.key_padding.as_ref().is_none_or(|p| p[bi * t + kj]);
+                let pad_ok = self.key_padding.as_ref().map_or(true, |p| p[bi * t + kj]);
                 causal_ok && pad_ok
             })
             .collect()
@@ -240,12 +240,12 @@ pub fn run_attention(
         None => {
             let mut allowed = cx.constant(1.0).expand::<(Batch, Seq, Seq), _>();
             if mask.causal {
-                allowed = allowed * causal_mask::<Seq>(&mut cx).expand::<_, Axis<0>>();
+                allowed *= causal_mask::<Seq>(&mut cx).expand::<_, Axis<0>>();
             }
             if let Some(p) = &mask.key_padding {
                 let keep = tensor::input::<(Batch, Seq)>(&mut cx, "key_padding");
                 tensor::set(keep, &[b, t], keep_values(p))?;
-                allowed = allowed * key_padding_mask(keep);
+                allowed *= key_padding_mask(keep);
             }
             attn.attend(xt, xt, allowed).retrieve()
         }
@@ -261,7 +261,7 @@ pub fn run_attention(
             if let Some(p) = &mask.key_padding {
                 let keep = tensor::input::<(Batch, SrcSeq)>(&mut cx, "key_padding");
                 tensor::set(keep, &[b, t], keep_values(p))?;
-                allowed = allowed * key_padding_mask(keep);
+                allowed *= key_padding_mask(keep);
             }
             attn.attend(xt, m, allowed).retrieve()
         }

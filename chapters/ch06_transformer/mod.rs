@@ -1,0 +1,231 @@
+//! # Chapter 6 — The transformer
+//!
+//! Everything so far, stacked. A pre-norm block adds attention and a feed-forward network to
+//! a residual stream, each applied to a normalised copy of it:
+//! `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`. A decoder-only language model
+//! ([`lm`]) embeds tokens, runs N causal blocks, normalises and projects to vocabulary logits.
+//! An encoder-decoder ([`seq2seq`]) encodes a source sequence and decodes a target that
+//! cross-attends to it: the architecture of the original transformer and of the copy task.
+//!
+//! Book page: [Chapter 6](../book/ch06_transformer.html).
+
+use luminal::prelude::*;
+
+use crate::ch02_rmsnorm::{rms_norm_ref, RmsNorm, NORM_EPS};
+use crate::ch03_feed_forward::{swiglu_ref, SwiGlu};
+use crate::ch04_rope::Rope;
+use crate::ch05_attention::{mha_ref, MultiHeadAttention};
+use crate::dims::{DFf, DHead, DModel, MaxSeq};
+use crate::error::{CourseError, Result};
+use crate::init::CourseRng;
+use crate::params::{Param, Parameters, StateDict};
+
+pub mod lm;
+pub mod seq2seq;
+pub use lm::*;
+pub use seq2seq::*;
+
+/// Checks shared by both model configs, each failure naming the setting.
+fn validate_sizes(
+    sizes: &[(&str, usize)],
+    d_model: usize,
+    n_heads: usize,
+    theta: f32,
+) -> Result<()> {
+    if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+        return Err(CourseError::Config(format!("{name} must be positive")));
+    }
+    if d_model % n_heads != 0 {
+        return Err(CourseError::Config(format!(
+            "d_model ({d_model}) must be divisible by n_heads ({n_heads})"
+        )));
+    }
+    if (d_model / n_heads) % 2 != 0 {
+        return Err(CourseError::Config(format!(
+            "the head size d_model / n_heads = {} must be even: RoPE rotates pairs",
+            d_model / n_heads
+        )));
+    }
+    if theta.is_nan() || theta <= 1.0 {
+        return Err(CourseError::Config(format!(
+            "rope_theta ({theta}) must be > 1"
+        )));
+    }
+    Ok(())
+}
+
+// ANCHOR: block_ref
+/// A pre-norm block as loops, weights from `dict` under `prefix` (e.g. `layers.0`):
+/// `x` (b, s, d) with `mask` (b, s, s) -> (b, s, d).
+pub fn block_ref(
+    x: &[f32],
+    dict: &StateDict,
+    prefix: &str,
+    mask: &[bool],
+    [b, s, d, heads, d_ff]: [usize; 5],
+    rope_theta: Option<f32>,
+) -> Vec<f32> {
+    let w = |name: &str| &dict[&format!("{prefix}.{name}.weight")].data[..];
+    let attn = |p| {
+        [
+            w(&format!("{p}.q_proj")),
+            w(&format!("{p}.k_proj")),
+            w(&format!("{p}.v_proj")),
+            w(&format!("{p}.output_proj")),
+        ]
+    };
+    let normed = rms_norm_ref(x, w("ln1"), d, NORM_EPS);
+    let a = mha_ref(
+        &normed,
+        &normed,
+        attn("attn"),
+        mask,
+        [b, s, s, d],
+        heads,
+        rope_theta,
+    );
+    let h: Vec<f32> = x.iter().zip(&a).map(|(x, a)| x + a).collect(); // residual
+    let normed = rms_norm_ref(&h, w("ln2"), d, NORM_EPS);
+    let f = swiglu_ref(
+        &normed,
+        [w("ffn.w1"), w("ffn.w2"), w("ffn.w3")],
+        b * s,
+        d,
+        d_ff,
+    );
+    h.iter().zip(&f).map(|(h, f)| h + f).collect() // residual
+}
+// ANCHOR_END: block_ref
+
+// ANCHOR: block
+/// A pre-norm transformer block: `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`.
+#[derive(Clone, Copy)]
+pub struct Block {
+    pub ln1: RmsNorm<DModel>,
+    pub attn: MultiHeadAttention<DModel>,
+    pub ln2: RmsNorm<DModel>,
+    pub ffn: SwiGlu<DModel, DFf>,
+}
+
+impl Block {
+    /// Add the block's weights under `name` (e.g. `layers.0`): `ln1`, `attn`, `ln2`, `ffn`.
+    pub fn new(
+        cx: &mut Graph,
+        name: &str,
+        [d_model, n_heads, d_ff]: [usize; 3],
+        rope: Option<Rope<MaxSeq, DHead>>,
+    ) -> Result<Self> {
+        Ok(Self {
+            ln1: RmsNorm::new(cx, &format!("{name}.ln1.weight"), d_model)?,
+            attn: MultiHeadAttention::new(cx, &format!("{name}.attn"), d_model, n_heads, rope)?,
+            ln2: RmsNorm::new(cx, &format!("{name}.ln2.weight"), d_model)?,
+            ffn: SwiGlu::new(cx, &format!("{name}.ffn"), d_model, d_ff)?,
+        })
+    }
+
+    /// Norm gains to 1, projections truncated normal.
+    pub fn init(&self, rng: &mut CourseRng) -> Result<()> {
+        self.ln1.init()?;
+        self.attn.init(rng)?;
+        self.ln2.init()?;
+        self.ffn.init(rng)
+    }
+
+    /// `x` (b, s, d), `allowed` (b, s, s) -> (b, s, d).
+    pub fn forward<B: Dimension, S: Dimension>(
+        &self,
+        x: GraphTensor<(B, S, DModel)>,
+        allowed: GraphTensor<(B, S, S)>,
+    ) -> GraphTensor<(B, S, DModel)> {
+        let normed = self.ln1.forward(x);
+        let h = x + self.attn.attend(normed, normed, allowed); // (b, s, d)
+        h + self.ffn.forward(self.ln2.forward(h)) // (b, s, d)
+    }
+}
+// ANCHOR_END: block
+
+impl Parameters for Block {
+    fn params(&self) -> Vec<Param> {
+        [
+            self.ln1.params(),
+            self.attn.params(),
+            self.ln2.params(),
+            self.ffn.params(),
+        ]
+        .concat()
+    }
+}
+
+impl ToIdsMut for Block {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        let mut ids = self.ln1.to_ids_mut();
+        ids.extend(self.attn.to_ids_mut());
+        ids.extend(self.ln2.to_ids_mut());
+        ids.extend(self.ffn.to_ids_mut());
+        ids
+    }
+}
+
+/// Parameter counts grouped by the first part of their name after any `layers.{i}.`
+/// (e.g. `token_embeddings`, `attn`, `ffn`, `ln1`), in first-seen order, with the total.
+pub fn param_table(params: &[Param]) -> Vec<(String, usize)> {
+    let mut rows: Vec<(String, usize)> = Vec::new();
+    for p in params {
+        let parts: Vec<&str> = p.name.split('.').collect();
+        // Skip "layers.{i}" (and "encoder."/"decoder." prefixes keep their role visible).
+        let key = match parts.as_slice() {
+            [pre @ ("encoder" | "decoder"), "layers", _, part, ..] => format!("{pre}.{part}"),
+            ["layers", _, part, ..] => part.to_string(),
+            [first, second, ..] if *second != "weight" => format!("{first}.{second}"),
+            [first, ..] => first.to_string(),
+            [] => String::new(),
+        };
+        match rows.iter_mut().find(|(k, _)| *k == key) {
+            Some(row) => row.1 += p.numel(),
+            None => rows.push((key, p.numel())),
+        }
+    }
+    let total = rows.iter().map(|r| r.1).sum();
+    rows.push(("total".into(), total));
+    rows
+}
+
+/// This chapter in a few lines, for the tour: the reference LM's parameters, and a forward
+/// pass of a small seeded LM.
+pub fn transformer_demo() -> Result<String> {
+    let mut cx = Graph::new();
+    let reference = TransformerLm::new(&mut cx, &TransformerConfig::reference())?;
+    let table: Vec<String> = param_table(&reference.params())
+        .iter()
+        .map(|(k, n)| format!("  {k:<18} {n:>8}"))
+        .collect();
+    let small = TransformerConfig {
+        context_length: 16,
+        d_model: 32,
+        n_layers: 2,
+        d_ff: 96,
+        ..TransformerConfig::reference()
+    };
+    let dict = init_lm_weights(&small, 0)?;
+    let prompt: Vec<u32> = b"hello".iter().map(|&c| c as u32).collect();
+    let logits = run_lm(
+        &prompt,
+        [1, prompt.len()],
+        &dict,
+        &small,
+        crate::device::Device::Cpu,
+    )?;
+    let last = &logits.data[(prompt.len() - 1) * small.vocab_size..];
+    let best = (0..last.len())
+        .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+        .unwrap_or(0);
+    Ok(format!(
+        "reference LM (vocab 256, ctx 128, d_model 128, 4 layers, 4 heads, d_ff 384):\n{}\n\
+         an untrained 2-layer LM reads \"hello\" -> logits of shape {:?}; its (random) next byte: {best}",
+        table.join("\n"),
+        logits.shape
+    ))
+}
+
+#[cfg(test)]
+mod tests;

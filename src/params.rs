@@ -1,0 +1,356 @@
+//! Named parameters, state dicts, and safetensors files.
+//!
+//! A model lists its parameters ([`Param`]: state-dict name, graph node, shape). A state dict
+//! maps those names to host tensors; it is what PyTorch's `model.state_dict()` holds and what a
+//! `.safetensors` file stores. Loading checks everything first — a missing, unexpected or
+//! misshapen tensor is an error naming it — and only then writes into the graph, so a failed
+//! load leaves the model as it was.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use luminal::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{CourseError, Result};
+use crate::tensor::{self, HostTensor};
+
+/// The prefix `torch.compile` puts on every state-dict key; stripped on load.
+pub const COMPILED_PREFIX: &str = "_orig_mod.";
+
+/// Tensors by state-dict name, sorted (so files and listings are deterministic).
+pub type StateDict = BTreeMap<String, HostTensor>;
+
+/// One parameter of a model: its state-dict name, its graph input node and its shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub id: NodeIndex,
+    pub shape: Vec<usize>,
+}
+
+impl Param {
+    /// Describe a graph input made by [`tensor::input`]; the name is the input's name.
+    pub fn of<S: Shape>(t: GraphTensor<S>, shape: &[usize]) -> Self {
+        Self {
+            name: tensor::name_of(t),
+            id: t.id,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// Number of values.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Anything made of named parameters: layers, blocks, whole models.
+pub trait Parameters {
+    /// Every parameter, in state-dict order.
+    fn params(&self) -> Vec<Param>;
+
+    /// Total number of values over all parameters.
+    fn num_params(&self) -> usize {
+        self.params().iter().map(Param::numel).sum()
+    }
+}
+
+/// Load `dict` into the parameters `params` of `cx`. Every parameter must be present with its
+/// exact shape, and every tensor in `dict` must belong to a parameter; keys may carry the
+/// `_orig_mod.` prefix. Nothing is written unless everything checks out.
+pub fn load_state_dict(cx: &mut Graph, params: &[Param], dict: &StateDict) -> Result<()> {
+    let dict = strip_compiled_prefix(dict)?;
+    for p in params {
+        let Some(t) = dict.get(p.name.as_str()) else {
+            return Err(CourseError::StateDict(format!(
+                "missing tensor '{}' (shape {:?}); the model needs {} tensors, the state dict has {}",
+                p.name,
+                p.shape,
+                params.len(),
+                dict.len()
+            )));
+        };
+        if t.shape != p.shape {
+            return Err(CourseError::Shape {
+                what: format!("state-dict tensor '{}'", p.name),
+                expected: format!("{:?}", p.shape),
+                got: t.shape.clone(),
+            });
+        }
+    }
+    let known: std::collections::HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    if let Some(extra) = dict.keys().find(|k| !known.contains(*k)) {
+        return Err(CourseError::StateDict(format!(
+            "unexpected tensor '{extra}': the model has no parameter of that name"
+        )));
+    }
+    for p in params {
+        cx.set_tensor(p.id, 0, Tensor::new(dict[p.name.as_str()].data.clone()));
+        cx.keep_tensors(p.id);
+    }
+    Ok(())
+}
+
+/// Keys without the `_orig_mod.` prefix; a name present both with and without it is an error.
+fn strip_compiled_prefix(dict: &StateDict) -> Result<HashMap<&str, &HostTensor>> {
+    let mut out = HashMap::new();
+    for (k, v) in dict {
+        let name = k.strip_prefix(COMPILED_PREFIX).unwrap_or(k);
+        if out.insert(name, v).is_some() {
+            return Err(CourseError::StateDict(format!(
+                "tensor '{name}' appears twice (with and without the '{COMPILED_PREFIX}' prefix)"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The current values of `params` in `cx`, as a state dict.
+pub fn state_dict(cx: &Graph, params: &[Param]) -> Result<StateDict> {
+    params
+        .iter()
+        .map(|p| {
+            let data = cx
+                .get_tensor_ref(p.id, 0)
+                .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
+                .ok_or_else(|| CourseError::NotComputed {
+                    what: format!("parameter '{}'", p.name),
+                })?;
+            Ok((p.name.clone(), HostTensor::new(&p.shape, data.clone())?))
+        })
+        .collect()
+}
+
+/// Read every tensor of a `.safetensors` file (f32 only), keys as stored.
+pub fn read_safetensors(path: &Path) -> Result<StateDict> {
+    let bytes = std::fs::read(path).map_err(|source| CourseError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |problem: String| CourseError::File {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let mut dict = StateDict::new();
+    for (name, view) in file.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(bad(format!(
+                "tensor '{name}' is {:?}; this course reads F32 (save with tensor.float())",
+                view.dtype()
+            )));
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        dict.insert(name, HostTensor::new(view.shape(), data)?);
+    }
+    Ok(dict)
+}
+
+/// Write a state dict as a `.safetensors` file (f32, little-endian), atomically, with optional
+/// string metadata in the header.
+pub fn write_safetensors(
+    path: &Path,
+    dict: &StateDict,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = dict
+        .iter()
+        .map(|(k, t)| {
+            let raw = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (k.clone(), raw, t.shape.clone())
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, raw, shape)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), raw)
+                .map(|v| (k.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| CourseError::File {
+            path: path.to_path_buf(),
+            problem: format!("cannot encode tensors: {e}"),
+        })?;
+    let encoded = safetensors::serialize(views, metadata).map_err(|e| CourseError::File {
+        path: path.to_path_buf(),
+        problem: format!("cannot encode tensors: {e}"),
+    })?;
+    crate::files::write_atomic(path, &encoded)
+}
+
+// The chapters' layers, each listing its own weights.
+
+use crate::ch01_linear::{Embedding, Linear};
+use crate::ch02_rmsnorm::{LayerNorm, RmsNorm};
+use crate::ch03_feed_forward::{ReluFfn, SwiGlu};
+use crate::ch05_attention::MultiHeadAttention;
+
+impl<I: Dimension, O: Dimension> Parameters for Linear<I, O> {
+    fn params(&self) -> Vec<Param> {
+        vec![Param::of(
+            self.weight,
+            &[self.out_features, self.in_features],
+        )]
+    }
+}
+
+impl<V: Dimension, D: Dimension> Parameters for Embedding<V, D> {
+    fn params(&self) -> Vec<Param> {
+        vec![Param::of(self.weight, &[self.vocab_size, self.d_model])]
+    }
+}
+
+impl<D: Dimension> Parameters for RmsNorm<D> {
+    fn params(&self) -> Vec<Param> {
+        vec![Param::of(self.weight, &[self.d_model])]
+    }
+}
+
+impl<D: Dimension> Parameters for LayerNorm<D> {
+    fn params(&self) -> Vec<Param> {
+        vec![
+            Param::of(self.weight, &[self.d_model]),
+            Param::of(self.bias, &[self.d_model]),
+        ]
+    }
+}
+
+impl<D: Dimension, F: Dimension> Parameters for SwiGlu<D, F> {
+    fn params(&self) -> Vec<Param> {
+        [self.w1.params(), self.w2.params(), self.w3.params()].concat()
+    }
+}
+
+impl<D: Dimension, F: Dimension> Parameters for ReluFfn<D, F> {
+    fn params(&self) -> Vec<Param> {
+        [self.w1.params(), self.w2.params()].concat()
+    }
+}
+
+impl<D: Dimension> Parameters for MultiHeadAttention<D> {
+    fn params(&self) -> Vec<Param> {
+        self.projections().iter().flat_map(|p| p.params()).collect()
+    }
+}
+
+// Handles that survive compilation: luminal's compile remaps node ids through `ToIdsMut`.
+
+impl<I: Dimension, O: Dimension> ToIdsMut for Linear<I, O> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        vec![&mut self.weight.id]
+    }
+}
+
+impl<V: Dimension, D: Dimension> ToIdsMut for Embedding<V, D> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        vec![&mut self.weight.id]
+    }
+}
+
+impl<D: Dimension> ToIdsMut for RmsNorm<D> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        vec![&mut self.weight.id]
+    }
+}
+
+impl<D: Dimension> ToIdsMut for LayerNorm<D> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        vec![&mut self.weight.id, &mut self.bias.id]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dict(entries: &[(&str, &[usize])]) -> StateDict {
+        entries
+            .iter()
+            .map(|(k, shape)| {
+                let n = shape.iter().product::<usize>();
+                let data = (0..n).map(|i| i as f32 * 0.5 - 1.0).collect();
+                (k.to_string(), HostTensor::new(shape, data).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn safetensors_round_trip_is_exact_and_keeps_metadata() {
+        let dir = std::env::temp_dir().join(format!("tc-params-{}", std::process::id()));
+        let path = dir.join("weights.safetensors");
+        let d = dict(&[("a.weight", &[2, 3]), ("b", &[4])]);
+        let meta = HashMap::from([("step".to_string(), "7".to_string())]);
+        write_safetensors(&path, &d, Some(meta)).unwrap();
+        assert_eq!(read_safetensors(&path).unwrap(), d);
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(header.metadata().as_ref().unwrap()["step"], "7");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn truncated_and_missing_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("tc-params-bad-{}", std::process::id()));
+        let path = dir.join("w.safetensors");
+        write_safetensors(&path, &dict(&[("w", &[8])]), None).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        let err = read_safetensors(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("w.safetensors") && err.contains("not a valid"),
+            "{err}"
+        );
+        let err = read_safetensors(&dir.join("nope.safetensors")).unwrap_err();
+        assert!(err.to_string().contains("nope.safetensors"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn loading_checks_names_shapes_and_prefix_before_writing() {
+        let mut cx = Graph::new();
+        let w = tensor::input::<(Dyn<'a'>, Dyn<'c'>)>(&mut cx, "layer.weight");
+        let params = vec![Param::of(w, &[2, 3])];
+        // torch.compile's prefix is accepted.
+        let good = dict(&[("_orig_mod.layer.weight", &[2, 3])]);
+        load_state_dict(&mut cx, &params, &good).unwrap();
+        assert_eq!(
+            state_dict(&cx, &params).unwrap()["layer.weight"].data[1],
+            -0.5
+        );
+        // Each failure names the tensor, and leaves the loaded values alone.
+        let cases = [
+            (dict(&[("other", &[2, 3])]), "missing tensor 'layer.weight'"),
+            (dict(&[("layer.weight", &[3, 2])]), "'layer.weight'"),
+            (
+                dict(&[("layer.weight", &[2, 3]), ("extra.bias", &[1])]),
+                "unexpected tensor 'extra.bias'",
+            ),
+            (
+                dict(&[
+                    ("layer.weight", &[2, 3]),
+                    ("_orig_mod.layer.weight", &[2, 3]),
+                ]),
+                "appears twice",
+            ),
+        ];
+        for (d, needle) in cases {
+            let err = load_state_dict(&mut cx, &params, &d)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        assert_eq!(state_dict(&cx, &params).unwrap(), strip(&good));
+    }
+
+    fn strip(d: &StateDict) -> StateDict {
+        d.iter()
+            .map(|(k, v)| (k.trim_start_matches(COMPILED_PREFIX).to_string(), v.clone()))
+            .collect()
+    }
+}

@@ -11,7 +11,10 @@
 use luminal::prelude::*;
 
 use crate::device::Device;
-use crate::dims::{Batch, Heads, Seq, SrcSeq};
+use crate::dims::{Batch, DHead, Heads, Seq, SrcSeq};
+
+/// Width of the values in [`run_sdpa`], which may differ from the queries' and keys' (`e`).
+type DValue = Dyn<'e'>;
 use crate::error::Result;
 use crate::tensor::{self, HostTensor};
 
@@ -151,6 +154,30 @@ pub fn run_softmax(
         m.iter().map(|&k| k as u8 as f32).collect()
     });
     tensor::set(a, &shape, flags)?;
+    tensor::execute(&mut cx)?;
+    tensor::read(y)
+}
+
+/// Run [`scaled_dot_product_attention`]: `q` (b, h, s, dk), `k` (b, h, t, dk),
+/// `v` (b, h, t, dv), `allowed` (b, h, s, t) -> (b, h, s, dv). For 3-D inputs pass h = 1.
+pub fn run_sdpa(
+    [q, k, v]: [&[f32]; 3],
+    allowed: &[bool],
+    [b, h, s, t, dk, dv]: [usize; 6],
+    device: Device,
+) -> Result<HostTensor> {
+    let mut cx = Graph::new();
+    let mut qt = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "q");
+    let mut kt = tensor::input::<(Batch, Heads, SrcSeq, DHead)>(&mut cx, "k");
+    let mut vt = tensor::input::<(Batch, Heads, SrcSeq, DValue)>(&mut cx, "v");
+    let mut at = tensor::input::<(Batch, Heads, Seq, SrcSeq)>(&mut cx, "allowed");
+    let mut y = scaled_dot_product_attention(qt, kt, vt, at, dk).retrieve();
+    device.compile(&mut cx, (&mut qt, &mut kt, &mut vt, &mut at, &mut y));
+    tensor::set(qt, &[b, h, s, dk], q.to_vec())?;
+    tensor::set(kt, &[b, h, t, dk], k.to_vec())?;
+    tensor::set(vt, &[b, h, t, dv], v.to_vec())?;
+    let flags = allowed.iter().map(|&a| a as u8 as f32).collect();
+    tensor::set(at, &[b, h, s, t], flags)?;
     tensor::execute(&mut cx)?;
     tensor::read(y)
 }

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Write the PyTorch reference fixtures that tests/pytorch_fixtures.rs compares against.
+
+usage: python3 scripts/make_fixtures.py        (writes tests/fixtures/*.safetensors)
+
+Needs torch and safetensors (`python3 -m venv .venv && .venv/bin/pip install torch safetensors`);
+CI does not: the fixtures are committed. Regenerate only when a convention changes, and review
+the diff of tests/pytorch_fixtures.rs results.
+
+Everything here is plain PyTorch written from conventions.md (CS336 layouts), independent of
+the Rust code: Linear y = x W^T (W: out x in, no bias); RMSNorm with eps 1e-5 inside the root;
+SwiGLU W2(SiLU(W1 x) * W3 x); RoPE on adjacent pairs (x[2k], x[2k+1]) with angle
+pos * theta^(-2k/d); attention via F.scaled_dot_product_attention with a boolean mask
+(True = may attend); pre-norm blocks; the encoder-decoder of chapter 6.
+
+Each fixture file holds inputs named `in.*`, outputs named `out.*`, weights under their
+state-dict names, and the sizes in the header metadata. Token ids and masks are stored as
+float32 (exact for small integers): the course's reader only reads F32.
+"""
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+EPS = 1e-5
+THETA = 10000.0
+
+
+def linear(x, w):
+    return x @ w.T
+
+
+def rms_norm(x, g):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * g
+
+
+def swiglu(x, w1, w2, w3):
+    return linear(F.silu(linear(x, w1)) * linear(x, w3), w2)
+
+
+def rope(x, theta=THETA):
+    """x (..., seq, d): rotate adjacent pairs by pos * theta^(-2k/d); angles in float64."""
+    s, d = x.shape[-2:]
+    k = torch.arange(d // 2, dtype=torch.float64)
+    angles = torch.arange(s, dtype=torch.float64)[:, None] * theta ** (-2.0 * k / d)
+    cos, sin = angles.cos().float(), angles.sin().float()
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+
+
+def mha(x, memory, w, prefix, heads, mask, use_rope):
+    """x (b, s, d) queries; memory (b, t, d) keys/values; mask (b, s, t) bool."""
+    b, s, d = x.shape
+    t = memory.shape[1]
+    dk = d // heads
+    split = lambda m, n: m.view(b, n, heads, dk).transpose(1, 2)  # (b, h, n, dk)
+    q = split(linear(x, w[f"{prefix}.q_proj.weight"]), s)
+    k = split(linear(memory, w[f"{prefix}.k_proj.weight"]), t)
+    v = split(linear(memory, w[f"{prefix}.v_proj.weight"]), t)
+    if use_rope:
+        q, k = rope(q), rope(k)
+    att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+    return linear(att.transpose(1, 2).reshape(b, s, d), w[f"{prefix}.output_proj.weight"])
+
+
+def block(x, w, p, heads, mask):
+    n = rms_norm(x, w[f"{p}.ln1.weight"])
+    h = x + mha(n, n, w, f"{p}.attn", heads, mask, True)
+    ffn = [w[f"{p}.ffn.w{i}.weight"] for i in (1, 2, 3)]
+    return h + swiglu(rms_norm(h, w[f"{p}.ln2.weight"]), *ffn)
+
+
+def causal(b, s):
+    return torch.tril(torch.ones(s, s, dtype=torch.bool)).expand(b, s, s)
+
+
+def lm(ids, w, cfg):
+    b, s = ids.shape
+    x = w["token_embeddings.weight"][ids]
+    for i in range(cfg["n_layers"]):
+        x = block(x, w, f"layers.{i}", cfg["n_heads"], causal(b, s))
+    return linear(rms_norm(x, w["ln_final.weight"]), w["lm_head.weight"])
+
+
+def seq2seq(src, keep, tgt, w, cfg):
+    (b, t), s = src.shape, tgt.shape[1]
+    heads, table = cfg["n_heads"], w["token_embeddings.weight"]
+    enc_mask = keep[:, None, :].expand(b, t, t)
+    m = table[src]
+    for i in range(cfg["n_encoder_layers"]):
+        m = block(m, w, f"encoder.layers.{i}", heads, enc_mask)
+    m = rms_norm(m, w["encoder.ln_final.weight"])
+    x = table[tgt]
+    for i in range(cfg["n_decoder_layers"]):
+        p = f"decoder.layers.{i}"
+        n = rms_norm(x, w[f"{p}.ln1.weight"])
+        x = x + mha(n, n, w, f"{p}.self_attn", heads, causal(b, s), True)
+        n = rms_norm(x, w[f"{p}.ln2.weight"])
+        x = x + mha(n, m, w, f"{p}.cross_attn", heads, keep[:, None, :].expand(b, s, t), False)
+        ffn = [w[f"{p}.ffn.w{j}.weight"] for j in (1, 2, 3)]
+        x = x + swiglu(rms_norm(x, w[f"{p}.ln3.weight"]), *ffn)
+    x = rms_norm(x, w["decoder.ln_final.weight"])
+    head = table if cfg["tie_embeddings"] else w["lm_head.weight"]
+    return linear(x, head)
+
+
+# ---- weights ------------------------------------------------------------------------------
+def matrix(out_f, in_f):
+    return torch.randn(out_f, in_f) / math.sqrt(in_f)
+
+
+def gain(d):
+    return 1.0 + 0.1 * torch.randn(d)  # not all ones, so a wrong gain shows
+
+
+def attn_weights(w, prefix, d):
+    for name in ("q_proj", "k_proj", "v_proj", "output_proj"):
+        w[f"{prefix}.{name}.weight"] = matrix(d, d)
+
+
+def block_weights(w, p, d, d_ff, cross=False):
+    w[f"{p}.ln1.weight"] = gain(d)
+    attn_weights(w, f"{p}.self_attn" if cross else f"{p}.attn", d)
+    w[f"{p}.ln2.weight"] = gain(d)
+    if cross:
+        attn_weights(w, f"{p}.cross_attn", d)
+        w[f"{p}.ln3.weight"] = gain(d)
+    w[f"{p}.ffn.w1.weight"] = matrix(d_ff, d)
+    w[f"{p}.ffn.w2.weight"] = matrix(d, d_ff)
+    w[f"{p}.ffn.w3.weight"] = matrix(d_ff, d)
+
+
+def save(name, tensors, meta):
+    OUT.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}
+    save_file(tensors, OUT / f"{name}.safetensors", metadata={"config": json.dumps(meta)})
+    print(f"{name}: {sum(v.numel() for v in tensors.values())} values")
+
+
+def main():
+    torch.manual_seed(20261123)
+
+    x = torch.randn(3, 5)
+    w = matrix(4, 5)
+    save("linear", {"in.x": x, "linear.weight": w, "out.y": linear(x, w)}, {})
+
+    ids = torch.randint(0, 10, (2, 3))
+    table = torch.randn(10, 4)
+    save("embedding", {"in.ids": ids, "token_embeddings.weight": table, "out.y": table[ids]}, {})
+
+    x, g = 3 * torch.randn(2, 3, 8), gain(8)
+    save("rms_norm", {"in.x": x, "ln.weight": g, "out.y": rms_norm(x, g)}, {})
+
+    x = torch.randn(2, 3, 8)
+    ws = {f"ffn.w{i}.weight": m for i, m in ((1, matrix(12, 8)), (2, matrix(8, 12)), (3, matrix(12, 8)))}
+    y = swiglu(x, ws["ffn.w1.weight"], ws["ffn.w2.weight"], ws["ffn.w3.weight"])
+    save("swiglu", {"in.x": x, **ws, "out.y": y}, {"d_ff": 12})
+
+    x = torch.randn(2, 2, 7, 8)  # (batch, heads, seq, d_head)
+    save("rope", {"in.x": x, "out.y": rope(x)}, {"theta": THETA})
+
+    # SDPA with 3-D (batch) and 4-D (batch, heads) leading dims; every query row keeps a key.
+    for name, lead in (("sdpa_3d", (2,)), ("sdpa_4d", (2, 3))):
+        q, k, v = torch.randn(*lead, 4, 8), torch.randn(*lead, 6, 8), torch.randn(*lead, 6, 5)
+        mask = torch.rand(*lead, 4, 6) < 0.6
+        mask[..., 0] = True
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        save(name, {"in.q": q, "in.k": k, "in.v": v, "in.mask": mask, "out.y": out}, {})
+
+    # Causal multi-head self-attention with RoPE: d_model 16, 4 heads.
+    x, w = torch.randn(2, 5, 16), {}
+    attn_weights(w, "attn", 16)
+    y = mha(x, x, w, "attn", 4, causal(2, 5), True)
+    save("mha_rope_causal", {"in.x": x, **w, "out.y": y}, {"n_heads": 4})
+
+    # One pre-norm block.
+    x, w = torch.randn(2, 5, 16), {}
+    block_weights(w, "layers.0", 16, 48)
+    save("block", {"in.x": x, **w, "out.y": block(x, w, "layers.0", 4, causal(2, 5))},
+         {"n_heads": 4, "d_ff": 48})
+
+    # The decoder-only LM.
+    cfg = dict(vocab_size=32, context_length=16, d_model=16, n_layers=2, n_heads=2, d_ff=48,
+               rope_theta=THETA)
+    w = {"token_embeddings.weight": torch.randn(32, 16)}
+    for i in range(2):
+        block_weights(w, f"layers.{i}", 16, 48)
+    w["ln_final.weight"] = gain(16)
+    w["lm_head.weight"] = matrix(32, 16)
+    ids = torch.randint(0, 32, (2, 10))
+    save("lm", {"in.ids": ids, **w, "out.logits": lm(ids, w, cfg)}, cfg)
+
+    # The encoder-decoder, tied embeddings, with source padding.
+    cfg = dict(vocab_size=18, max_seq_len=16, d_model=16, n_heads=2, n_encoder_layers=2,
+               n_decoder_layers=2, d_ff=48, rope_theta=THETA, tie_embeddings=True)
+    w = {"token_embeddings.weight": torch.randn(18, 16)}
+    for i in range(2):
+        block_weights(w, f"encoder.layers.{i}", 16, 48)
+    w["encoder.ln_final.weight"] = gain(16)
+    for i in range(2):
+        block_weights(w, f"decoder.layers.{i}", 16, 48, cross=True)
+    w["decoder.ln_final.weight"] = gain(16)
+    src = torch.randint(2, 18, (2, 7))
+    keep = torch.ones(2, 7, dtype=torch.bool)
+    keep[1, 4:] = False  # the second source is 4 tokens long, then padding
+    src[1, 4:] = 0
+    tgt = torch.randint(2, 18, (2, 6))
+    tgt[:, 0] = 1
+    logits = seq2seq(src, keep, tgt, w, cfg)
+    save("seq2seq", {"in.src": src, "in.src_keep": keep, "in.tgt": tgt, **w, "out.logits": logits}, cfg)
+
+
+if __name__ == "__main__":
+    with torch.no_grad():
+        main()

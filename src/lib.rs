@@ -14,6 +14,7 @@ pub mod error;
 pub mod files;
 pub mod init;
 pub mod params;
+pub mod plot;
 pub mod tensor;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -51,6 +52,7 @@ pub mod prelude {
     pub use crate::error::{CourseError, Result};
     pub use crate::init;
     pub use crate::params::{self, Param, Parameters, StateDict};
+    pub use crate::plot;
     pub use crate::tensor::{self, HostTensor};
     pub use crate::viz;
     pub use luminal::prelude::*;

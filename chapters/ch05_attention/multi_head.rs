@@ -151,6 +151,25 @@ impl<D: Dimension> MultiHeadAttention<D> {
             .reshape::<(B, S, D)>(); // (b, s, d): heads side by side (reshape copies the view)
         self.output_proj.forward(merged)
     }
+
+    /// The attention weights themselves, (b, h, s, t): how much each query takes from each
+    /// key (rows sum to 1). For pictures; [`Self::attend`] computes them inside.
+    pub fn attention_weights<B: Dimension, S: Dimension, T: Dimension>(
+        &self,
+        x: GraphTensor<(B, S, D)>,
+        memory: GraphTensor<(B, T, D)>,
+        allowed: GraphTensor<(B, S, T)>,
+    ) -> GraphTensor<(B, Heads, S, T)> {
+        let mut q = heads(self.q_proj.forward(x));
+        let mut k = heads(self.k_proj.forward(memory));
+        if let Some(rope) = self.rope {
+            q = rope.forward(q);
+            k = rope.forward(k);
+        }
+        let scale = 1.0 / ((self.d_model / self.n_heads) as f32).sqrt();
+        let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale; // (b, h, s, t)
+        super::masked_softmax(scores, allowed.expand::<(B, Heads, S, T), Axis<1>>())
+    }
 }
 
 /// `(b, len, d)` -> `(b, h, len, d_head)`: split features into heads, heads before positions.
@@ -266,6 +285,41 @@ pub fn run_attention(
             attn.attend(xt, m, allowed).retrieve()
         }
     };
+    device.compile(&mut cx, (&mut attn, &mut xt, &mut y));
+    tensor::execute(&mut cx)?;
+    tensor::read(y)
+}
+
+/// Self-attention weights (b, h, s, s) for `x` (b, s, d) under `mask`: what the heat maps show.
+#[allow(clippy::too_many_arguments)]
+pub fn run_attention_weights(
+    x: &[f32],
+    weights: [&[f32]; 4],
+    [b, s, d]: [usize; 3],
+    n_heads: usize,
+    mask: &MaskSpec,
+    rope_theta: Option<f32>,
+    device: Device,
+) -> Result<HostTensor> {
+    let mut cx = Graph::new();
+    let rope = match rope_theta {
+        Some(theta) if n_heads > 0 => Some(Rope::new(&mut cx, s, d / n_heads, theta)?),
+        _ => None,
+    };
+    let mut attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", d, n_heads, rope)?;
+    for (p, w) in attn.projections().iter().zip(weights) {
+        p.load(w.to_vec())?;
+    }
+    let mut xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+    tensor::set(xt, &[b, s, d], x.to_vec())?;
+    let flags: Vec<f32> = mask
+        .to_bools(b, s, s)
+        .iter()
+        .map(|&a| a as u8 as f32)
+        .collect();
+    let allowed = tensor::input::<(Batch, Seq, Seq)>(&mut cx, "allowed");
+    tensor::set(allowed, &[b, s, s], flags)?;
+    let mut y = attn.attention_weights(xt, xt, allowed).retrieve();
     device.compile(&mut cx, (&mut attn, &mut xt, &mut y));
     tensor::execute(&mut cx)?;
     tensor::read(y)

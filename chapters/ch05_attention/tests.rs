@@ -238,3 +238,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn attention_weights_are_causal_rows_that_sum_to_one() {
+    // A (b = 1, s = 5, d = 4, 2 heads) causal map: row i spreads weight 1 over keys 0..=i only.
+    let mut rng = crate::init::rng(11);
+    let w: Vec<Vec<f32>> = (0..4).map(|_| uniform(&mut rng, 16, 1.0)).collect();
+    let x = uniform(&mut rng, 20, 1.0);
+    let mask = MaskSpec {
+        causal: true,
+        key_padding: None,
+    };
+    let ws = [&w[0][..], &w[1], &w[2], &w[3]];
+    let p =
+        run_attention_weights(&x, ws, [1, 5, 4], 2, &mask, Some(ROPE_THETA), Device::Cpu).unwrap();
+    assert_eq!(p.shape, vec![1, 2, 5, 5]);
+    for (r, row) in p.data.chunks(5).enumerate() {
+        let i = r % 5;
+        assert!(
+            (row.iter().sum::<f32>() - 1.0).abs() < 1e-5,
+            "row {r}: {row:?}"
+        );
+        assert!(
+            row[i + 1..].iter().all(|v| *v == 0.0),
+            "row {r} sees the future"
+        );
+        assert!(row[..=i].iter().all(|v| *v > 0.0));
+    }
+}

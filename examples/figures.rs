@@ -41,6 +41,146 @@ fn main() -> Result<()> {
     let mut y = norm.forward(x).retrieve();
     Device::Cpu.compile(&mut cx, (&mut norm.weight, &mut x, &mut y));
     save(&cx, &out, "ch02_rms_norm_compiled")?;
+
+    // Chapter 3: SwiGLU after compilation (three matmuls, the SiLU's primitives between).
+    let mut cx = Graph::new();
+    let mut ffn = SwiGlu::<DModel, DFf>::new(&mut cx, "ffn", 4, 8)?;
+    let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+    let mut y = ffn.forward(x).retrieve();
+    Device::Cpu.compile(&mut cx, (&mut ffn, &mut x, &mut y));
+    save(&cx, &out, "ch03_swiglu_compiled")?;
+    let silu_curve = |f: fn(f32) -> f32| {
+        (-60..=60)
+            .map(|i| i as f32 / 10.0)
+            .map(|x| (x, f(x)))
+            .collect()
+    };
+    write(
+        &out,
+        "ch03_silu",
+        &plot::line_chart(
+            "SiLU(x) = x sigmoid(x) and ReLU(x)",
+            "x",
+            "activation",
+            &[
+                plot::Series::line("SiLU", silu_curve(silu_ref)),
+                plot::Series::line("ReLU", silu_curve(|x| x.max(0.0))),
+            ],
+            false,
+        ),
+    )?;
+
+    // Chapter 4: RoPE turns each pair on a circle, fast pairs first; dot products depend only
+    // on the offset between query and key positions.
+    let (d, seq) = (8, 24);
+    let x: Vec<f32> = [1.0, 0.0].repeat(d / 2 * seq);
+    let y = run_rope(&x, [1, 1, seq, d], seq, ROPE_THETA, Device::Cpu)?;
+    let pairs: Vec<plot::Series> = (0..d / 2)
+        .map(|k| {
+            let pts = (0..seq)
+                .map(|p| (y.data[p * d + 2 * k], y.data[p * d + 2 * k + 1]))
+                .collect();
+            plot::Series::dots(&format!("pair {k}"), pts)
+        })
+        .collect();
+    write(
+        &out,
+        "ch04_rope_pairs",
+        &plot::line_chart(
+            "(1, 0) at positions 0..23, per pair (d = 8)",
+            "x[2k]",
+            "x[2k+1]",
+            &pairs,
+            true,
+        ),
+    )?;
+    let mut rng = init::rng(4);
+    let (q, k) = (
+        init::trunc_normal(&mut rng, d, 1.0),
+        init::trunc_normal(&mut rng, d, 1.0),
+    );
+    let rq = run_rope(&q.repeat(seq), [1, 1, seq, d], seq, ROPE_THETA, Device::Cpu)?.data;
+    let rk = run_rope(&k.repeat(seq), [1, 1, seq, d], seq, ROPE_THETA, Device::Cpu)?.data;
+    let dot = |i: usize, j: usize| (0..d).map(|c| rq[i * d + c] * rk[j * d + c]).sum::<f32>();
+    let series: Vec<plot::Series> = [0usize, 5, 10]
+        .iter()
+        .map(|&j| {
+            plot::Series::line(
+                &format!("key at {j}"),
+                (j..seq).map(|i| ((i - j) as f32, dot(i, j))).collect(),
+            )
+        })
+        .collect();
+    write(
+        &out,
+        "ch04_rope_relative",
+        &plot::line_chart(
+            "q . k after RoPE against the offset i - j",
+            "offset i - j",
+            "q . k",
+            &series,
+            false,
+        ),
+    )?;
+
+    // Chapter 5: attention weights of one head, causal and with the last two keys padded.
+    let (b, s, dm, heads) = (1, 8, 8, 2);
+    let mut rng = init::rng(5);
+    let w: Vec<Vec<f32>> = (0..4)
+        .map(|_| init::trunc_normal(&mut rng, dm * dm, 0.6))
+        .collect();
+    let x = init::trunc_normal(&mut rng, b * s * dm, 1.0);
+    let ws = [&w[0][..], &w[1], &w[2], &w[3]];
+    for (name, mask) in [
+        (
+            "ch05_attention_causal",
+            MaskSpec {
+                causal: true,
+                key_padding: None,
+            },
+        ),
+        (
+            "ch05_attention_padded",
+            MaskSpec {
+                causal: false,
+                key_padding: Some((0..s).map(|j| j < s - 2).collect()),
+            },
+        ),
+    ] {
+        let p = run_attention_weights(
+            &x,
+            ws,
+            [b, s, dm],
+            heads,
+            &mask,
+            Some(ROPE_THETA),
+            Device::Cpu,
+        )?;
+        let title = if mask.causal {
+            "causal: query i sees keys j <= i"
+        } else {
+            "padding: keys 6 and 7 are masked"
+        };
+        write(
+            &out,
+            name,
+            &plot::heatmap(
+                title,
+                &p.data[..s * s],
+                s,
+                s,
+                "query position i",
+                "key position j",
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+fn write(dir: &Path, name: &str, svg: &str) -> Result<()> {
+    let path = dir.join(format!("{name}.svg"));
+    transformer_course::files::write_atomic(&path, svg.as_bytes())?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 

@@ -147,13 +147,17 @@ pub fn line_chart(
             );
         }
         let ly = MARGIN + 14.0 + 16.0 * i as f32;
+        // Beside a square plot there is room on the right; otherwise inside, top right.
+        let lx = if equal_axes {
+            MARGIN + pw + 12.0
+        } else {
+            MARGIN + pw - 104.0
+        };
         let _ = write!(
             svg,
-            r#"<rect x="{}" y="{}" width="10" height="10" fill="{colour}"/><text x="{}" y="{}" font-size="11">{}</text>"#,
-            MARGIN + pw + 6.0 - 110.0,
+            r#"<rect x="{lx}" y="{}" width="10" height="10" fill="{colour}"/><text x="{}" y="{ly}" font-size="11">{}</text>"#,
             ly - 9.0,
-            MARGIN + pw + 20.0 - 110.0,
-            ly,
+            lx + 14.0,
             escape(&s.name)
         );
     }

@@ -14,6 +14,16 @@ step() { echo "check_book: $*"; }
 step "building the crate for the doctests (target/mdbook)"
 cargo build --lib --target-dir target/mdbook || fail "cargo build --lib --target-dir target/mdbook"
 
+# (a2) The figures show the graphs the current code builds: regenerate them. Under .ci/run
+#      (FIGURES_MUST_BE_COMMITTED=1) a difference from the committed files is a failure.
+step "regenerating book/src/figures (cargo run --example figures)"
+cargo run --quiet --example figures --target-dir target/mdbook -- book/src/figures >/dev/null ||
+    fail "cargo run --example figures"
+if [ "${FIGURES_MUST_BE_COMMITTED:-0}" = 1 ] && git rev-parse --git-dir >/dev/null 2>&1; then
+    stale=$(git status --porcelain -- book/src/figures)
+    [ -z "$stale" ] || fail "book/src/figures is out of date with the code: run 'cargo run --example figures' and commit: $(head -n1 <<<"$stale")"
+fi
+
 # (b) Build, keeping the log; any ERROR or WARN line is a failure, except mdbook-katex's
 #     harmless "was built against mdbook version ..." notice.
 step "mdbook build book"

@@ -34,6 +34,8 @@ pub mod ch04_rope;
 pub mod ch05_attention;
 #[path = "../chapters/ch06_transformer/mod.rs"]
 pub mod ch06_transformer;
+#[path = "../chapters/ch07_loss/mod.rs"]
+pub mod ch07_loss;
 
 pub use error::{CourseError, Result};
 
@@ -47,6 +49,7 @@ pub mod prelude {
     pub use crate::ch04_rope::*;
     pub use crate::ch05_attention::*;
     pub use crate::ch06_transformer::*;
+    pub use crate::ch07_loss::*;
     pub use crate::device::Device;
     pub use crate::dims::*;
     pub use crate::error::{CourseError, Result};
@@ -68,5 +71,6 @@ pub fn tour() -> Vec<(&'static str, Result<String>)> {
         ("4. Rotary position embedding", ch04_rope::rope_demo()),
         ("5. Attention", ch05_attention::attention_demo()),
         ("6. The transformer", ch06_transformer::transformer_demo()),
+        ("7. The loss", ch07_loss::loss_demo()),
     ]
 }

@@ -1,0 +1,146 @@
+use super::*;
+use crate::testing::{assert_close, uniform};
+use approx::assert_relative_eq;
+use proptest::prelude::*;
+
+#[test]
+fn cross_entropy_on_hand_values() {
+    // Uniform logits over 4 classes: -log(1/4) = ln 4 = 1.3862944, perplexity 4.
+    let ce = run_loss(
+        &[0.0; 4],
+        [1, 1, 4],
+        &[3],
+        &[true],
+        Weighting::Token,
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_relative_eq!(ce, 1.386_294_4, max_relative = 1e-6);
+    assert_relative_eq!(perplexity(ce), 4.0, max_relative = 1e-6);
+    // [1, 2, 3], target 0: -1 + 3 + ln(e^-2 + e^-1 + 1) = 2 + ln(1.5032147) = 2.4076059.
+    let ce = run_loss(
+        &[1.0, 2.0, 3.0],
+        [1, 1, 3],
+        &[0],
+        &[true],
+        Weighting::Token,
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_relative_eq!(ce, 2.407_606, max_relative = 1e-6);
+    assert_relative_eq!(
+        cross_entropy_ref(&[1.0, 2.0, 3.0], 0),
+        2.407_606,
+        max_relative = 1e-6
+    );
+}
+
+#[test]
+fn cross_entropy_is_finite_for_huge_logits() {
+    // Logits x 1000: [1000, 2000, 3000] with target 0 costs exactly 3000 - 1000 = 2000
+    // (the other terms, e^-1000 and e^-2000, vanish); a naive softmax would overflow to inf.
+    let x = [1000.0, 2000.0, 3000.0];
+    let ce = run_loss(&x, [1, 1, 3], &[0], &[true], Weighting::Token, Device::Cpu).unwrap();
+    assert_eq!(ce, 2000.0);
+    let naive = -(x[0] as f32).exp().ln() + x.iter().map(|v: &f32| v.exp()).sum::<f32>().ln();
+    assert!(!naive.is_finite(), "the naive form overflows: {naive}");
+}
+
+/// The book's example: two sequences of 3 positions, the second with its last 2 masked.
+/// Feeding the basis losses e_i gives each position's weight in the mean.
+#[test]
+fn token_and_sequence_weights_of_the_book_example() {
+    let mask = [true, true, true, true, false, false];
+    let weights = |w: Weighting| -> Vec<f32> {
+        (0..6)
+            .map(|i| {
+                let mut e = [0.0; 6];
+                e[i] = 1.0;
+                run_masked_mean(&e, &mask, w)
+            })
+            .collect()
+    };
+    // Token-centric: 4 tokens count, each 1/4. Sequence-centric: sequence A's 3 tokens 1/6
+    // each (1/2 per sequence, shared by 3), sequence B's one token 1/2.
+    let q = 0.25;
+    assert_close(&weights(Weighting::Token), &[q, q, q, q, 0.0, 0.0], 1e-7).unwrap();
+    let (a, b) = (1.0 / 6.0, 0.5);
+    assert_close(&weights(Weighting::Sequence), &[a, a, a, b, 0.0, 0.0], 1e-7).unwrap();
+}
+
+/// Masked mean through the graph, of given per-position losses (b = 2, s = 3).
+fn run_masked_mean(losses: &[f32], mask: &[bool], w: Weighting) -> f32 {
+    let mut cx = Graph::new();
+    let l = tensor::input::<(Batch, Seq)>(&mut cx, "losses");
+    let m = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
+    let y = masked_mean(l, m, w).retrieve();
+    tensor::set(l, &[2, 3], losses.to_vec()).unwrap();
+    tensor::set(m, &[2, 3], mask.iter().map(|&k| k as u8 as f32).collect()).unwrap();
+    tensor::execute(&mut cx).unwrap();
+    tensor::read(y).unwrap().data[0]
+}
+
+#[test]
+fn an_all_masked_batch_averages_to_zero_not_nan() {
+    for w in [Weighting::Token, Weighting::Sequence] {
+        assert_eq!(run_masked_mean(&[1.0; 6], &[false; 6], w), 0.0);
+    }
+}
+
+#[test]
+fn teacher_forcing_shifts_by_one() {
+    let (input, target) = teacher_forcing(&[1, 7, 8, 9]).unwrap();
+    assert_eq!((input, target), (vec![1, 7, 8], vec![7, 8, 9]));
+    assert!(teacher_forcing(&[5])
+        .unwrap_err()
+        .to_string()
+        .contains("at least 2 tokens"));
+}
+
+#[test]
+fn out_of_range_targets_are_refused() {
+    let err = run_loss(
+        &[0.0; 4],
+        [1, 1, 4],
+        &[4],
+        &[true],
+        Weighting::Token,
+        Device::Cpu,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("target id 4"), "{err}");
+}
+
+#[test]
+fn compiled_op_listing_snapshot() {
+    let mut cx = Graph::new();
+    let mut x = tensor::input::<(Batch, Seq, Vocab)>(&mut cx, "logits");
+    let mut t = tensor::input::<(Batch, Seq)>(&mut cx, "targets");
+    let mut m = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
+    let mut loss = masked_mean(cross_entropy(x, t), m, Weighting::Token).retrieve();
+    Device::Cpu.compile(&mut cx, (&mut x, &mut t, &mut m, &mut loss));
+    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Graph == loops for random logits (scaled up to x 1000), targets and masks, both
+    /// weightings. Log-sum-exp of <= 12 terms: 1e-5 relative to max(1, |loss|).
+    #[test]
+    fn loss_matches_reference(
+        b in 1usize..3, s in 1usize..5, v in 2usize..12, scale in prop::sample::select(vec![1.0f32, 10.0, 1000.0]),
+        sequence in any::<bool>(), seed in any::<u64>()
+    ) {
+        use rand::Rng;
+        let mut rng = crate::init::rng(seed);
+        let logits: Vec<f32> = uniform(&mut rng, b * s * v, 3.0).iter().map(|x| x * scale).collect();
+        let targets: Vec<u32> = (0..b * s).map(|_| rng.gen_range(0..v as u32)).collect();
+        let mask: Vec<bool> = (0..b * s).map(|_| rng.gen_bool(0.7)).collect();
+        let w = if sequence { Weighting::Sequence } else { Weighting::Token };
+        let got = run_loss(&logits, [b, s, v], &targets, &mask, w, Device::Cpu).unwrap();
+        let per_position: Vec<f32> = logits.chunks(v).zip(&targets).map(|(row, &t)| cross_entropy_ref(row, t as usize)).collect();
+        let want = masked_mean_ref(&per_position, &mask, [b, s], w);
+        prop_assert!(got.is_finite());
+        assert_close(&[got], &[want], 1e-5)?;
+    }
+}

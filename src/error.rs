@@ -57,6 +57,9 @@ pub enum CourseError {
     /// A file that exists but whose contents are wrong (corrupt, truncated, wrong format).
     #[error("{path}: {problem}")]
     File { path: PathBuf, problem: String },
+    /// A graph the autograd pass cannot differentiate (names the node and op).
+    #[error("autograd: {0}")]
+    Autograd(String),
     /// A graph picture that could not be laid out.
     #[error("could not render the graph picture: {0}")]
     Render(String),

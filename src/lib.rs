@@ -36,6 +36,8 @@ pub mod ch05_attention;
 pub mod ch06_transformer;
 #[path = "../chapters/ch07_loss/mod.rs"]
 pub mod ch07_loss;
+#[path = "../chapters/ch08_autograd/mod.rs"]
+pub mod ch08_autograd;
 
 pub use error::{CourseError, Result};
 
@@ -50,6 +52,7 @@ pub mod prelude {
     pub use crate::ch05_attention::*;
     pub use crate::ch06_transformer::*;
     pub use crate::ch07_loss::*;
+    pub use crate::ch08_autograd::*;
     pub use crate::device::Device;
     pub use crate::dims::*;
     pub use crate::error::{CourseError, Result};

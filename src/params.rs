@@ -184,6 +184,12 @@ pub fn write_safetensors(
     crate::files::write_atomic(path, &encoded)
 }
 
+impl ToIdsMut for Param {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        vec![&mut self.id]
+    }
+}
+
 // The chapters' layers, each listing its own weights.
 
 use crate::ch01_linear::{Embedding, Linear};

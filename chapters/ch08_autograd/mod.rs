@@ -1,0 +1,204 @@
+//! # Chapter 8 — Autograd: backpropagation as a graph pass
+//!
+//! Training needs the gradient of the loss with respect to every parameter. luminal 0.2.0 has
+//! no autograd, so we build it: first on scalars ([`Scalar`], micrograd-sized, to see the idea),
+//! then on luminal's primitive graph ([`backward`]), where each op's rule adds gradient nodes
+//! to the same graph. [`GradCheck`] checks any gradient against central finite differences.
+//!
+//! Book page: [Chapter 8](../book/ch08_autograd.html).
+
+use luminal::prelude::*;
+
+use crate::device::Device;
+use crate::error::{CourseError, Result};
+use crate::params::Param;
+use crate::tensor::HostTensor;
+
+pub mod backward;
+pub use backward::*;
+
+// ANCHOR: scalar
+/// A scalar expression graph with reverse-mode gradients, in the style of micrograd: every op
+/// records its inputs and its local derivatives, and `grad` walks the tape backwards.
+#[derive(Default)]
+pub struct Tape {
+    /// Per node: its value and (input, d node / d input) pairs.
+    nodes: Vec<(f32, Vec<(usize, f32)>)>,
+}
+
+/// A node of a [`Tape`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scalar(pub usize);
+
+impl Tape {
+    /// A leaf: an input or a parameter.
+    pub fn leaf(&mut self, v: f32) -> Scalar {
+        self.push(v, vec![])
+    }
+    fn push(&mut self, v: f32, local: Vec<(usize, f32)>) -> Scalar {
+        self.nodes.push((v, local));
+        Scalar(self.nodes.len() - 1)
+    }
+    /// The value of a node.
+    pub fn value(&self, a: Scalar) -> f32 {
+        self.nodes[a.0].0
+    }
+    /// a + b: d/da = 1, d/db = 1.
+    pub fn add(&mut self, a: Scalar, b: Scalar) -> Scalar {
+        self.push(self.value(a) + self.value(b), vec![(a.0, 1.0), (b.0, 1.0)])
+    }
+    /// a * b: d/da = b, d/db = a.
+    pub fn mul(&mut self, a: Scalar, b: Scalar) -> Scalar {
+        let (x, y) = (self.value(a), self.value(b));
+        self.push(x * y, vec![(a.0, y), (b.0, x)])
+    }
+    /// e^a: d/da = e^a.
+    pub fn exp(&mut self, a: Scalar) -> Scalar {
+        let y = self.value(a).exp();
+        self.push(y, vec![(a.0, y)])
+    }
+    /// 1 / a: d/da = -1 / a^2.
+    pub fn recip(&mut self, a: Scalar) -> Scalar {
+        let x = self.value(a);
+        self.push(1.0 / x, vec![(a.0, -1.0 / (x * x))])
+    }
+    /// d out / d node for every node: the chain rule, summed over every path, newest first.
+    pub fn grad(&self, out: Scalar) -> Vec<f32> {
+        let mut g = vec![0.0; self.nodes.len()];
+        g[out.0] = 1.0;
+        for n in (0..=out.0).rev() {
+            for &(input, local) in &self.nodes[n].1 {
+                g[input] += g[n] * local;
+            }
+        }
+        g
+    }
+}
+// ANCHOR_END: scalar
+
+// ANCHOR: gradcheck
+/// Finite-difference step. In f32, the central difference's error is about
+/// `h^2 |f'''| / 6` (truncation) plus `eps |f| / h` (rounding, eps = 6e-8): h = 1e-2 balances
+/// them at ~1e-5 for functions of size ~1.
+pub const GRADCHECK_STEP: f32 = 1e-2;
+/// Largest accepted normalised error `|analytic - numeric| / max(1, |analytic|, |numeric|)`.
+/// Wrong rules give errors of order 1; f32 finite differences stay below ~1e-3.
+pub const GRADCHECK_TOLERANCE: f32 = 1e-2;
+
+/// Gradients of a graph's scalar loss, computed by [`backward`] and checked against
+/// central differences `(L(p + h) - L(p - h)) / 2h`, one parameter element at a time.
+pub struct GradCheck<'a> {
+    cx: &'a mut Graph,
+    params: Vec<Param>,
+    loss: NodeIndex,
+    grads: Vec<Gradient>,
+}
+
+impl<'a> GradCheck<'a> {
+    /// Differentiate `loss` with respect to `params` (whose values must be set), then
+    /// compile for `device` (or run uncompiled with `None`).
+    pub fn new(
+        cx: &'a mut Graph,
+        params: Vec<Param>,
+        loss: GraphTensor<()>,
+        device: Option<Device>,
+    ) -> Result<Self> {
+        let mut loss_id = loss.id;
+        cx.keep_tensors(loss_id);
+        cx.to_retrieve.insert(loss_id);
+        let mut grads = backward(cx, &params, loss_id)?;
+        let mut params = params;
+        match device {
+            Some(d) => d.compile(cx, (&mut loss_id, &mut params, &mut grads)),
+            None => cx.compile((), ()), // refresh the execution order after adding nodes
+        }
+        Ok(Self {
+            cx,
+            params,
+            loss: loss_id,
+            grads,
+        })
+    }
+
+    /// Run the graph once: the loss and every parameter's gradient.
+    pub fn run(&mut self) -> Result<(f32, Vec<HostTensor>)> {
+        let loss = self.loss()?;
+        let grads = self
+            .grads
+            .iter()
+            .map(|g| g.read(self.cx))
+            .collect::<Result<_>>()?;
+        Ok((loss, grads))
+    }
+
+    fn loss(&mut self) -> Result<f32> {
+        // Outputs kept from a previous run would be reused as they are: drop them first.
+        self.cx.tensors.remove(&(self.loss, 0));
+        for g in &self.grads {
+            self.cx.tensors.remove(&(g.grad, 0));
+        }
+        crate::tensor::execute(self.cx)?;
+        let t = self
+            .cx
+            .get_tensor_ref(self.loss, 0)
+            .ok_or_else(|| CourseError::NotComputed {
+                what: "the loss".into(),
+            })?;
+        Ok(t.data
+            .as_any()
+            .downcast_ref::<Vec<f32>>()
+            .map_or(f32::NAN, |v| v[0]))
+    }
+
+    fn values(&self, p: usize) -> Vec<f32> {
+        let t = self
+            .cx
+            .get_tensor_ref(self.params[p].id, 0)
+            .expect("parameter set");
+        t.data
+            .as_any()
+            .downcast_ref::<Vec<f32>>()
+            .expect("f32 data")
+            .clone()
+    }
+
+    fn set(&mut self, p: usize, v: Vec<f32>) {
+        self.cx.set_tensor(self.params[p].id, 0, Tensor::new(v));
+    }
+
+    /// The largest normalised error over all parameter elements, and where it occurred.
+    pub fn max_error(&mut self) -> Result<(f32, String)> {
+        let (_, analytic) = self.run()?;
+        let mut worst = (0.0f32, String::new());
+        for (p, grad) in analytic.iter().enumerate() {
+            let original = self.values(p);
+            for i in 0..original.len() {
+                let mut v = original.clone();
+                v[i] = original[i] + GRADCHECK_STEP;
+                self.set(p, v.clone());
+                let up = self.loss()?;
+                v[i] = original[i] - GRADCHECK_STEP;
+                self.set(p, v);
+                let down = self.loss()?;
+                let numeric = (up - down) / (2.0 * GRADCHECK_STEP);
+                let a = grad.data[i];
+                let err = (a - numeric).abs() / 1f32.max(a.abs()).max(numeric.abs());
+                if !(err <= worst.0) {
+                    worst = (
+                        err,
+                        format!(
+                            "{}[{i}]: backward {a}, finite difference {numeric}",
+                            self.params[p].name
+                        ),
+                    );
+                }
+            }
+            self.set(p, original);
+        }
+        Ok(worst)
+    }
+}
+// ANCHOR_END: gradcheck
+
+#[cfg(test)]
+mod tests;

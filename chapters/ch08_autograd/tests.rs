@@ -1,0 +1,174 @@
+use super::*;
+use crate::params::Param;
+use crate::tensor;
+use crate::testing::uniform;
+use approx::assert_relative_eq;
+use luminal::shape::symbolic::Expression;
+use proptest::prelude::*;
+
+type R = Dyn<'r'>;
+type C = Dyn<'c'>;
+
+#[test]
+fn scalar_tape_on_hand_values() {
+    // f(a, b) = (a b + e^a) / b at a = 1, b = 2: f = (2 + e) / 2 = 2.3591409.
+    // df/da = (b + e^a) / b = (2 + e) / 2 = 2.3591409; df/db = -e^a / b^2 = -e / 4 = -0.6795705.
+    let mut t = Tape::default();
+    let (a, b) = (t.leaf(1.0), t.leaf(2.0));
+    let ab = t.mul(a, b);
+    let ea = t.exp(a);
+    let num = t.add(ab, ea);
+    let inv = t.recip(b);
+    let f = t.mul(num, inv);
+    assert_relative_eq!(t.value(f), 2.359_141, max_relative = 1e-6);
+    let g = t.grad(f);
+    assert_relative_eq!(g[a.0], 2.359_141, max_relative = 1e-6);
+    assert_relative_eq!(g[b.0], -0.679_570_5, max_relative = 1e-6);
+}
+
+/// A (rows, cols) parameter `p` with values `v`, and a random weighting `w` of `f(p)` summed
+/// to a scalar loss: `sum(f(p) * w)`, so every output element matters differently.
+fn check<F>(shape: [usize; 2], v: Vec<f32>, seed: u64, f: F) -> (f32, String)
+where
+    F: Fn(GraphTensor<(R, C)>) -> GraphTensor<(R, C)>,
+{
+    let mut cx = Graph::new();
+    let p = tensor::input::<(R, C)>(&mut cx, "p");
+    tensor::set(p, &shape, v).unwrap();
+    let w = tensor::input::<(R, C)>(&mut cx, "w");
+    let mut rng = crate::init::rng(seed);
+    tensor::set(w, &shape, uniform(&mut rng, shape[0] * shape[1], 1.0)).unwrap();
+    let loss = (f(p) * w).sum_reduce::<(), Axes2<0, 1>>();
+    let params = vec![Param::of(p, &shape)];
+    GradCheck::new(&mut cx, params, loss, Some(Device::Cpu))
+        .unwrap()
+        .max_error()
+        .unwrap()
+}
+
+fn assert_passes((err, at): (f32, String)) {
+    assert!(err < GRADCHECK_TOLERANCE, "normalised error {err} at {at}");
+}
+
+#[test]
+fn every_unary_primitive_has_the_right_gradient() {
+    let positive: Vec<f32> = (0..6).map(|i| 0.5 + 0.3 * i as f32).collect();
+    let mixed = vec![-1.3, -0.4, 0.2, 0.7, 1.1, 2.0];
+    assert_passes(check([2, 3], positive.clone(), 1, |x| x.log2()));
+    assert_passes(check([2, 3], mixed.clone(), 2, |x| x.exp2()));
+    assert_passes(check([2, 3], mixed.clone(), 3, |x| x.sin()));
+    assert_passes(check([2, 3], positive.clone(), 4, |x| x.sqrt()));
+    assert_passes(check([2, 3], positive, 5, |x| x.recip()));
+}
+
+#[test]
+fn every_binary_primitive_and_reduction_has_the_right_gradient() {
+    let v = vec![-1.3, -0.4, 0.25, 0.7, 1.1, 2.0];
+    assert_passes(check([2, 3], v.clone(), 6, |x| x + x * x));
+    // Mod: slope 1 in the dividend (away from the jumps); LessThan: zero.
+    assert_passes(check([2, 3], v.iter().map(|x| x + 3.3).collect(), 7, |x| {
+        x % 1.7
+    }));
+    assert_passes(check([2, 3], v.clone(), 8, |x| x.less_than(x * 0.5) + x));
+    assert_passes(check([2, 3], v.clone(), 9, |x| {
+        x.sum_reduce::<(R,), Axis<1>>().expand::<(R, C), Axis<1>>() * x
+    }));
+    assert_passes(check([2, 3], v, 10, |x| {
+        x.max_reduce::<(C,), Axis<0>>().expand::<(R, C), Axis<0>>() + x
+    }));
+}
+
+#[test]
+fn every_view_is_undone() {
+    let v: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
+    // permute, then an op that materialises it.
+    assert_passes(check([3, 4], v.clone(), 11, |x| {
+        let t = x.permute::<(C, R), _>().contiguous() * 2.0;
+        t.permute::<(R, C), _>().contiguous() + x * x
+    }));
+    // broadcast: a row sum broadcast back (covered above) and a column broadcast of a slice.
+    assert_passes(check([3, 4], v.clone(), 12, |x| {
+        let first_col = x
+            .slice((.., ..Expression::from(1)))
+            .realize::<(R, Dyn<'-'>)>();
+        let col: GraphTensor<(R, C)> =
+            GraphTensor::from_id(first_col.id, first_col.shape, first_col.graph_ref);
+        x * col
+            .contiguous()
+            .sum_reduce::<(R,), Axis<1>>()
+            .expand::<(R, C), Axis<1>>()
+    }));
+    // slice + pad: shift columns right by one (drop the last, pad a zero in front).
+    assert_passes(check([3, 4], v.clone(), 13, |x| {
+        let cols = x.shape.dims[x.shape.indexes[1]];
+        let cut = x.slice((.., ..cols - 1));
+        let shifted: GraphTensor<(R, C)> = cut.pad(&[(0usize, 0usize), (1, 0)]);
+        shifted * x
+    }));
+    // reshape: (3, 4) -> (4, 3) read as a new matrix, then back.
+    assert_passes(check([3, 4], v, 14, |x| {
+        let y = (x * x).reshape::<(Dyn<'q'>, Dyn<'z'>)>();
+        y.graph().dyn_map.insert('q', 4);
+        y.graph().dyn_map.insert('z', 3);
+        (y.permute::<(Dyn<'z'>, Dyn<'q'>), _>().contiguous() * 3.0).reshape::<(R, C)>()
+    }));
+}
+
+#[test]
+fn a_compiled_kernel_is_refused_by_name() {
+    let mut cx = Graph::new();
+    let mut p = tensor::input::<(R, C)>(&mut cx, "p");
+    let mut q = tensor::input::<(C, R)>(&mut cx, "q");
+    let mut loss = p.matmul(q).sum_reduce::<(), Axes2<0, 1>>();
+    Device::Cpu.compile(&mut cx, (&mut p, &mut q, &mut loss));
+    let err = backward(
+        &mut cx,
+        &[Param {
+            name: "p".into(),
+            id: p.id,
+            shape: vec![2, 2],
+        }],
+        loss.id,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("MatMul2D") && err.to_string().contains("no backward rule"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unused_parameter_gets_a_zero_gradient() {
+    let mut cx = Graph::new();
+    let p = tensor::input::<(R, C)>(&mut cx, "p");
+    let unused = tensor::input::<(R, C)>(&mut cx, "unused");
+    tensor::set(p, &[1, 2], vec![1.0, 2.0]).unwrap();
+    tensor::set(unused, &[1, 2], vec![3.0, 4.0]).unwrap();
+    let loss = (p * p).sum_reduce::<(), Axes2<0, 1>>();
+    let params = vec![Param::of(p, &[1, 2]), Param::of(unused, &[1, 2])];
+    let mut gc = GradCheck::new(&mut cx, params, loss, None).unwrap();
+    let (l, g) = gc.run().unwrap();
+    assert_eq!(l, 5.0);
+    assert_eq!(g[0].data, vec![2.0, 4.0]); // d/dp sum p^2 = 2p
+    assert_eq!(g[1].data, vec![0.0, 0.0]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    /// Matmul's gradient over random shapes (the pattern of every linear layer).
+    #[test]
+    fn matmul_gradients_match_finite_differences(n in 1usize..4, k in 1usize..5, m in 1usize..4, seed in any::<u64>()) {
+        let mut rng = crate::init::rng(seed);
+        let mut cx = Graph::new();
+        let a = tensor::input::<(R, C)>(&mut cx, "a");
+        let b = tensor::input::<(Dyn<'o'>, C)>(&mut cx, "b");
+        tensor::set(a, &[n, k], uniform(&mut rng, n * k, 1.0)).unwrap();
+        tensor::set(b, &[m, k], uniform(&mut rng, m * k, 1.0)).unwrap();
+        let w = tensor::input::<(R, Dyn<'o'>)>(&mut cx, "w");
+        tensor::set(w, &[n, m], uniform(&mut rng, n * m, 1.0)).unwrap();
+        let loss = (a.matmul(b.permute::<(C, Dyn<'o'>), _>()) * w).sum_reduce::<(), Axes2<0, 1>>();
+        let params = vec![Param::of(a, &[n, k]), Param::of(b, &[m, k])];
+        let (err, at) = GradCheck::new(&mut cx, params, loss, Some(Device::Cpu)).unwrap().max_error().unwrap();
+        prop_assert!(err < GRADCHECK_TOLERANCE, "{} at {}", err, at);
+    }
+}

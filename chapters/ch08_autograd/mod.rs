@@ -183,7 +183,7 @@ impl<'a> GradCheck<'a> {
                 let numeric = (up - down) / (2.0 * GRADCHECK_STEP);
                 let a = grad.data[i];
                 let err = (a - numeric).abs() / 1f32.max(a.abs()).max(numeric.abs());
-                if !(err <= worst.0) {
+                if err.is_nan() || err > worst.0 {
                     worst = (
                         err,
                         format!(

@@ -134,6 +134,23 @@ def block_weights(w, p, d, d_ff, cross=False):
     w[f"{p}.ffn.w3.weight"] = matrix(d_ff, d)
 
 
+def with_grads(w, forward, targets, mask):
+    """Logits, the token-centric masked mean cross-entropy, and d loss / d every weight
+    (named `grad.<state-dict name>`)."""
+    for v in w.values():
+        v.requires_grad_(True)
+    with torch.enable_grad():
+        logits = forward()
+        per_token = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        loss = (per_token * mask.flatten()).sum() / mask.sum()
+        loss.backward()
+    grads = {f"grad.{k}": v.grad for k, v in w.items()}
+    for v in w.values():
+        v.requires_grad_(False)
+        v.grad = None
+    return logits.detach(), loss.detach().reshape(1), grads
+
+
 def save(name, tensors, meta):
     OUT.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous() for k, v in tensors.items()}
@@ -192,7 +209,12 @@ def main():
     w["ln_final.weight"] = gain(16)
     w["lm_head.weight"] = matrix(32, 16)
     ids = torch.randint(0, 32, (2, 10))
-    save("lm", {"in.ids": ids, **w, "out.logits": lm(ids, w, cfg)}, cfg)
+    targets = torch.randint(0, 32, (2, 10))
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False  # the second sequence's last 3 positions are padding
+    logits, loss, grads = with_grads(w, lambda: lm(ids, w, cfg), targets, mask)
+    save("lm", {"in.ids": ids, "in.targets": targets, "in.mask": mask, **w, "out.logits": logits,
+                "out.loss": loss, **grads}, cfg)
 
     # The encoder-decoder, tied embeddings, with source padding.
     cfg = dict(vocab_size=18, max_seq_len=16, d_model=16, n_heads=2, n_encoder_layers=2,
@@ -210,8 +232,12 @@ def main():
     src[1, 4:] = 0
     tgt = torch.randint(2, 18, (2, 6))
     tgt[:, 0] = 1
-    logits = seq2seq(src, keep, tgt, w, cfg)
-    save("seq2seq", {"in.src": src, "in.src_keep": keep, "in.tgt": tgt, **w, "out.logits": logits}, cfg)
+    tgt_out = torch.randint(2, 18, (2, 6))
+    tgt_mask = torch.ones(2, 6, dtype=torch.bool)
+    tgt_mask[0, 5] = False
+    logits, loss, grads = with_grads(w, lambda: seq2seq(src, keep, tgt, w, cfg), tgt_out, tgt_mask)
+    save("seq2seq", {"in.src": src, "in.src_keep": keep, "in.tgt": tgt, "in.tgt_out": tgt_out,
+                     "in.tgt_mask": tgt_mask, **w, "out.logits": logits, "out.loss": loss, **grads}, cfg)
 
 
 if __name__ == "__main__":

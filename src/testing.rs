@@ -29,3 +29,38 @@ pub fn assert_close(got: &[f32], want: &[f32], tol: f32) -> Result<(), TestCaseE
     }
     Ok(())
 }
+
+/// A scalar loss that weighs every element of `y` (of runtime shape `shape`) by a random
+/// factor: `sum(y * w)`. A plain sum would hide errors that cancel across elements.
+pub fn weighted_sum<S: luminal::prelude::Shape>(
+    y: luminal::prelude::GraphTensor<S>,
+    shape: &[usize],
+    seed: u64,
+) -> luminal::prelude::GraphTensor<()> {
+    use luminal::prelude::*;
+    let cx = y.graph();
+    let w = crate::tensor::input::<S>(cx, "loss weights");
+    let n = shape.iter().product();
+    crate::tensor::set(w, shape, uniform(&mut crate::init::rng(seed), n, 1.0)).unwrap();
+    y.graph().dyn_map.insert('@', n);
+    (y * w).reshape::<(Dyn<'@'>,)>().sum_reduce::<(), Axis<0>>()
+}
+
+/// Check the gradients of `loss` with respect to `params` against finite differences, on the
+/// compiled CPU graph, and fail the test naming the worst element.
+pub fn assert_gradcheck(
+    cx: &mut luminal::prelude::Graph,
+    params: Vec<crate::params::Param>,
+    loss: luminal::prelude::GraphTensor<()>,
+) {
+    use crate::ch08_autograd::{GradCheck, GRADCHECK_TOLERANCE};
+    let device = Some(crate::device::Device::Cpu);
+    let (err, at) = GradCheck::new(cx, params, loss, device)
+        .unwrap()
+        .max_error()
+        .unwrap();
+    assert!(
+        err < GRADCHECK_TOLERANCE,
+        "gradcheck: normalised error {err} at {at}"
+    );
+}

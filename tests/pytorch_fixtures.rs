@@ -17,6 +17,8 @@ struct Fixture {
     inputs: StateDict,
     outputs: StateDict,
     weights: StateDict,
+    /// d loss / d weight, by the weight's state-dict name.
+    grads: StateDict,
 }
 
 fn fixture(name: &str) -> Fixture {
@@ -27,12 +29,15 @@ fn fixture(name: &str) -> Fixture {
         inputs: StateDict::new(),
         outputs: StateDict::new(),
         weights: StateDict::new(),
+        grads: StateDict::new(),
     };
     for (k, v) in all {
         if let Some(name) = k.strip_prefix("in.") {
             f.inputs.insert(name.into(), v);
         } else if let Some(name) = k.strip_prefix("out.") {
             f.outputs.insert(name.into(), v);
+        } else if let Some(name) = k.strip_prefix("grad.") {
+            f.grads.insert(name.into(), v);
         } else {
             f.weights.insert(k, v);
         }
@@ -49,6 +54,26 @@ impl Fixture {
     }
     fn flags(&self, name: &str) -> Vec<bool> {
         self.inputs[name].data.iter().map(|&v| v != 0.0).collect()
+    }
+    /// Compare every gradient: |ours - PyTorch's| <= 1e-5 + 1e-3 |PyTorch's| (gradients are
+    /// small, so a purely relative bound would be loose near 0 and an absolute one loose for
+    /// large entries). Returns the largest absolute error.
+    fn check_grads(&self, got: &[(String, HostTensor)]) -> f32 {
+        assert_eq!(got.len(), self.grads.len(), "one gradient per weight");
+        let mut worst = 0.0f32;
+        for (name, g) in got {
+            let want = &self.grads[name];
+            assert_eq!(g.shape, want.shape, "shape of the gradient of {name}");
+            for (i, (a, b)) in g.data.iter().zip(&want.data).enumerate() {
+                let err = (a - b).abs();
+                assert!(
+                    err <= 1e-5 + 1e-3 * b.abs(),
+                    "d loss / d {name}[{i}]: ours {a}, PyTorch {b}"
+                );
+                worst = worst.max(err);
+            }
+        }
+        worst
     }
     fn weight(&self, name: &str) -> &[f32] {
         &self.weights[name].data
@@ -282,4 +307,98 @@ fn encoder_decoder_logits_match_pytorch() {
     let logits = run_seq2seq((&src, &keep, t), (&tgt, s), &f.weights, &cfg, Device::Cpu).unwrap();
     let worst = f.check("logits", &logits, 1e-4);
     println!("encoder-decoder logits: largest relative error vs PyTorch {worst:e}");
+}
+
+/// The LM's loss and the gradients of all its parameters, from chapter 8's backward pass,
+/// against PyTorch autograd (token-centric masked mean cross-entropy, padding masked).
+#[test]
+fn decoder_only_lm_gradients_match_pytorch() {
+    let f = fixture("lm");
+    let cfg = TransformerConfig {
+        vocab_size: 32,
+        context_length: 16,
+        d_model: 16,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 48,
+        rope_theta: ROPE_THETA,
+    };
+    let shape = [f.input("ids").shape[0], f.input("ids").shape[1]];
+    let mut cx = Graph::new();
+    let model = TransformerLm::new(&mut cx, &cfg).unwrap();
+    params::load_state_dict(&mut cx, &model.params(), &f.weights).unwrap();
+    let ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
+    let targets = tensor::input::<(Batch, Seq)>(&mut cx, "targets");
+    let mask = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
+    model.set_ids(ids, shape, &f.ids("ids")).unwrap();
+    tensor::set(targets, &shape, f.input("targets").data.clone()).unwrap();
+    tensor::set(mask, &shape, f.input("mask").data.clone()).unwrap();
+    let loss = lm_loss(&model, ids, targets, mask, Weighting::Token);
+    let mut gc = GradCheck::new(&mut cx, model.params(), loss, Some(Device::Cpu)).unwrap();
+    let (l, grads) = gc.run().unwrap();
+    f.check("loss", &HostTensor::new(&[1], vec![l]).unwrap(), 1e-5);
+    let named: Vec<(String, HostTensor)> = model
+        .params()
+        .iter()
+        .map(|p| p.name.clone())
+        .zip(grads)
+        .collect();
+    let worst = f.check_grads(&named);
+    println!("LM gradients: largest absolute error vs PyTorch {worst:e}");
+}
+
+/// The encoder-decoder's gradients (tied embeddings: the table's gradient sums the encoder,
+/// decoder and output-projection uses) against PyTorch autograd.
+#[test]
+fn encoder_decoder_gradients_match_pytorch() {
+    let f = fixture("seq2seq");
+    let cfg = Seq2SeqConfig {
+        vocab_size: 18,
+        max_seq_len: 16,
+        d_model: 16,
+        n_heads: 2,
+        n_encoder_layers: 2,
+        n_decoder_layers: 2,
+        d_ff: 48,
+        rope_theta: ROPE_THETA,
+        tie_embeddings: true,
+    };
+    let (b, t, s) = (
+        f.input("src").shape[0],
+        f.input("src").shape[1],
+        f.input("tgt").shape[1],
+    );
+    let mut cx = Graph::new();
+    let model = EncoderDecoder::new(&mut cx, &cfg).unwrap();
+    params::load_state_dict(&mut cx, &model.params(), &f.weights).unwrap();
+    let src = tensor::input::<(Batch, SrcSeq)>(&mut cx, "src");
+    let keep = tensor::input::<(Batch, SrcSeq)>(&mut cx, "src_keep");
+    let tgt_in = tensor::input::<(Batch, Seq)>(&mut cx, "tgt_in");
+    let tgt_out = tensor::input::<(Batch, Seq)>(&mut cx, "tgt_out");
+    let tgt_mask = tensor::input::<(Batch, Seq)>(&mut cx, "tgt_mask");
+    model.set_ids(src, [b, t], &f.ids("src")).unwrap();
+    tensor::set(keep, &[b, t], f.input("src_keep").data.clone()).unwrap();
+    model.set_ids(tgt_in, [b, s], &f.ids("tgt")).unwrap();
+    tensor::set(tgt_out, &[b, s], f.input("tgt_out").data.clone()).unwrap();
+    tensor::set(tgt_mask, &[b, s], f.input("tgt_mask").data.clone()).unwrap();
+    let loss = seq2seq_loss(
+        &model,
+        src,
+        keep,
+        tgt_in,
+        tgt_out,
+        tgt_mask,
+        Weighting::Token,
+    );
+    let mut gc = GradCheck::new(&mut cx, model.params(), loss, Some(Device::Cpu)).unwrap();
+    let (l, grads) = gc.run().unwrap();
+    f.check("loss", &HostTensor::new(&[1], vec![l]).unwrap(), 1e-5);
+    let named: Vec<(String, HostTensor)> = model
+        .params()
+        .iter()
+        .map(|p| p.name.clone())
+        .zip(grads)
+        .collect();
+    let worst = f.check_grads(&named);
+    println!("encoder-decoder gradients: largest absolute error vs PyTorch {worst:e}");
 }

@@ -135,3 +135,28 @@ proptest! {
         prop_assert_eq!(got.data, embedding_ref(&ids, &table, d));
     }
 }
+
+/// Chapter 8's gradient check on this chapter's layers: d loss / d (x, W) for a linear layer,
+/// and d loss / d table through the one-hot embedding lookup.
+#[test]
+fn gradients_match_finite_differences() {
+    use crate::params::{Param, Parameters};
+    use crate::testing::{assert_gradcheck, uniform, weighted_sum};
+    let mut rng = crate::init::rng(1);
+    let mut cx = Graph::new();
+    let lin = Linear::<In, Out>::new(&mut cx, "linear.weight", 3, 2).unwrap();
+    lin.load(uniform(&mut rng, 6, 1.0)).unwrap();
+    let x = tensor::input::<(Rows, In)>(&mut cx, "x");
+    tensor::set(x, &[4, 3], uniform(&mut rng, 12, 1.0)).unwrap();
+    let loss = weighted_sum(lin.forward(x), &[4, 2], 2);
+    let params = [lin.params(), vec![Param::of(x, &[4, 3])]].concat();
+    assert_gradcheck(&mut cx, params, loss);
+
+    let mut cx = Graph::new();
+    let emb = Embedding::<Vocab, DModel>::new(&mut cx, "token_embeddings.weight", 5, 3).unwrap();
+    emb.load(uniform(&mut rng, 15, 1.0)).unwrap();
+    let ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
+    emb.set_ids(ids, [2, 3], &[4, 0, 4, 1, 2, 4]).unwrap();
+    let loss = weighted_sum(emb.forward(ids), &[2, 3, 3], 3);
+    assert_gradcheck(&mut cx, emb.params(), loss);
+}

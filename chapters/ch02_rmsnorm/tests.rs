@@ -118,3 +118,32 @@ proptest! {
         }
     }
 }
+
+/// Chapter 8's gradient check: d loss / d (x, g) through RMSNorm and LayerNorm.
+#[test]
+fn gradients_match_finite_differences() {
+    use crate::params::{Param, Parameters};
+    use crate::testing::{assert_gradcheck, uniform, weighted_sum};
+    let mut rng = crate::init::rng(4);
+    for norm in [Norm::Rms, Norm::Layer] {
+        let mut cx = Graph::new();
+        let x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+        tensor::set(x, &[2, 2, 4], uniform(&mut rng, 16, 2.0)).unwrap();
+        let (y, mut params) = match norm {
+            Norm::Rms => {
+                let n = RmsNorm::<DModel>::new(&mut cx, "ln.weight", 4).unwrap();
+                n.load(uniform(&mut rng, 4, 2.0)).unwrap();
+                (n.forward(x), n.params())
+            }
+            Norm::Layer => {
+                let n = LayerNorm::<DModel>::new(&mut cx, "ln", 4).unwrap();
+                n.load(uniform(&mut rng, 4, 2.0), uniform(&mut rng, 4, 1.0))
+                    .unwrap();
+                (n.forward(x), n.params())
+            }
+        };
+        params.push(Param::of(x, &[2, 2, 4]));
+        let loss = weighted_sum(y, &[2, 2, 4], 5);
+        assert_gradcheck(&mut cx, params, loss);
+    }
+}

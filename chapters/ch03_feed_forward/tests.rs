@@ -126,3 +126,21 @@ proptest! {
         assert_close(&got.data, &relu_ffn_ref(&x, [&w1, &w2], b * s, d, f), 1e-4)?;
     }
 }
+
+/// Chapter 8's gradient check: d loss / d (x, W1, W2, W3) through SwiGLU.
+#[test]
+fn gradients_match_finite_differences() {
+    use crate::params::{Param, Parameters};
+    use crate::testing::{assert_gradcheck, weighted_sum};
+    let mut rng = crate::init::rng(6);
+    let mut cx = Graph::new();
+    let f = SwiGlu::<DModel, DFf>::new(&mut cx, "ffn", 3, 4).unwrap();
+    f.w1.load(uniform(&mut rng, 12, 1.0)).unwrap();
+    f.w2.load(uniform(&mut rng, 12, 1.0)).unwrap();
+    f.w3.load(uniform(&mut rng, 12, 1.0)).unwrap();
+    let x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+    tensor::set(x, &[1, 2, 3], uniform(&mut rng, 6, 2.0)).unwrap();
+    let loss = weighted_sum(f.forward(x), &[1, 2, 3], 7);
+    let params = [f.params(), vec![Param::of(x, &[1, 2, 3])]].concat();
+    assert_gradcheck(&mut cx, params, loss);
+}

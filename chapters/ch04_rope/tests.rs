@@ -143,3 +143,16 @@ proptest! {
         }
     }
 }
+
+/// Chapter 8's gradient check: d loss / d x through RoPE (slices, pads and table views).
+#[test]
+fn gradients_match_finite_differences() {
+    use crate::params::Param;
+    use crate::testing::{assert_gradcheck, weighted_sum};
+    let mut cx = Graph::new();
+    let rope = Rope::<MaxSeq, DHead>::new(&mut cx, 8, 4, ROPE_THETA).unwrap();
+    let x = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "q");
+    tensor::set(x, &[1, 2, 3, 4], uniform(&mut crate::init::rng(8), 24, 2.0)).unwrap();
+    let loss = weighted_sum(rope.forward(x), &[1, 2, 3, 4], 9);
+    assert_gradcheck(&mut cx, vec![Param::of(x, &[1, 2, 3, 4])], loss);
+}

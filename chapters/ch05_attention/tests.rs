@@ -266,3 +266,27 @@ fn attention_weights_are_causal_rows_that_sum_to_one() {
         assert!(row[..=i].iter().all(|v| *v > 0.0));
     }
 }
+
+/// Chapter 8's gradient check: d loss / d (x, projections) through causal multi-head
+/// attention with RoPE and a padded key (softmax, max, masks, 4-D matmuls).
+#[test]
+fn gradients_match_finite_differences() {
+    use crate::params::{Param, Parameters};
+    use crate::testing::{assert_gradcheck, weighted_sum};
+    let mut rng = crate::init::rng(10);
+    let mut cx = Graph::new();
+    let rope = Rope::new(&mut cx, 8, 2, ROPE_THETA).unwrap();
+    let attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", 4, 2, Some(rope)).unwrap();
+    for p in attn.projections() {
+        p.load(uniform(&mut rng, 16, 1.0)).unwrap();
+    }
+    let x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+    tensor::set(x, &[2, 3, 4], uniform(&mut rng, 24, 1.0)).unwrap();
+    let keep = tensor::input::<(Batch, Seq)>(&mut cx, "keep");
+    tensor::set(keep, &[2, 3], vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0]).unwrap();
+    let causal = causal_mask::<Seq>(&mut cx).expand::<(Batch, Seq, Seq), _>();
+    let y = attn.attend(x, x, causal * key_padding_mask(keep));
+    let loss = weighted_sum(y, &[2, 3, 4], 11);
+    let params = [attn.params(), vec![Param::of(x, &[2, 3, 4])]].concat();
+    assert_gradcheck(&mut cx, params, loss);
+}

@@ -287,3 +287,26 @@ fn loading_is_all_or_nothing() {
         good
     );
 }
+
+/// Chapter 8's gradient check on a whole (tiny) LM: every parameter, through embedding,
+/// RoPE attention, SwiGLU, norms and the LM head.
+#[test]
+fn lm_gradients_match_finite_differences() {
+    use crate::testing::{assert_gradcheck, weighted_sum};
+    let cfg = TransformerConfig {
+        vocab_size: 5,
+        context_length: 4,
+        d_model: 4,
+        n_layers: 1,
+        n_heads: 2,
+        d_ff: 4,
+        rope_theta: 10_000.0,
+    };
+    let mut cx = Graph::new();
+    let model = TransformerLm::new(&mut cx, &cfg).unwrap();
+    model.init(&mut crate::init::rng(12)).unwrap();
+    let idt = crate::tensor::input::<(crate::dims::Batch, crate::dims::Seq)>(&mut cx, "ids");
+    model.set_ids(idt, [1, 3], &[1, 4, 2]).unwrap();
+    let loss = weighted_sum(model.forward(idt), &[1, 3, 5], 13);
+    assert_gradcheck(&mut cx, model.params(), loss);
+}

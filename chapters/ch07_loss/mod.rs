@@ -11,6 +11,7 @@
 use luminal::prelude::*;
 
 use crate::ch01_linear::one_hot;
+use crate::ch06_transformer::{EncoderDecoder, TransformerLm};
 use crate::device::Device;
 use crate::dims::{Batch, Seq, Vocab};
 use crate::error::{CourseError, Result};
@@ -121,6 +122,36 @@ pub fn masked_mean<B: Dimension, S: Dimension>(
     }
 }
 // ANCHOR_END: masked_mean
+
+// ANCHOR: model_losses
+/// The decoder-only LM's training loss: the masked mean cross-entropy of its logits for
+/// `ids` (b, s) against `targets` (b, s) (the ids shifted by one: teacher forcing).
+pub fn lm_loss<B: Dimension, S: Dimension>(
+    model: &TransformerLm,
+    ids: GraphTensor<(B, S)>,
+    targets: GraphTensor<(B, S)>,
+    mask: GraphTensor<(B, S)>,
+    weighting: Weighting,
+) -> GraphTensor<()> {
+    masked_mean(cross_entropy(model.forward(ids), targets), mask, weighting)
+}
+
+/// The encoder-decoder's training loss: decoder input `tgt_in` (b, s), prediction targets
+/// `tgt_out` (b, s), padding masked by `tgt_mask`; the source `src` (b, t) with `src_keep`.
+#[allow(clippy::too_many_arguments)]
+pub fn seq2seq_loss<B: Dimension, T: Dimension, S: Dimension>(
+    model: &EncoderDecoder,
+    src: GraphTensor<(B, T)>,
+    src_keep: GraphTensor<(B, T)>,
+    tgt_in: GraphTensor<(B, S)>,
+    tgt_out: GraphTensor<(B, S)>,
+    tgt_mask: GraphTensor<(B, S)>,
+    weighting: Weighting,
+) -> GraphTensor<()> {
+    let logits = model.forward(src, src_keep, tgt_in);
+    masked_mean(cross_entropy(logits, tgt_out), tgt_mask, weighting)
+}
+// ANCHOR_END: model_losses
 
 /// The mean cross-entropy of `logits` (b, s, v) against `targets` (b, s) where `mask` is true.
 pub fn run_loss(

@@ -144,3 +144,22 @@ proptest! {
         assert_close(&[got], &[want], 1e-5)?;
     }
 }
+
+/// Chapter 8's gradient check: d CE / d logits (= (softmax - onehot) / count) through the
+/// log-sum-exp, the one-hot pick and both masked means.
+#[test]
+fn gradients_match_finite_differences() {
+    use crate::params::Param;
+    use crate::testing::assert_gradcheck;
+    for w in [Weighting::Token, Weighting::Sequence] {
+        let mut cx = Graph::new();
+        let x = tensor::input::<(Batch, Seq, Vocab)>(&mut cx, "logits");
+        tensor::set(x, &[2, 3, 4], uniform(&mut crate::init::rng(14), 24, 3.0)).unwrap();
+        let t = tensor::input::<(Batch, Seq)>(&mut cx, "targets");
+        tensor::set(t, &[2, 3], vec![0.0, 3.0, 1.0, 2.0, 2.0, 0.0]).unwrap();
+        let m = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
+        tensor::set(m, &[2, 3], vec![1.0, 1.0, 1.0, 1.0, 0.0, 0.0]).unwrap();
+        let loss = masked_mean(cross_entropy(x, t), m, w);
+        assert_gradcheck(&mut cx, vec![Param::of(x, &[2, 3, 4])], loss);
+    }
+}

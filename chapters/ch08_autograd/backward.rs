@@ -49,6 +49,42 @@ impl Gradient {
 /// A factor of a product, read through a view whose logical shape is the op's input shape.
 type Factor = (NodeIndex, ShapeTracker);
 
+/// The gradient of a node's output: `len` elements in the node's buffer order, either a
+/// contiguous node (`view: None`) or a view of some node (e.g. a broadcast) whose logical
+/// shape is exactly the node's output shape.
+#[derive(Clone, Debug)]
+struct Grad {
+    id: NodeIndex,
+    view: Option<ShapeTracker>,
+    len: Expression,
+}
+
+impl Grad {
+    /// The gradient as a contiguous node (materialising a view).
+    fn materialise(&self, cx: &mut Graph) -> NodeIndex {
+        match self.view {
+            Some(t) => unary(cx, op::Contiguous, (self.id, t)),
+            None => self.id,
+        }
+    }
+}
+
+/// The logical output shape of a node, when its op determines one (binary ops, reductions,
+/// Contiguous); `None` for inputs and unary ops (whose buffers have no shape of their own).
+fn output_dims(cx: &Graph, node: NodeIndex) -> Option<Vec<Expression>> {
+    let ins = inputs(cx, node);
+    let first = ins.first()?;
+    let mut dims = logical_dims(&first.2);
+    match Kind::of(cx, node) {
+        Kind::Add | Kind::Mul | Kind::Mod | Kind::LessThan | Kind::Contiguous => Some(dims),
+        Kind::SumReduce(d) | Kind::MaxReduce(d) => {
+            dims.remove(d);
+            Some(dims)
+        }
+        _ => None,
+    }
+}
+
 // ANCHOR: view_shapes
 /// The logical size of each axis of a view: padded, then sliced.
 /// (luminal 0.2.0's `ShapeTracker::shape` gets two-sided slices wrong.)
@@ -101,8 +137,10 @@ fn constant(cx: &mut Graph, v: f32, dims: &[Expression]) -> Factor {
 ///    add up). For a linear layer this is exactly `Mul -> SumReduce(last)`: a matmul.
 /// 3. A slice becomes a zero pad, a pad becomes a slice.
 ///
-/// Returns a contiguous node in the buffer's layout.
-fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> NodeIndex {
+/// Returns the gradient in the buffer's layout: a contiguous node, or (when the view was the
+/// identity) the single factor as it was, still a lazy view such as a broadcast: kept lazy,
+/// a broadcast gradient lets the next `Mul` + `SumReduce` pair match the matmul pattern.
+fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> Factor {
     let n = view.len();
     let axis_of = |p: usize| {
         (0..n)
@@ -129,10 +167,6 @@ fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> NodeI
         let id = binary(cx, op::Mul, g, f);
         g = (id, contiguous(&ordered_dims));
     }
-    if g.1 != contiguous(&ordered_dims) && real.len() == n {
-        g = (unary(cx, op::Contiguous, g), contiguous(&ordered_dims));
-    }
-
     // Step 2: sum the broadcast copies.
     while ordered_dims.len() > real.len() {
         let last = ordered_dims.len() - 1;
@@ -141,11 +175,18 @@ fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> NodeI
         g = (id, contiguous(&ordered_dims));
     }
 
-    // Step 3: a slice is undone by zero padding, a pad by slicing.
-    let sliced = real
-        .iter()
-        .any(|&p| view.slices[p].0 != 0.into() || view.slices[p].1 != i32::MAX.into());
-    if sliced {
+    // Step 3: a slice is undone by zero padding, a pad by slicing. Padding must apply to a
+    // real buffer: a still-lazy broadcast would repeat its value into the padding.
+    let (sliced_any, padded_any) = (
+        real.iter()
+            .any(|&p| view.slices[p].0 != 0.into() || view.slices[p].1 != i32::MAX.into()),
+        real.iter()
+            .any(|&p| view.padding[p].0 != 0.into() || view.padding[p].1 != 0.into()),
+    );
+    if (sliced_any || padded_any) && g.1 != contiguous(&ordered_dims) {
+        g = (unary(cx, op::Contiguous, g), contiguous(&ordered_dims));
+    }
+    if sliced_any {
         let pads: Vec<(Expression, Expression)> = real
             .iter()
             .map(|&p| {
@@ -160,10 +201,7 @@ fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> NodeI
             .collect();
         g = (unary(cx, op::Contiguous, g), contiguous(&ordered_dims));
     }
-    let padded = real
-        .iter()
-        .any(|&p| view.padding[p].0 != 0.into() || view.padding[p].1 != 0.into());
-    if padded {
+    if padded_any {
         let cuts: Vec<(Expression, Expression)> = real
             .iter()
             .map(|&p| (view.padding[p].0, view.padding[p].0 + view.dims[p]))
@@ -172,7 +210,7 @@ fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> NodeI
         ordered_dims = real.iter().map(|&p| view.dims[p]).collect();
         g = (unary(cx, op::Contiguous, g), contiguous(&ordered_dims));
     }
-    g.0
+    g
 }
 // ANCHOR_END: undo_view
 
@@ -205,33 +243,63 @@ pub fn backward(cx: &mut Graph, params: &[Param], loss: NodeIndex) -> Result<Vec
         .filter(|n| active.contains(n))
         .collect();
 
-    // Flat gradients: node -> (gradient node, number of elements).
-    let mut grads: HashMap<NodeIndex, (NodeIndex, Expression)> = HashMap::new();
-    grads.insert(loss, (cx.constant(1.0).id, 1.into()));
+    let mut grads: HashMap<NodeIndex, Grad> = HashMap::new();
+    let seed = Grad {
+        id: cx.constant(1.0).id,
+        view: None,
+        len: 1.into(),
+    };
+    grads.insert(loss, seed.clone());
     for &node in order.iter().rev() {
-        let Some(&(g, len)) = grads.get(&node) else {
+        let Some(g) = grads.get(&node).cloned() else {
             continue;
         };
         let ins = inputs(cx, node);
         if ins.iter().all(|(src, _, _)| !active.contains(src)) {
             continue; // a leaf (a parameter) or a node fed only by constants
         }
-        let contributions = rules(cx, node, (g, len), &ins, &active)?;
-        for (src, contribution) in contributions {
-            let n = buffer_len(&ins.iter().find(|i| i.0 == src).expect("an input").2);
-            let total = match grads.get(&src) {
-                Some(&(prev, _)) => binary(cx, op::Add, (prev, flat(n)), (contribution, flat(n))),
-                None => contribution,
+        for (src, (id, t)) in rules(cx, node, &g, &ins, &active)? {
+            let len = buffer_len(&ins.iter().find(|i| i.0 == src).expect("an input").2);
+            let dims = logical_dims(&t);
+            let grad = if t == contiguous(&dims) {
+                Grad {
+                    id,
+                    view: None,
+                    len,
+                }
+            } else if output_dims(cx, src).as_ref() == Some(&dims) {
+                Grad {
+                    id,
+                    view: Some(t),
+                    len,
+                } // stays a lazy view
+            } else {
+                Grad {
+                    id: unary(cx, op::Contiguous, (id, t)),
+                    view: None,
+                    len,
+                }
             };
-            grads.insert(src, (total, n));
+            let total = match grads.get(&src).cloned() {
+                Some(prev) => {
+                    let (a, b) = (prev.materialise(cx), grad.materialise(cx));
+                    Grad {
+                        id: binary(cx, op::Add, (a, flat(len)), (b, flat(len))),
+                        view: None,
+                        len,
+                    }
+                }
+                None => grad,
+            };
+            grads.insert(src, total);
         }
     }
 
     let mut out = Vec::with_capacity(params.len());
     for p in params {
         let dims: Vec<Expression> = p.shape.iter().map(|&d| d.into()).collect();
-        let grad = match grads.get(&p.id) {
-            Some(&(g, _)) if g != grads[&loss].0 => g,
+        let grad = match grads.get(&p.id).cloned() {
+            Some(g) if g.id != seed.id => g.materialise(cx),
             // Unused parameter (or the loss itself): a materialised constant of the right size.
             other => {
                 let v = if other.is_some() { 1.0 } else { 0.0 };
@@ -324,18 +392,23 @@ impl Kind {
 fn rules(
     cx: &mut Graph,
     node: NodeIndex,
-    (g, len): (NodeIndex, Expression),
+    g: &Grad,
     ins: &[(NodeIndex, u8, ShapeTracker)],
     active: &HashSet<NodeIndex>,
-) -> Result<Vec<(NodeIndex, NodeIndex)>> {
+) -> Result<Vec<(NodeIndex, Factor)>> {
     let kind = Kind::of(cx, node);
     let mut out = Vec::new();
     let is_active = |i: usize| active.contains(&ins[i].0);
 
     // Unary ops map the source's buffer elementwise, whatever view the edge carries: their
     // gradient is elementwise in buffer order, no view to undo.
+    let len = g.len;
     let (x, y) = ((ins[0].0, flat(len)), (node, flat(len)));
-    let gf = (g, flat(len));
+    let unary_op = matches!(
+        kind,
+        Kind::Log2 | Kind::Exp2 | Kind::Sin | Kind::Sqrt | Kind::Recip
+    );
+    let gf = (if unary_op { g.materialise(cx) } else { g.id }, flat(len));
     let unary_grad = if kind == Kind::Log2 {
         // d log2(x) = 1 / (x ln 2)
         let r = unary(cx, op::Recip, x);
@@ -367,14 +440,14 @@ fn rules(
             for next in f {
                 acc = (binary(cx, op::Mul, acc, next), flat(len));
             }
-            out.push((ins[0].0, acc.0));
+            out.push((ins[0].0, acc));
         }
         return Ok(out);
     }
 
     // The other ops read their inputs through views of the same logical shape.
     let view_dims = logical_dims(&ins[0].2);
-    let g_view: Factor = (g, contiguous(&view_dims));
+    let g_view: Factor = (g.id, g.view.unwrap_or_else(|| contiguous(&view_dims)));
     match kind {
         Kind::Add | Kind::Contiguous => {
             for (i, (src, _, view)) in ins.iter().enumerate() {
@@ -395,9 +468,10 @@ fn rules(
             // Every input element along d fed the sum: each gets the sum's gradient.
             let mut reduced = view_dims.clone();
             reduced.remove(d);
-            let mut t = contiguous(&reduced);
+            // A lazy gradient view already has the reduced shape: broadcast it further.
+            let mut t = g.view.unwrap_or_else(|| contiguous(&reduced));
             t.expand(d, view_dims[d]);
-            out.push((ins[0].0, undo_view(cx, vec![(g, t)], &ins[0].2)));
+            out.push((ins[0].0, undo_view(cx, vec![(g.id, t)], &ins[0].2)));
         }
         Kind::MaxReduce(d) => {
             // Only the maximal elements fed the max: mask = 1 - (x < max). Ties each get G.
@@ -405,6 +479,8 @@ fn rules(
             reduced.remove(d);
             let mut t = contiguous(&reduced);
             t.expand(d, view_dims[d]);
+            let mut gt = g.view.unwrap_or_else(|| contiguous(&reduced));
+            gt.expand(d, view_dims[d]);
             let x = (ins[0].0, ins[0].2);
             let below = binary(cx, op::LessThan, x, (node, t));
             let minus = constant(cx, -1.0, &view_dims);
@@ -415,7 +491,7 @@ fn rules(
                 ins[0].0,
                 undo_view(
                     cx,
-                    vec![(g, t), (is_max, contiguous(&view_dims))],
+                    vec![(g.id, gt), (is_max, contiguous(&view_dims))],
                     &ins[0].2,
                 ),
             ));

@@ -132,10 +132,18 @@ impl<'a> GradCheck<'a> {
     }
 
     fn loss(&mut self) -> Result<f32> {
-        // Outputs kept from a previous run would be reused as they are: drop them first.
-        self.cx.tensors.remove(&(self.loss, 0));
-        for g in &self.grads {
-            self.cx.tensors.remove(&(g.grad, 0));
+        // Outputs kept from a previous run would be reused as they are: drop them first. (Not
+        // inputs: the compiler may have simplified a gradient to an input node, e.g. d(w.x)/dx
+        // to w itself, whose data must stay.)
+        let computed = |cx: &Graph, id: NodeIndex| {
+            !cx.graph
+                .node_weight(id)
+                .is_some_and(|op| op.as_any().is::<luminal::op::Function>())
+        };
+        for id in std::iter::once(self.loss).chain(self.grads.iter().map(|g| g.grad)) {
+            if computed(self.cx, id) {
+                self.cx.tensors.remove(&(id, 0));
+            }
         }
         crate::tensor::execute(self.cx)?;
         let t = self

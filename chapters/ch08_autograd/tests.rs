@@ -172,3 +172,82 @@ proptest! {
         prop_assert!(err < GRADCHECK_TOLERANCE, "{} at {}", err, at);
     }
 }
+
+/// Op kinds of a compiled graph, counted.
+fn op_counts(cx: &Graph) -> String {
+    let rows = crate::device::op_counts(cx);
+    rows.iter()
+        .map(|(k, n)| format!("{k:<16} {n:>3}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A linear layer's forward and backward compile to three sgemm calls: y = x W^T,
+/// dW = dy^T x, dx = dy W (no broadcast-multiply-and-sum left over).
+#[test]
+fn linear_backward_compiles_to_matmuls() {
+    use crate::ch01_linear::Linear;
+    use crate::dims::{In, Out, Rows};
+    use crate::params::Parameters;
+    let mut cx = Graph::new();
+    let lin = Linear::<In, Out>::new(&mut cx, "linear.weight", 3, 2).unwrap();
+    let x = tensor::input::<(Rows, In)>(&mut cx, "x");
+    let y = lin.forward(x);
+    let w = tensor::input::<(Rows, Out)>(&mut cx, "dy");
+    let loss = (y * w).sum_reduce::<(), Axes2<0, 1>>();
+    let params = [lin.params(), vec![Param::of(x, &[4, 3])]].concat();
+    let mut grads = backward(&mut cx, &params, loss.id).unwrap();
+    let mut loss_id = loss.id;
+    Device::Cpu.compile(&mut cx, (&mut grads, &mut loss_id));
+    let counts = op_counts(&cx);
+    let matmuls = crate::device::op_counts(&cx)
+        .into_iter()
+        .find(|(k, _)| k == "MatMul2D");
+    assert_eq!(matmuls.map(|m| m.1), Some(3), "{counts}");
+    insta::assert_snapshot!(counts);
+}
+
+/// The same gradients whether the graph runs as built or compiled for the CPU.
+#[test]
+fn compiled_and_uncompiled_gradients_agree() {
+    use crate::ch06_transformer::{TransformerConfig, TransformerLm};
+    use crate::ch07_loss::{lm_loss, Weighting};
+    use crate::dims::{Batch, Seq};
+    use crate::params::Parameters;
+    let cfg = TransformerConfig {
+        vocab_size: 7,
+        context_length: 8,
+        d_model: 8,
+        n_layers: 1,
+        n_heads: 2,
+        d_ff: 8,
+        rope_theta: 10_000.0,
+    };
+    let run = |device: Option<Device>| {
+        let mut cx = Graph::new();
+        let model = TransformerLm::new(&mut cx, &cfg).unwrap();
+        model.init(&mut crate::init::rng(21)).unwrap();
+        let ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
+        let targets = tensor::input::<(Batch, Seq)>(&mut cx, "targets");
+        let mask = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
+        model
+            .set_ids(ids, [2, 4], &[1, 2, 3, 4, 5, 6, 0, 1])
+            .unwrap();
+        tensor::set(
+            targets,
+            &[2, 4],
+            vec![2.0, 3.0, 4.0, 5.0, 6.0, 0.0, 1.0, 2.0],
+        )
+        .unwrap();
+        tensor::set(mask, &[2, 4], vec![1.0; 8]).unwrap();
+        let loss = lm_loss(&model, ids, targets, mask, Weighting::Token);
+        let mut gc = GradCheck::new(&mut cx, model.params(), loss, device).unwrap();
+        gc.run().unwrap()
+    };
+    let (la, ga) = run(None);
+    let (lb, gb) = run(Some(Device::Cpu));
+    assert!((la - lb).abs() < 1e-5, "{la} vs {lb}");
+    for (a, b) in ga.iter().zip(&gb) {
+        crate::testing::assert_close(&a.data, &b.data, 1e-5).unwrap();
+    }
+}

@@ -1,44 +1,49 @@
-//! Time one forward pass of a decoder-only LM: graph build, compile, and execution, plus the
-//! graph's node count before and after compilation. Prints a table; nothing is asserted.
+//! Time a decoder-only LM's graph: build, compile and one forward pass; then the training
+//! graph (forward + loss + backward): build, compile, op counts, and optionally one run.
+//! Prints tables; nothing is asserted.
 //!
 //! ```sh
-//! cargo run --release --example forward                 # the reference config, batch 16
-//! cargo run --release --example forward -- 2 32         # batch 2, sequence 32
+//! cargo run --release --example forward                  # reference config, batch 16 x 128
+//! cargo run --release --example forward -- 2 32          # batch 2, sequence 32
+//! cargo run --release --example forward -- 2 32 --run-backward
 //! ```
 //!
 //! The reference config: vocab 256, ctx 128, d_model 128, 4 layers, 4 heads, d_ff 384.
 //! Run it on an otherwise idle machine: these are wall-clock times.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use transformer_course::device;
 use transformer_course::prelude::*;
 
-fn main() -> Result<()> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("usage: forward [batch] [seq]"))
-        .collect();
-    let config = TransformerConfig::reference();
-    let batch = args.first().copied().unwrap_or(16);
-    let seq = args.get(1).copied().unwrap_or(config.context_length);
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
 
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let run_backward = args.iter().any(|a| a == "--run-backward");
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let config = TransformerConfig::reference();
+    let batch = sizes.first().copied().unwrap_or(16);
+    let seq = sizes.get(1).copied().unwrap_or(config.context_length);
+    let tokens: Vec<u32> = (0..batch * seq).map(|i| (i * 7 % 256) as u32).collect();
+
+    // Forward only.
     let t = Instant::now();
     let mut cx = Graph::new();
     let mut model = TransformerLm::new(&mut cx, &config)?;
     model.init(&mut init::rng(0))?;
     let mut ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
     let mut logits = model.forward(ids).retrieve();
-    let (build, built_nodes) = (t.elapsed(), cx.graph.node_count());
-
+    let (build, built) = (t.elapsed(), cx.graph.node_count());
     let t = Instant::now();
     Device::Cpu.compile(&mut cx, (&mut model, &mut ids, &mut logits));
-    let (compile, compiled_nodes) = (t.elapsed(), cx.graph.node_count());
-
-    let tokens: Vec<u32> = (0..batch * seq).map(|i| (i * 7 % 256) as u32).collect();
+    let (compile, compiled) = (t.elapsed(), cx.graph.node_count());
     model.set_ids(ids, [batch, seq], &tokens)?;
     let t = Instant::now();
     tensor::execute(&mut cx)?;
-    let run = t.elapsed();
+    let fwd_run = t.elapsed();
     let out = tensor::read(logits)?;
     assert!(
         out.data.iter().all(|v| v.is_finite()),
@@ -46,24 +51,56 @@ fn main() -> Result<()> {
     );
 
     println!("decoder-only LM, reference config, batch {batch} x seq {seq}, CPU (stock luminal ops + course passes)");
-    println!("| step              | time        | nodes |");
-    println!("|-------------------|-------------|-------|");
+    println!("| graph              | build      | nodes | compile    | nodes | run          |");
+    println!("|--------------------|------------|-------|------------|-------|--------------|");
     println!(
-        "| build graph       | {:>8.1} ms | {built_nodes:>5} |",
-        build.as_secs_f64() * 1e3
+        "| forward            | {:>7.1} ms | {built:>5} | {:>7.1} ms | {compiled:>5} | {:>9.1} ms |",
+        ms(build),
+        ms(compile),
+        ms(fwd_run)
     );
+
+    // Forward + loss + backward.
+    let t = Instant::now();
+    let mut cx = Graph::new();
+    let model = TransformerLm::new(&mut cx, &config)?;
+    model.init(&mut init::rng(0))?;
+    let ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
+    let targets = tensor::input::<(Batch, Seq)>(&mut cx, "targets");
+    let mask = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
+    model.set_ids(ids, [batch, seq], &tokens)?;
+    let next: Vec<f32> = tokens.iter().map(|&i| ((i + 1) % 256) as f32).collect();
+    tensor::set(targets, &[batch, seq], next)?;
+    tensor::set(mask, &[batch, seq], vec![1.0; batch * seq])?;
+    let loss = lm_loss(&model, ids, targets, mask, Weighting::Token);
+    let mut loss_id = loss.id;
+    let mut grads = backward(&mut cx, &model.params(), loss.id)?;
+    cx.keep_tensors(loss_id);
+    cx.to_retrieve.insert(loss_id);
+    let (build, built) = (t.elapsed(), cx.graph.node_count());
+    let t = Instant::now();
+    Device::Cpu.compile(&mut cx, (&mut loss_id, &mut grads));
+    let (compile, compiled) = (t.elapsed(), cx.graph.node_count());
+    let run = if run_backward {
+        let t = Instant::now();
+        tensor::execute(&mut cx)?;
+        format!("{:>9.1} ms", ms(t.elapsed()))
+    } else {
+        "(not run)   ".to_string()
+    };
     println!(
-        "| compile (CPU)     | {:>8.1} ms | {compiled_nodes:>5} |",
-        compile.as_secs_f64() * 1e3
+        "| forward + backward | {:>7.1} ms | {built:>5} | {:>7.1} ms | {compiled:>5} | {run} |",
+        ms(build),
+        ms(compile)
     );
+    println!("\nforward + backward, compiled, op counts:");
+    for (kind, n) in device::op_counts(&cx) {
+        println!("  {kind:<16} {n:>5}");
+    }
     println!(
-        "| forward (execute) | {:>8.1} ms |       |",
-        run.as_secs_f64() * 1e3
-    );
-    println!(
-        "forward throughput: {:.0} tokens/s; logits {:?}",
-        (batch * seq) as f64 / run.as_secs_f64(),
-        out.shape
+        "forward throughput: {:.0} tokens/s; {} parameters",
+        (batch * seq) as f64 / fwd_run.as_secs_f64(),
+        model.num_params()
     );
     Ok(())
 }

@@ -127,6 +127,39 @@ fn constant(cx: &mut Graph, v: f32, dims: &[Expression]) -> Factor {
     (cx.constant(v).id, ShapeTracker::fake(dims))
 }
 
+/// Merge the last `k` logical axes of a view into one, if they are consecutive dims of its
+/// buffer (all real or all broadcast, none sliced or padded): a reshape that keeps strides.
+fn merge_trailing(t: &ShapeTracker, k: usize) -> Option<ShapeTracker> {
+    let n = t.len();
+    let axes: Vec<usize> = (n - k..n).map(|a| t.indexes[a]).collect();
+    let p0 = axes[0];
+    let consecutive = axes.iter().enumerate().all(|(j, &p)| p == p0 + j);
+    let uniform = axes.iter().all(|&p| t.fake[p] == t.fake[p0]);
+    let plain = axes.iter().all(|&p| {
+        t.slices[p].0 == 0.into()
+            && t.slices[p].1 == i32::MAX.into()
+            && t.padding[p] == (0.into(), 0.into())
+    });
+    if !(consecutive && uniform && plain) {
+        return None;
+    }
+    let mut m = *t;
+    m.dims[p0] = axes.iter().fold(Expression::from(1), |a, &p| a * t.dims[p]);
+    for _ in 1..k {
+        m.dims.remove(p0 + 1);
+        m.fake.remove(p0 + 1);
+        m.slices.remove(p0 + 1);
+        m.padding.remove(p0 + 1);
+    }
+    m.indexes.truncate(n - k + 1);
+    for i in m.indexes.iter_mut() {
+        if *i > p0 {
+            *i -= k - 1;
+        }
+    }
+    Some(m)
+}
+
 // ANCHOR: undo_view
 /// Pull the gradient with respect to a view back to the buffer behind it.
 ///
@@ -158,10 +191,28 @@ fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> Facto
     let mut ordered_dims: Vec<Expression> = perm.iter().map(|&a| dims[a]).collect();
 
     // Step 1: the product, computed in buffer order.
-    let mut factors = factors.into_iter().map(|(id, mut t)| {
-        t.permute(&perm);
-        (id, t)
-    });
+    let mut factors: Vec<Factor> = factors
+        .into_iter()
+        .map(|(id, mut t)| {
+            t.permute(&perm);
+            (id, t)
+        })
+        .collect();
+    // Several broadcast dims (e.g. batch and sequence for a weight's gradient) merged into
+    // one when every factor allows it: one SumReduce, and the product is a plain matmul.
+    let k = n - real.len();
+    if k >= 2 {
+        let merged: Option<Vec<Factor>> = factors
+            .iter()
+            .map(|(id, t)| merge_trailing(t, k).map(|m| (*id, m)))
+            .collect();
+        if let Some(merged) = merged {
+            factors = merged;
+            let tail = ordered_dims.split_off(real.len());
+            ordered_dims.push(tail.into_iter().fold(Expression::from(1), |a, b| a * b));
+        }
+    }
+    let mut factors = factors.into_iter();
     let mut g = factors.next().expect("at least one factor");
     for f in factors {
         let id = binary(cx, op::Mul, g, f);

@@ -174,6 +174,18 @@ fn main() -> Result<()> {
             ),
         )?;
     }
+
+    // Chapter 8: a forward graph, then the same graph with its backward pass added.
+    let mut cx = Graph::new();
+    let lin = Linear::<In, Out>::new(&mut cx, "w", 3, 2)?;
+    let x = tensor::input::<(Rows, In)>(&mut cx, "x");
+    let loss = (lin.forward(x).exp() * 0.5).sum_reduce::<(), Axes2<0, 1>>();
+    save(&cx, &out, "ch08_forward")?;
+    let mut grads = backward(&mut cx, &lin.params(), loss.id)?;
+    save(&cx, &out, "ch08_forward_backward")?;
+    let mut loss_id = loss.id;
+    Device::Cpu.compile(&mut cx, (&mut grads, &mut loss_id));
+    save(&cx, &out, "ch08_forward_backward_compiled")?;
     Ok(())
 }
 

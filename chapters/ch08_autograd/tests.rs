@@ -251,3 +251,69 @@ fn compiled_and_uncompiled_gradients_agree() {
         crate::testing::assert_close(&a.data, &b.data, 1e-5).unwrap();
     }
 }
+
+/// The building blocks' gradients over random small shapes and values (6 cases each: every
+/// case runs the graph twice per parameter element).
+mod random_shapes {
+    use super::*;
+    use crate::ch02_rmsnorm::RmsNorm;
+    use crate::ch04_rope::{Rope, ROPE_THETA};
+    use crate::ch05_attention::{causal_mask, masked_softmax, MultiHeadAttention};
+    use crate::dims::{Batch, DHead, DModel, Heads, MaxSeq, Seq, SrcSeq};
+    use crate::params::Parameters;
+    use crate::testing::{assert_gradcheck, weighted_sum};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(6))]
+        #[test]
+        fn rms_norm(b in 1usize..3, s in 1usize..3, d in 2usize..6, seed in any::<u64>()) {
+            let mut rng = crate::init::rng(seed);
+            let mut cx = Graph::new();
+            let n = RmsNorm::<DModel>::new(&mut cx, "ln.weight", d).unwrap();
+            n.load(uniform(&mut rng, d, 2.0)).unwrap();
+            let x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+            tensor::set(x, &[b, s, d], uniform(&mut rng, b * s * d, 2.0)).unwrap();
+            let loss = weighted_sum(n.forward(x), &[b, s, d], seed);
+            assert_gradcheck(&mut cx, [n.params(), vec![Param::of(x, &[b, s, d])]].concat(), loss);
+        }
+
+        #[test]
+        fn softmax(b in 1usize..3, s in 1usize..3, t in 1usize..5, seed in any::<u64>()) {
+            let mut rng = crate::init::rng(seed);
+            let mut cx = Graph::new();
+            let x = tensor::input::<(Batch, Heads, Seq, SrcSeq)>(&mut cx, "scores");
+            tensor::set(x, &[b, 1, s, t], uniform(&mut rng, b * s * t, 3.0)).unwrap();
+            let allowed = cx.constant(1.0).expand::<(Batch, Heads, Seq, SrcSeq), _>();
+            let loss = weighted_sum(masked_softmax(x, allowed), &[b, 1, s, t], seed);
+            assert_gradcheck(&mut cx, vec![Param::of(x, &[b, 1, s, t])], loss);
+        }
+
+        #[test]
+        fn rope(h in 1usize..3, s in 1usize..4, half in 1usize..3, seed in any::<u64>()) {
+            let d = 2 * half;
+            let mut cx = Graph::new();
+            let rope = Rope::<MaxSeq, DHead>::new(&mut cx, 4, d, ROPE_THETA).unwrap();
+            let x = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "q");
+            tensor::set(x, &[1, h, s, d], uniform(&mut crate::init::rng(seed), h * s * d, 2.0)).unwrap();
+            let loss = weighted_sum(rope.forward(x), &[1, h, s, d], seed);
+            assert_gradcheck(&mut cx, vec![Param::of(x, &[1, h, s, d])], loss);
+        }
+
+        #[test]
+        fn causal_attention(b in 1usize..3, s in 1usize..4, heads in 1usize..3, seed in any::<u64>()) {
+            let d = 2 * heads;
+            let mut rng = crate::init::rng(seed);
+            let mut cx = Graph::new();
+            let rope = Rope::new(&mut cx, 4, 2, ROPE_THETA).unwrap();
+            let attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", d, heads, Some(rope)).unwrap();
+            for p in attn.projections() {
+                p.load(uniform(&mut rng, d * d, 1.0)).unwrap();
+            }
+            let x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+            tensor::set(x, &[b, s, d], uniform(&mut rng, b * s * d, 1.0)).unwrap();
+            let causal = causal_mask::<Seq>(&mut cx).expand::<(Batch, Seq, Seq), _>();
+            let loss = weighted_sum(attn.attend(x, x, causal), &[b, s, d], seed);
+            assert_gradcheck(&mut cx, [attn.params(), vec![Param::of(x, &[b, s, d])]].concat(), loss);
+        }
+    }
+}

@@ -21,9 +21,12 @@ use luminal::prelude::*;
 /// The devices a graph can be compiled for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
-    /// luminal's CPU ops with the corrected pass pipeline [`CpuCompiler`].
+    /// The corrected pass pipeline [`CpuCompiler`], then luminal's view-reading primitives
+    /// swapped for strided kernels ([`crate::fast_cpu::StridedKernels`]).
     #[default]
     Cpu,
+    /// [`CpuCompiler`] with luminal's stock CPU ops: the previous pipeline, for comparison.
+    CpuStock,
     /// No compilation: every primitive op runs as luminal's reference interpreter.
     /// Slow, but the plainest possible oracle.
     Interpreter,
@@ -47,7 +50,11 @@ impl Device {
     /// compiling (inputs, weights, outputs): passes replace nodes, and the handles follow.
     pub fn compile<T: ToIdsMut>(self, cx: &mut Graph, remap: T) {
         match self {
-            Device::Cpu => cx.compile(CpuCompiler::default(), remap),
+            Device::Cpu => cx.compile(
+                (CpuCompiler::default(), crate::fast_cpu::StridedKernels),
+                remap,
+            ),
+            Device::CpuStock => cx.compile(CpuCompiler::default(), remap),
             Device::Interpreter => cx.compile((), remap),
             #[cfg(feature = "cuda")]
             Device::Cuda => cx.compile(
@@ -66,6 +73,7 @@ impl Device {
     pub fn name(self) -> &'static str {
         match self {
             Device::Cpu => "cpu",
+            Device::CpuStock => "cpu-stock",
             Device::Interpreter => "interpreter",
             #[cfg(feature = "cuda")]
             Device::Cuda => "cuda",

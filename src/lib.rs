@@ -11,6 +11,7 @@
 pub mod device;
 pub mod dims;
 pub mod error;
+pub mod fast_cpu;
 pub mod files;
 pub mod init;
 pub mod params;

@@ -566,8 +566,9 @@ fn rules(
         }
         Kind::Other(name) => {
             return Err(CourseError::Autograd(format!(
-                "node {node:?} ({name}) has no backward rule: differentiate the primitive graph \
-             before compiling it"
+                "node {node:?} ({name}) is not one of luminal's primitive ops, so it has no \
+                 backward rule (a compiler pass replaced it?): differentiate the primitive graph \
+                 before compiling it"
             )));
         }
     }

@@ -1,0 +1,349 @@
+//! Strided CPU kernels for luminal's view-reading primitives, swapped in by a compiler pass.
+//!
+//! luminal 0.2.0's CPU ops evaluate a symbolic index expression (and a validity expression)
+//! for every element they read. [`StridedKernels`] replaces `Add`, `Mul`, `Mod`, `LessThan`,
+//! `Contiguous`, `SumReduce` and `MaxReduce` with kernels that turn each input's view into
+//! plain integers once per call — a stride, an offset and a valid range per axis — and then
+//! run tight loops. Semantics are exactly the stock ops' (the differential tests in
+//! `tests/fast_cpu.rs` use them as the oracle), including luminal's treatment of padding and
+//! slices. This is infrastructure, not a lesson; the book's appendix explains it.
+
+use luminal::op::{self, InputTensor, Operator};
+use luminal::prelude::*;
+
+/// One logical axis of a view, resolved to integers.
+#[derive(Clone, Copy, Debug)]
+struct Axis {
+    len: usize,
+    /// Buffer elements per step along this axis (0 for a broadcast axis).
+    stride: isize,
+    /// Added to the logical index before multiplying by the stride (padding, slices).
+    offset: isize,
+    /// Logical indices in `lo..hi` read the buffer; others read 0 (padding).
+    lo: usize,
+    hi: usize,
+}
+
+/// A view resolved for execution: one [`Axis`] per logical axis.
+#[derive(Clone, Debug)]
+struct View {
+    axes: Vec<Axis>,
+    /// True when the view is the buffer itself, in order: no indexing needed.
+    plain: bool,
+}
+
+fn num(e: luminal::shape::symbolic::Expression) -> usize {
+    e.to_usize().expect("dims are resolved before execution")
+}
+
+impl View {
+    /// The same index arithmetic as `ShapeTracker::index_expression` / `valid_expression`.
+    fn of(t: &ShapeTracker) -> Self {
+        let n = t.dims.len();
+        let mut strides = vec![0isize; n];
+        let mut acc = 1isize;
+        for p in (0..n).rev() {
+            strides[p] = acc;
+            if !t.fake[p] {
+                acc *= num(t.dims[p]) as isize;
+            }
+        }
+        let axes = (0..t.len())
+            .map(|a| {
+                let p = t.indexes[a];
+                let (d, pl, pr) = (num(t.dims[p]), num(t.padding[p].0), num(t.padding[p].1));
+                let (s0, s1) = (num(t.slices[p].0), num(t.slices[p].1));
+                let len = (d + pl + pr).min(s1) - s0;
+                if t.fake[p] {
+                    return Axis {
+                        len,
+                        stride: 0,
+                        offset: 0,
+                        lo: 0,
+                        hi: len,
+                    };
+                }
+                Axis {
+                    len,
+                    stride: strides[p],
+                    offset: s0 as isize - pl.min(s0) as isize - pl as isize,
+                    lo: pl - s0.min(pl),
+                    hi: (d + pl).min(s1),
+                }
+            })
+            .collect();
+        let plain = t.is_contiguous() && !t.is_sliced() && !t.is_padded();
+        Self { axes, plain }
+    }
+
+    fn len(&self) -> usize {
+        self.axes.iter().map(|a| a.len).product()
+    }
+
+    /// Buffer index of a logical multi-index, or None where the view reads padding.
+    #[inline]
+    fn at(&self, index: &[usize]) -> Option<usize> {
+        let mut i = 0isize;
+        for (a, &k) in self.axes.iter().zip(index) {
+            if a.stride != 0 {
+                if k < a.lo || k >= a.hi {
+                    return None;
+                }
+                i += (k as isize + a.offset) * a.stride;
+            }
+        }
+        Some(i as usize)
+    }
+}
+
+/// Advance a row-major multi-index over `lens`, skipping `skip` (an axis looped elsewhere).
+/// Returns false when it wraps around.
+#[inline]
+fn next(index: &mut [usize], lens: &[usize], skip: Option<usize>) -> bool {
+    for a in (0..index.len()).rev() {
+        if Some(a) == skip {
+            continue;
+        }
+        index[a] += 1;
+        if index[a] < lens[a] {
+            return true;
+        }
+        index[a] = 0;
+    }
+    false
+}
+
+fn data<'a>(t: &'a InputTensor<'a>) -> &'a [f32] {
+    t.borrowed()
+        .data
+        .as_any()
+        .downcast_ref::<Vec<f32>>()
+        .expect("f32 tensors")
+}
+
+fn tensor(v: Vec<f32>) -> Vec<Tensor> {
+    vec![Tensor::new(v)]
+}
+
+/// Every logical element of `views` (all of the same shape), in row-major order: `f` gets the
+/// values (0 where a view reads padding). The last axis runs as an inner loop on strides.
+fn map_elements<const N: usize>(views: [&View; N], srcs: [&[f32]; N], mut f: impl FnMut([f32; N])) {
+    let lens: Vec<usize> = views[0].axes.iter().map(|a| a.len).collect();
+    if views.iter().all(|v| v.plain) {
+        for i in 0..views[0].len() {
+            f(std::array::from_fn(|k| srcs[k][i]));
+        }
+        return;
+    }
+    if lens.iter().any(|&l| l == 0) {
+        return;
+    }
+    let Some(last) = lens.len().checked_sub(1) else {
+        f(std::array::from_fn(|k| {
+            views[k].at(&[]).map_or(0.0, |i| srcs[k][i])
+        }));
+        return;
+    };
+    let mut index = vec![0usize; lens.len()];
+    loop {
+        // The row's start in each buffer, and whether its outer indices are valid.
+        let rows: [Option<(isize, Axis)>; N] = std::array::from_fn(|k| {
+            index[last] = 0;
+            let v = views[k];
+            let outer_ok = v.axes[..last]
+                .iter()
+                .zip(&index)
+                .all(|(a, &i)| a.stride == 0 || (i >= a.lo && i < a.hi));
+            outer_ok.then(|| {
+                let base: isize = v.axes[..last]
+                    .iter()
+                    .zip(&index)
+                    .map(|(a, &i)| (i as isize + a.offset) * a.stride)
+                    .sum();
+                (base, v.axes[last])
+            })
+        });
+        for i in 0..lens[last] {
+            f(std::array::from_fn(|k| match rows[k] {
+                Some((base, a)) if a.stride == 0 => srcs[k][base as usize],
+                Some((base, a)) if i >= a.lo && i < a.hi => {
+                    srcs[k][(base + (i as isize + a.offset) * a.stride) as usize]
+                }
+                _ => 0.0,
+            }));
+        }
+        if !next(&mut index, &lens, Some(last)) {
+            return;
+        }
+    }
+}
+
+/// Kernels print as the primitive they replace, so graph listings and pictures read the same
+/// before and after this pass (which only changes how an op runs, not what it computes).
+macro_rules! primitive_name {
+    ($name:ident, $shown:literal) => {
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($shown)
+            }
+        }
+    };
+}
+
+macro_rules! binary_kernel {
+    ($name:ident, $shown:literal, |$a:ident, $b:ident| $body:expr) => {
+        #[doc = concat!("`", $shown, "` on strides.")]
+        #[derive(Clone, Default, PartialEq)]
+        pub struct $name;
+        primitive_name!($name, $shown);
+        impl Operator for $name {
+            fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+                let (va, vb) = (View::of(&inp[0].1), View::of(&inp[1].1));
+                let mut out = Vec::with_capacity(va.len());
+                map_elements([&va, &vb], [data(&inp[0].0), data(&inp[1].0)], |[$a, $b]| {
+                    out.push($body)
+                });
+                tensor(out)
+            }
+        }
+    };
+}
+
+binary_kernel!(StridedAdd, "Add", |a, b| a + b);
+binary_kernel!(StridedMul, "Mul", |a, b| a * b);
+binary_kernel!(StridedMod, "Mod", |a, b| a % b);
+binary_kernel!(StridedLessThan, "LessThan", |a, b| (a < b) as u8 as f32);
+
+/// `Contiguous` on strides: materialise a view.
+#[derive(Clone, Default, PartialEq)]
+pub struct StridedContiguous;
+primitive_name!(StridedContiguous, "Contiguous");
+impl Operator for StridedContiguous {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let v = View::of(&inp[0].1);
+        let mut out = Vec::with_capacity(v.len());
+        map_elements([&v], [data(&inp[0].0)], |[a]| out.push(a));
+        tensor(out)
+    }
+}
+
+/// A reduction over one axis on strides; padding is skipped (not read as 0), like the stock op.
+fn reduce(
+    inp: &[(InputTensor, ShapeTracker)],
+    axis: usize,
+    init: f32,
+    f: impl Fn(f32, f32) -> f32,
+) -> Vec<Tensor> {
+    let v = View::of(&inp[0].1);
+    let src = data(&inp[0].0);
+    let lens: Vec<usize> = v.axes.iter().map(|a| a.len).collect();
+    let out_len: usize = lens
+        .iter()
+        .enumerate()
+        .filter(|(a, _)| *a != axis)
+        .map(|(_, l)| l)
+        .product();
+    let mut out = Vec::with_capacity(out_len);
+    if lens.iter().enumerate().any(|(a, &l)| a != axis && l == 0) {
+        return tensor(out);
+    }
+    let r = v.axes[axis];
+    let mut index = vec![0usize; lens.len()];
+    loop {
+        index[axis] = 0;
+        let outer_ok = v
+            .axes
+            .iter()
+            .zip(&index)
+            .enumerate()
+            .all(|(a, (ax, &i))| a == axis || ax.stride == 0 || (i >= ax.lo && i < ax.hi));
+        let mut acc = init;
+        if outer_ok {
+            let base: isize = v
+                .axes
+                .iter()
+                .zip(&index)
+                .enumerate()
+                .filter(|(a, _)| *a != axis)
+                .map(|(_, (ax, &i))| (i as isize + ax.offset) * ax.stride)
+                .sum();
+            let (lo, hi) = if r.stride == 0 {
+                (0, r.len)
+            } else {
+                (r.lo.min(r.len), r.hi.min(r.len))
+            };
+            for k in lo..hi.max(lo) {
+                acc = f(
+                    acc,
+                    src[(base + (k as isize + r.offset) * r.stride) as usize],
+                );
+            }
+        }
+        out.push(acc);
+        if !next(&mut index, &lens, Some(axis)) {
+            return tensor(out);
+        }
+    }
+}
+
+/// `SumReduce` on strides.
+#[derive(Clone, Default, PartialEq)]
+pub struct StridedSumReduce(pub usize);
+impl std::fmt::Debug for StridedSumReduce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SumReduce({})", self.0)
+    }
+}
+impl Operator for StridedSumReduce {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        reduce(&inp, self.0, 0.0, |a, b| a + b)
+    }
+}
+
+/// `MaxReduce` on strides.
+#[derive(Clone, Default, PartialEq)]
+pub struct StridedMaxReduce(pub usize);
+impl std::fmt::Debug for StridedMaxReduce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MaxReduce({})", self.0)
+    }
+}
+impl Operator for StridedMaxReduce {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        reduce(&inp, self.0, f32::NEG_INFINITY, f32::max)
+    }
+}
+
+/// The pass: swap every view-reading primitive for its strided kernel. Node ids and edges do
+/// not change, so no handle needs remapping. Run it last (after the pattern passes).
+#[derive(Debug, Default)]
+pub struct StridedKernels;
+
+impl Compiler for StridedKernels {
+    fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _remap: T) {
+        let nodes: Vec<NodeIndex> = graph.graph.node_indices().collect();
+        for node in nodes {
+            let op = graph.graph.node_weight(node).expect("node exists").as_any();
+            let new: Option<Box<dyn Operator>> = if op.is::<op::Add>() {
+                Some(Box::new(StridedAdd))
+            } else if op.is::<op::Mul>() {
+                Some(Box::new(StridedMul))
+            } else if op.is::<op::Mod>() {
+                Some(Box::new(StridedMod))
+            } else if op.is::<op::LessThan>() {
+                Some(Box::new(StridedLessThan))
+            } else if op.is::<op::Contiguous>() {
+                Some(Box::new(StridedContiguous))
+            } else if let Some(op::SumReduce(d)) = op.downcast_ref::<op::SumReduce>() {
+                Some(Box::new(StridedSumReduce(*d)))
+            } else if let Some(op::MaxReduce(d)) = op.downcast_ref::<op::MaxReduce>() {
+                Some(Box::new(StridedMaxReduce(*d)))
+            } else {
+                None
+            };
+            if let Some(new) = new {
+                *graph.graph.node_weight_mut(node).expect("node exists") = new;
+            }
+        }
+    }
+}

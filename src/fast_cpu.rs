@@ -130,12 +130,13 @@ fn tensor(v: Vec<f32>) -> Vec<Tensor> {
 fn map_elements<const N: usize>(views: [&View; N], srcs: [&[f32]; N], mut f: impl FnMut([f32; N])) {
     let lens: Vec<usize> = views[0].axes.iter().map(|a| a.len).collect();
     if views.iter().all(|v| v.plain) {
+        #[allow(clippy::needless_range_loop)] // one index into N buffers
         for i in 0..views[0].len() {
             f(std::array::from_fn(|k| srcs[k][i]));
         }
         return;
     }
-    if lens.iter().any(|&l| l == 0) {
+    if lens.contains(&0) {
         return;
     }
     let Some(last) = lens.len().checked_sub(1) else {

@@ -6,6 +6,7 @@
 //! cargo run --release --example forward                  # reference config, batch 16 x 128
 //! cargo run --release --example forward -- 2 32          # batch 2, sequence 32
 //! cargo run --release --example forward -- 2 32 --run-backward
+//! cargo run --release --example forward -- 2 32 --stock   # luminal's stock CPU ops
 //! ```
 //!
 //! The reference config: vocab 256, ctx 128, d_model 128, 4 layers, 4 heads, d_ff 384.
@@ -23,6 +24,11 @@ fn ms(d: Duration) -> f64 {
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let run_backward = args.iter().any(|a| a == "--run-backward");
+    let device = if args.iter().any(|a| a == "--stock") {
+        Device::CpuStock
+    } else {
+        Device::Cpu
+    };
     let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let config = TransformerConfig::reference();
     let batch = sizes.first().copied().unwrap_or(16);
@@ -38,7 +44,7 @@ fn main() -> Result<()> {
     let mut logits = model.forward(ids).retrieve();
     let (build, built) = (t.elapsed(), cx.graph.node_count());
     let t = Instant::now();
-    Device::Cpu.compile(&mut cx, (&mut model, &mut ids, &mut logits));
+    device.compile(&mut cx, (&mut model, &mut ids, &mut logits));
     let (compile, compiled) = (t.elapsed(), cx.graph.node_count());
     model.set_ids(ids, [batch, seq], &tokens)?;
     let t = Instant::now();
@@ -50,7 +56,10 @@ fn main() -> Result<()> {
         "logits must be finite"
     );
 
-    println!("decoder-only LM, reference config, batch {batch} x seq {seq}, CPU (stock luminal ops + course passes)");
+    println!(
+        "decoder-only LM, reference config, batch {batch} x seq {seq}, device {}",
+        device.name()
+    );
     println!("| graph              | build      | nodes | compile    | nodes | run          |");
     println!("|--------------------|------------|-------|------------|-------|--------------|");
     println!(
@@ -79,7 +88,7 @@ fn main() -> Result<()> {
     cx.to_retrieve.insert(loss_id);
     let (build, built) = (t.elapsed(), cx.graph.node_count());
     let t = Instant::now();
-    Device::Cpu.compile(&mut cx, (&mut loss_id, &mut grads));
+    device.compile(&mut cx, (&mut loss_id, &mut grads));
     let (compile, compiled) = (t.elapsed(), cx.graph.node_count());
     let run = if run_backward {
         let t = Instant::now();

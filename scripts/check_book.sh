@@ -17,7 +17,7 @@ cargo build --lib --target-dir target/mdbook || fail "cargo build --lib --target
 # (a2) The figures show the graphs the current code builds: regenerate them. Under .ci/run
 #      (FIGURES_MUST_BE_COMMITTED=1) a difference from the committed files is a failure.
 step "regenerating book/src/figures (cargo run --example figures)"
-cargo run --quiet --example figures --target-dir target/mdbook -- book/src/figures >/dev/null ||
+cargo run --quiet --example figures -- book/src/figures >/dev/null ||
     fail "cargo run --example figures"
 if [ "${FIGURES_MUST_BE_COMMITTED:-0}" = 1 ] && git rev-parse --git-dir >/dev/null 2>&1; then
     stale=$(git status --porcelain -- book/src/figures)

@@ -41,8 +41,8 @@ pub fn softmax_ref(row: &[f32]) -> Vec<f32> {
 // ANCHOR: sdpa_ref
 /// Scaled dot-product attention as loops, for `n` independent (batch, head) slices:
 /// `q` (n, s, dk), `k` (n, t, dk), `v` (n, t, dv), `mask` (n, s, t) with true = may attend
-/// -> (n, s, dv). A query row with no allowed key outputs zeros (our definition; PyTorch
-/// gives NaN there).
+/// -> (n, s, dv). A query row with no allowed key outputs zeros (our definition; a plain
+/// softmax, and PyTorch's SDPA before its 2024 "safe softmax" change, give NaN there).
 pub fn sdpa_ref(
     q: &[f32],
     k: &[f32],

@@ -20,6 +20,7 @@ use crate::init::CourseRng;
 use crate::params::{self, Param, Parameters, StateDict};
 use crate::tensor::{self, HostTensor};
 
+// ANCHOR: seq2seq_config
 /// Everything that sizes an encoder-decoder model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Seq2SeqConfig {
@@ -52,6 +53,8 @@ impl Seq2SeqConfig {
         validate_sizes(&sizes, self.d_model, self.n_heads, self.rope_theta)
     }
 }
+
+// ANCHOR_END: seq2seq_config
 
 // ANCHOR: decoder_block
 /// A pre-norm decoder block: causal self-attention, cross-attention to the encoder's output,

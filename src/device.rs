@@ -51,7 +51,11 @@ impl Device {
     pub fn compile<T: ToIdsMut>(self, cx: &mut Graph, remap: T) {
         match self {
             Device::Cpu => cx.compile(
-                (CpuCompiler::default(), crate::fast_cpu::StridedKernels),
+                (
+                    CpuCompiler::default(),
+                    crate::fast_cpu::StridedMatMulPass,
+                    crate::fast_cpu::StridedKernels,
+                ),
                 remap,
             ),
             Device::CpuStock => cx.compile(CpuCompiler::default(), remap),

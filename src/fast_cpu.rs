@@ -315,6 +315,176 @@ impl Operator for StridedMaxReduce {
     }
 }
 
+/// A broadcast-multiply-and-sum that is a (batched) matrix product, run by sgemm:
+/// `Mul([.., M, .., N*, .., K], [.., M*, .., N, .., K]) -> SumReduce(last)`, where `*` marks
+/// a broadcast axis. Every other axis is a batch axis (read through its strides, broadcast or
+/// not); each batch element is one `matrixmultiply::sgemm` call on strided operands.
+#[derive(Clone, Default, PartialEq)]
+pub struct StridedMatMul {
+    /// The axis that is real in the left operand only (rows of the product).
+    pub m_axis: usize,
+    /// The axis that is real in the right operand only (columns of the product).
+    pub n_axis: usize,
+}
+
+impl std::fmt::Debug for StridedMatMul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StridedMatMul(m: {}, n: {})", self.m_axis, self.n_axis)
+    }
+}
+
+impl Operator for StridedMatMul {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let (va, vb) = (View::of(&inp[0].1), View::of(&inp[1].1));
+        let (a, b) = (data(&inp[0].0), data(&inp[1].0));
+        let rank = va.axes.len();
+        let k_axis = rank - 1;
+        let lens: Vec<usize> = va.axes[..k_axis].iter().map(|x| x.len).collect();
+        let (m, n, k) = (lens[self.m_axis], lens[self.n_axis], va.axes[k_axis].len);
+        // Output strides: row-major over the product's axes.
+        let mut out_strides = vec![1isize; lens.len()];
+        for i in (0..lens.len().saturating_sub(1)).rev() {
+            out_strides[i] = out_strides[i + 1] * lens[i + 1] as isize;
+        }
+        let mut out = vec![0.0f32; lens.iter().product()];
+        if out.is_empty() || k == 0 {
+            return tensor(out);
+        }
+        let mut index = vec![0usize; lens.len()];
+        loop {
+            let base = |v: &View| -> isize {
+                index
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != self.m_axis && *i != self.n_axis)
+                    .map(|(i, &x)| x as isize * v.axes[i].stride)
+                    .sum()
+            };
+            let c_base: isize = index
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| x as isize * out_strides[i])
+                .sum();
+            // SAFETY: every index sgemm forms stays inside its buffer: the views are plain
+            // strided (checked by the pass) and the loop bounds are the views' lengths.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr().offset(base(&va)),
+                    va.axes[self.m_axis].stride,
+                    va.axes[k_axis].stride,
+                    b.as_ptr().offset(base(&vb)),
+                    vb.axes[k_axis].stride,
+                    vb.axes[self.n_axis].stride,
+                    0.0,
+                    out.as_mut_ptr().offset(c_base),
+                    out_strides[self.m_axis],
+                    out_strides[self.n_axis],
+                );
+            }
+            // Next batch element: every axis but m and n.
+            let mut advanced = false;
+            for i in (0..lens.len()).rev() {
+                if i == self.m_axis || i == self.n_axis {
+                    continue;
+                }
+                index[i] += 1;
+                if index[i] < lens[i] {
+                    advanced = true;
+                    break;
+                }
+                index[i] = 0;
+            }
+            if !advanced {
+                return tensor(out);
+            }
+        }
+    }
+}
+
+/// Which axes of a `Mul`'s two input views make it a matrix product ([`StridedMatMul`]), if any.
+fn matmul_axes(a: &ShapeTracker, b: &ShapeTracker) -> Option<(usize, usize)> {
+    let plain = |t: &ShapeTracker| !t.is_sliced() && !t.is_padded();
+    let fake = |t: &ShapeTracker, axis: usize| t.fake[t.indexes[axis]];
+    let n = a.len();
+    if n < 2 || b.len() != n || !plain(a) || !plain(b) || fake(a, n - 1) || fake(b, n - 1) {
+        return None;
+    }
+    let m_axes: Vec<usize> = (0..n - 1).filter(|&i| !fake(a, i) && fake(b, i)).collect();
+    let n_axes: Vec<usize> = (0..n - 1).filter(|&i| fake(a, i) && !fake(b, i)).collect();
+    match (m_axes.as_slice(), n_axes.as_slice()) {
+        ([m], [nn]) => Some((*m, *nn)),
+        _ => None,
+    }
+}
+
+/// The pass that fuses `Mul -> SumReduce(last)` matrix products into [`StridedMatMul`].
+/// Run it after luminal's own matmul passes (which catch the 2-D and 3-D x 2-D cases) and
+/// before [`StridedKernels`].
+#[derive(Debug, Default)]
+pub struct StridedMatMulPass;
+
+impl Compiler for StridedMatMulPass {
+    fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
+        use luminal::prelude::petgraph::Direction;
+        let candidates: Vec<NodeIndex> = graph.graph.node_indices().collect();
+        for sum in candidates {
+            let Some(op) = graph.graph.node_weight(sum) else {
+                continue;
+            };
+            let Some(op::SumReduce(d)) = op.as_any().downcast_ref::<op::SumReduce>().cloned()
+            else {
+                continue;
+            };
+            let srcs = graph.get_sources(sum);
+            let (mul, _, reduce_view) = srcs[0];
+            let is_mul = graph
+                .graph
+                .node_weight(mul)
+                .is_some_and(|o| o.as_any().is::<op::Mul>());
+            let single_use = graph.graph.edges_directed(mul, Direction::Outgoing).count() == 1;
+            if !is_mul
+                || !single_use
+                || graph.no_delete.contains(&mul)
+                || d + 1 != reduce_view.len()
+            {
+                continue;
+            }
+            // The sum must read the product as it is (contiguous, no view).
+            if !(reduce_view.is_contiguous()
+                && !reduce_view.is_sliced()
+                && !reduce_view.is_padded())
+            {
+                continue;
+            }
+            let ins = graph.get_sources(mul);
+            let Some((m_axis, n_axis)) = matmul_axes(&ins[0].2, &ins[1].2) else {
+                continue;
+            };
+            let new = graph
+                .add_op(StridedMatMul { m_axis, n_axis })
+                .input(ins[0].0, ins[0].1, ins[0].2)
+                .input(ins[1].0, ins[1].1, ins[1].2)
+                .finish();
+            move_outgoing_edge(sum, new, &mut graph.graph);
+            for old in [sum, mul] {
+                move_references(
+                    &mut remap,
+                    &mut graph.no_delete,
+                    &mut graph.to_retrieve,
+                    old,
+                    new,
+                );
+            }
+            graph.graph.remove_node(sum);
+            graph.graph.remove_node(mul);
+        }
+    }
+}
+
 /// The pass: swap every view-reading primitive for its strided kernel. Node ids and edges do
 /// not change, so no handle needs remapping. Run it last (after the pattern passes).
 #[derive(Debug, Default)]

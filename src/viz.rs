@@ -136,7 +136,29 @@ pub fn dot_to_svg(dot: &str) -> Result<String> {
     let mut visual = builder.get();
     let mut svg = SVGWriter::new();
     visual.do_it(false, false, false, &mut svg);
-    Ok(svg.finalize())
+    Ok(sort_style_rules(&svg.finalize()))
+}
+
+/// layout-rs writes its CSS rules in hash-map order; sort them so the same graph always gives
+/// the same file (the book's figures are committed and checked for staleness).
+fn sort_style_rules(svg: &str) -> String {
+    let (Some(start), Some(end)) = (svg.find("<style>\n"), svg.find("</style>")) else {
+        return svg.to_string();
+    };
+    let body = start + "<style>\n".len();
+    if end < body {
+        return svg.to_string();
+    }
+    let mut rules: Vec<&str> = svg[body..end].lines().collect();
+    rules.sort_unstable();
+    let mut out = String::with_capacity(svg.len());
+    out.push_str(&svg[..body]);
+    for r in rules {
+        out.push_str(r);
+        out.push('\n');
+    }
+    out.push_str(&svg[end..]);
+    out
 }
 
 /// The graph drawn as SVG.

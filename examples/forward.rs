@@ -7,6 +7,7 @@
 //! cargo run --release --example forward -- 2 32          # batch 2, sequence 32
 //! cargo run --release --example forward -- 2 32 --run-backward
 //! cargo run --release --example forward -- 2 32 --stock   # luminal's stock CPU ops
+//! cargo run --release --example forward -- --threads 1 --run-backward --profile
 //! ```
 //!
 //! The reference config: vocab 256, ctx 128, d_model 128, 4 layers, 4 heads, d_ff 384.
@@ -29,7 +30,20 @@ fn main() -> Result<()> {
     } else {
         Device::Cpu
     };
-    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let threads = args
+        .iter()
+        .position(|a| a == "--threads")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|t| t.parse().ok());
+    if let Some(t) = threads {
+        transformer_course::fast_cpu::set_threads(t); // before the first graph runs
+    }
+    let sizes: Vec<usize> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i == 0 || args[i - 1] != "--threads")
+        .filter_map(|(_, a)| a.parse().ok())
+        .collect();
     let config = TransformerConfig::reference();
     let batch = sizes.first().copied().unwrap_or(16);
     let seq = sizes.get(1).copied().unwrap_or(config.context_length);
@@ -57,8 +71,9 @@ fn main() -> Result<()> {
     );
 
     println!(
-        "decoder-only LM, reference config, batch {batch} x seq {seq}, device {}",
-        device.name()
+        "decoder-only LM, reference config, batch {batch} x seq {seq}, device {}, {} threads",
+        device.name(),
+        transformer_course::fast_cpu::threads()
     );
     println!("| graph              | build      | nodes | compile    | nodes | run          |");
     println!("|--------------------|------------|-------|------------|-------|--------------|");
@@ -90,6 +105,10 @@ fn main() -> Result<()> {
     let t = Instant::now();
     device.compile(&mut cx, (&mut loss_id, &mut grads));
     let (compile, compiled) = (t.elapsed(), cx.graph.node_count());
+    let profile = args.iter().any(|a| a == "--profile");
+    if profile {
+        cx.compile(transformer_course::fast_cpu::ProfileOps, ());
+    }
     let run = if run_backward {
         let t = Instant::now();
         tensor::execute(&mut cx)?;
@@ -105,6 +124,23 @@ fn main() -> Result<()> {
     println!("\nforward + backward, compiled, op counts:");
     for (kind, n) in device::op_counts(&cx) {
         println!("  {kind:<16} {n:>5}");
+    }
+    if profile && run_backward {
+        let table = transformer_course::fast_cpu::PROFILE
+            .lock()
+            .expect("profile")
+            .clone();
+        let total: f64 = table.values().map(|v| v.1.as_secs_f64()).sum();
+        println!("\nforward + backward, time per op kind (one run):");
+        let mut rows: Vec<_> = table.into_iter().collect();
+        rows.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+        for (kind, (calls, t)) in rows {
+            println!(
+                "  {kind:<16} {calls:>5} calls {:>9.1} ms {:>5.1}%",
+                ms(t),
+                100.0 * t.as_secs_f64() / total
+            );
+        }
     }
     println!(
         "forward throughput: {:.0} tokens/s; {} parameters",

@@ -100,8 +100,14 @@ impl View {
 /// Returns false when it wraps around.
 #[inline]
 fn next(index: &mut [usize], lens: &[usize], skip: Option<usize>) -> bool {
+    next_skipping(index, lens, &[skip.unwrap_or(usize::MAX)])
+}
+
+/// [`next`], skipping several axes.
+#[inline]
+fn next_skipping(index: &mut [usize], lens: &[usize], skip: &[usize]) -> bool {
     for a in (0..index.len()).rev() {
-        if Some(a) == skip {
+        if skip.contains(&a) {
             continue;
         }
         index[a] += 1;
@@ -111,6 +117,59 @@ fn next(index: &mut [usize], lens: &[usize], skip: Option<usize>) -> bool {
         index[a] = 0;
     }
     false
+}
+
+// ---- threads --------------------------------------------------------------------------
+
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Threads the kernels use (default: the machine's cores). Call before the first graph runs:
+/// it also sets `MATMUL_NUM_THREADS` for `matrixmultiply`'s sgemm, which reads it once.
+pub fn set_threads(n: usize) {
+    THREADS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    std::env::set_var("MATMUL_NUM_THREADS", n.max(1).to_string());
+}
+
+/// The kernels' thread count.
+pub fn threads() -> usize {
+    match THREADS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Below this many output elements one thread is faster than starting more.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// The multi-index of row `r` of a row-major iteration over `lens`, skipping the axes `skip`.
+fn unravel(mut r: usize, lens: &[usize], skip: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; lens.len()];
+    for a in (0..lens.len()).rev() {
+        if skip.contains(&a) {
+            continue;
+        }
+        index[a] = r % lens[a].max(1);
+        r /= lens[a].max(1);
+    }
+    index
+}
+
+/// `body(part, first_row)` over `out` cut into rows of `row_len`, on several threads when the
+/// output is big enough; each thread gets a run of whole rows.
+fn par_rows(out: &mut [f32], row_len: usize, body: impl Fn(&mut [f32], usize) + Sync) {
+    let rows = out.len() / row_len.max(1);
+    let t = threads().min(rows).max(1);
+    if t == 1 || out.len() < PARALLEL_MIN {
+        body(out, 0);
+        return;
+    }
+    let per = rows.div_ceil(t);
+    std::thread::scope(|scope| {
+        for (i, part) in out.chunks_mut(per * row_len).enumerate() {
+            let body = &body;
+            scope.spawn(move || body(part, i * per));
+        }
+    });
 }
 
 fn data<'a>(t: &'a InputTensor<'a>) -> &'a [f32] {
@@ -125,60 +184,6 @@ fn tensor(v: Vec<f32>) -> Vec<Tensor> {
     vec![Tensor::new(v)]
 }
 
-/// Every logical element of `views` (all of the same shape), in row-major order: `f` gets the
-/// values (0 where a view reads padding). The last axis runs as an inner loop on strides.
-fn map_elements<const N: usize>(views: [&View; N], srcs: [&[f32]; N], mut f: impl FnMut([f32; N])) {
-    let lens: Vec<usize> = views[0].axes.iter().map(|a| a.len).collect();
-    if views.iter().all(|v| v.plain) {
-        #[allow(clippy::needless_range_loop)] // one index into N buffers
-        for i in 0..views[0].len() {
-            f(std::array::from_fn(|k| srcs[k][i]));
-        }
-        return;
-    }
-    if lens.contains(&0) {
-        return;
-    }
-    let Some(last) = lens.len().checked_sub(1) else {
-        f(std::array::from_fn(|k| {
-            views[k].at(&[]).map_or(0.0, |i| srcs[k][i])
-        }));
-        return;
-    };
-    let mut index = vec![0usize; lens.len()];
-    loop {
-        // The row's start in each buffer, and whether its outer indices are valid.
-        let rows: [Option<(isize, Axis)>; N] = std::array::from_fn(|k| {
-            index[last] = 0;
-            let v = views[k];
-            let outer_ok = v.axes[..last]
-                .iter()
-                .zip(&index)
-                .all(|(a, &i)| a.stride == 0 || (i >= a.lo && i < a.hi));
-            outer_ok.then(|| {
-                let base: isize = v.axes[..last]
-                    .iter()
-                    .zip(&index)
-                    .map(|(a, &i)| (i as isize + a.offset) * a.stride)
-                    .sum();
-                (base, v.axes[last])
-            })
-        });
-        for i in 0..lens[last] {
-            f(std::array::from_fn(|k| match rows[k] {
-                Some((base, a)) if a.stride == 0 => srcs[k][base as usize],
-                Some((base, a)) if i >= a.lo && i < a.hi => {
-                    srcs[k][(base + (i as isize + a.offset) * a.stride) as usize]
-                }
-                _ => 0.0,
-            }));
-        }
-        if !next(&mut index, &lens, Some(last)) {
-            return;
-        }
-    }
-}
-
 /// Kernels print as the primitive they replace, so graph listings and pictures read the same
 /// before and after this pass (which only changes how an op runs, not what it computes).
 macro_rules! primitive_name {
@@ -191,6 +196,172 @@ macro_rules! primitive_name {
     };
 }
 
+/// How one input reads the current row (the last axis) of a binary op.
+#[derive(Clone, Copy)]
+enum Row {
+    /// The same value all along the row (a broadcast, or padding: 0).
+    Splat(f32),
+    /// `len` consecutive buffer elements from `start`.
+    Dense(usize),
+    /// The general case: base, stride, offset and valid range of the last axis.
+    Strided(isize, Axis),
+}
+
+impl Row {
+    /// The row at `index` (its last entry is ignored), or None where an outer index falls
+    /// in padding (the whole row reads padding).
+    fn of(v: &View, src: &[f32], index: &[usize], last: usize) -> Option<Row> {
+        let outer_ok = v
+            .axes
+            .iter()
+            .zip(index)
+            .enumerate()
+            .all(|(k, (a, &i))| k == last || a.stride == 0 || (i >= a.lo && i < a.hi));
+        if !outer_ok {
+            return None;
+        }
+        let base: isize = v
+            .axes
+            .iter()
+            .zip(index)
+            .enumerate()
+            .filter(|(k, _)| *k != last)
+            .map(|(_, (a, &i))| (i as isize + a.offset) * a.stride)
+            .sum();
+        let a = v.axes[last];
+        Some(if a.stride == 0 {
+            Row::Splat(src[base as usize])
+        } else if a.stride == 1 && a.lo == 0 && a.hi >= a.len {
+            Row::Dense((base + a.offset) as usize)
+        } else {
+            Row::Strided(base, a)
+        })
+    }
+
+    /// Fold the row's valid elements (padding skipped, as the stock reductions do) into `acc`.
+    #[inline(always)]
+    fn fold(
+        &self,
+        src: &[f32],
+        len: usize,
+        acc: f32,
+        f: &(impl Fn(f32, f32) -> f32 + Sync),
+    ) -> f32 {
+        match *self {
+            Row::Splat(v) => (0..len).fold(acc, |a, _| f(a, v)),
+            Row::Dense(start) => src[start..start + len].iter().fold(acc, |a, &x| f(a, x)),
+            Row::Strided(base, ax) => (ax.lo.min(len)..ax.hi.min(len)).fold(acc, |a, i| {
+                f(
+                    a,
+                    src[(base + (i as isize + ax.offset) * ax.stride) as usize],
+                )
+            }),
+        }
+    }
+
+    /// `out[i] = f(out[i], row[i])` over the row's valid elements.
+    #[inline(always)]
+    fn fold_into(&self, src: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
+        match *self {
+            Row::Splat(v) => out.iter_mut().for_each(|o| *o = f(*o, v)),
+            Row::Dense(start) => {
+                let n = out.len();
+                for (o, &x) in out.iter_mut().zip(&src[start..start + n]) {
+                    *o = f(*o, x);
+                }
+            }
+            Row::Strided(base, ax) => {
+                for i in ax.lo.min(out.len())..ax.hi.min(out.len()) {
+                    out[i] = f(
+                        out[i],
+                        src[(base + (i as isize + ax.offset) * ax.stride) as usize],
+                    );
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, src: &[f32], i: usize) -> f32 {
+        match *self {
+            Row::Splat(v) => v,
+            Row::Dense(start) => src[start + i],
+            Row::Strided(base, a) if i >= a.lo && i < a.hi => {
+                src[(base + (i as isize + a.offset) * a.stride) as usize]
+            }
+            Row::Strided(..) => 0.0,
+        }
+    }
+}
+
+/// `f` applied elementwise to two views of the same shape, row by row, with tight loops for
+/// the common rows (both dense, or one a broadcast value).
+#[inline(always)]
+fn binary(
+    va: &View,
+    vb: &View,
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Vec<f32> {
+    let len = va.len();
+    if va.plain && vb.plain {
+        return a[..len]
+            .iter()
+            .zip(&b[..len])
+            .map(|(&x, &y)| f(x, y))
+            .collect();
+    }
+    let mut out = vec![0.0f32; len];
+    let lens: Vec<usize> = va.axes.iter().map(|x| x.len).collect();
+    let Some(last) = lens.len().checked_sub(1) else {
+        out[0] = f(
+            va.at(&[]).map_or(0.0, |i| a[i]),
+            vb.at(&[]).map_or(0.0, |i| b[i]),
+        );
+        return out;
+    };
+    let row_len = lens[last];
+    if len == 0 || row_len == 0 {
+        return out;
+    }
+    par_rows(&mut out, row_len, |part, first| {
+        let mut index = unravel(first, &lens, &[last]);
+        for chunk in part.chunks_mut(row_len) {
+            let ra = Row::of(va, a, &index, last).unwrap_or(Row::Splat(0.0));
+            let rb = Row::of(vb, b, &index, last).unwrap_or(Row::Splat(0.0));
+            match (ra, rb) {
+                (Row::Dense(x), Row::Dense(y)) => {
+                    for ((o, &p), &q) in chunk
+                        .iter_mut()
+                        .zip(&a[x..x + row_len])
+                        .zip(&b[y..y + row_len])
+                    {
+                        *o = f(p, q);
+                    }
+                }
+                (Row::Dense(x), Row::Splat(q)) => {
+                    for (o, &p) in chunk.iter_mut().zip(&a[x..x + row_len]) {
+                        *o = f(p, q);
+                    }
+                }
+                (Row::Splat(p), Row::Dense(y)) => {
+                    for (o, &q) in chunk.iter_mut().zip(&b[y..y + row_len]) {
+                        *o = f(p, q);
+                    }
+                }
+                _ => {
+                    for (i, o) in chunk.iter_mut().enumerate() {
+                        *o = f(ra.get(a, i), rb.get(b, i));
+                    }
+                }
+            }
+            next(&mut index, &lens, Some(last));
+        }
+    });
+    out
+}
+
 macro_rules! binary_kernel {
     ($name:ident, $shown:literal, |$a:ident, $b:ident| $body:expr) => {
         #[doc = concat!("`", $shown, "` on strides.")]
@@ -200,11 +371,13 @@ macro_rules! binary_kernel {
         impl Operator for $name {
             fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
                 let (va, vb) = (View::of(&inp[0].1), View::of(&inp[1].1));
-                let mut out = Vec::with_capacity(va.len());
-                map_elements([&va, &vb], [data(&inp[0].0), data(&inp[1].0)], |[$a, $b]| {
-                    out.push($body)
-                });
-                tensor(out)
+                tensor(binary(
+                    &va,
+                    &vb,
+                    data(&inp[0].0),
+                    data(&inp[1].0),
+                    |$a, $b| $body,
+                ))
             }
         }
     };
@@ -222,8 +395,37 @@ primitive_name!(StridedContiguous, "Contiguous");
 impl Operator for StridedContiguous {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let v = View::of(&inp[0].1);
-        let mut out = Vec::with_capacity(v.len());
-        map_elements([&v], [data(&inp[0].0)], |[a]| out.push(a));
+        let src = data(&inp[0].0);
+        if v.plain {
+            return tensor(src[..v.len()].to_vec());
+        }
+        let mut out = vec![0.0f32; v.len()];
+        let lens: Vec<usize> = v.axes.iter().map(|x| x.len).collect();
+        let Some(last) = lens.len().checked_sub(1) else {
+            out[0] = v.at(&[]).map_or(0.0, |i| src[i]);
+            return tensor(out);
+        };
+        if lens[last] == 0 {
+            return tensor(out);
+        }
+        let row_len = lens[last];
+        par_rows(&mut out, row_len, |part, first| {
+            let mut index = unravel(first, &lens, &[last]);
+            for chunk in part.chunks_mut(row_len) {
+                match Row::of(&v, src, &index, last) {
+                    Some(Row::Dense(start)) => {
+                        chunk.copy_from_slice(&src[start..start + chunk.len()])
+                    }
+                    Some(Row::Splat(x)) => chunk.fill(x),
+                    Some(row) => chunk
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(i, o)| *o = row.get(src, i)),
+                    None => {} // padding: zeros
+                }
+                next(&mut index, &lens, Some(last));
+            }
+        });
         tensor(out)
     }
 }
@@ -233,58 +435,49 @@ fn reduce(
     inp: &[(InputTensor, ShapeTracker)],
     axis: usize,
     init: f32,
-    f: impl Fn(f32, f32) -> f32,
+    f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Vec<Tensor> {
     let v = View::of(&inp[0].1);
     let src = data(&inp[0].0);
     let lens: Vec<usize> = v.axes.iter().map(|a| a.len).collect();
-    let out_len: usize = lens
-        .iter()
-        .enumerate()
-        .filter(|(a, _)| *a != axis)
-        .map(|(_, l)| l)
+    let out_len: usize = (0..lens.len())
+        .filter(|&a| a != axis)
+        .map(|a| lens[a])
         .product();
-    let mut out = Vec::with_capacity(out_len);
-    if lens.iter().enumerate().any(|(a, &l)| a != axis && l == 0) {
+    let last = lens.len() - 1;
+    if (0..lens.len()).any(|a| a != axis && lens[a] == 0) {
+        return tensor(vec![]);
+    }
+    if axis == last {
+        // Each output element folds one row.
+        let mut out = vec![init; out_len];
+        par_rows(&mut out, 1, |part, first| {
+            let mut index = unravel(first, &lens, &[last]);
+            for o in part.iter_mut() {
+                *o = Row::of(&v, src, &index, last)
+                    .map_or(init, |row| row.fold(src, lens[last], init, &f));
+                next(&mut index, &lens, Some(last));
+            }
+        });
         return tensor(out);
     }
-    let r = v.axes[axis];
-    let mut index = vec![0usize; lens.len()];
-    loop {
-        index[axis] = 0;
-        let outer_ok = v
-            .axes
-            .iter()
-            .zip(&index)
-            .enumerate()
-            .all(|(a, (ax, &i))| a == axis || ax.stride == 0 || (i >= ax.lo && i < ax.hi));
-        let mut acc = init;
-        if outer_ok {
-            let base: isize = v
-                .axes
-                .iter()
-                .zip(&index)
-                .enumerate()
-                .filter(|(a, _)| *a != axis)
-                .map(|(_, (ax, &i))| (i as isize + ax.offset) * ax.stride)
-                .sum();
-            let (lo, hi) = if r.stride == 0 {
-                (0, r.len)
-            } else {
-                (r.lo.min(r.len), r.hi.min(r.len))
-            };
-            for k in lo..hi.max(lo) {
-                acc = f(
-                    acc,
-                    src[(base + (k as isize + r.offset) * r.stride) as usize],
-                );
+    // Otherwise whole rows of the last axis fold into rows of the output.
+    let mut out = vec![init; out_len];
+    let row_len = lens[last].max(1);
+    par_rows(&mut out, row_len, |part, first| {
+        let mut index = unravel(first, &lens, &[axis, last]);
+        for chunk in part.chunks_mut(row_len) {
+            for k in 0..lens[axis] {
+                index[axis] = k;
+                if let Some(row) = Row::of(&v, src, &index, last) {
+                    row.fold_into(src, chunk, &f);
+                }
             }
+            index[axis] = 0;
+            next_skipping(&mut index, &lens, &[axis, last]);
         }
-        out.push(acc);
-        if !next(&mut index, &lens, Some(axis)) {
-            return tensor(out);
-        }
-    }
+    });
+    tensor(out)
 }
 
 /// `SumReduce` on strides.
@@ -515,6 +708,57 @@ impl Compiler for StridedKernels {
             if let Some(new) = new {
                 *graph.graph.node_weight_mut(node).expect("node exists") = new;
             }
+        }
+    }
+}
+
+/// Time spent per op kind, filled by ops wrapped with [`ProfileOps`]: kind -> (calls, time).
+pub static PROFILE: std::sync::Mutex<
+    std::collections::BTreeMap<String, (usize, std::time::Duration)>,
+> = std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// An op that times another op's `process` into [`PROFILE`].
+pub struct Profiled {
+    inner: Box<dyn Operator>,
+    kind: String,
+}
+
+impl std::fmt::Debug for Profiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl PartialEq for Profiled {
+    fn eq(&self, _: &Self) -> bool {
+        false // every profiled op is its own
+    }
+}
+
+impl Operator for Profiled {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let t = std::time::Instant::now();
+        let out = self.inner.process(inp);
+        let mut p = PROFILE.lock().expect("profile lock");
+        let e = p.entry(self.kind.clone()).or_default();
+        e.0 += 1;
+        e.1 += t.elapsed();
+        out
+    }
+}
+
+/// A pass that wraps every op in [`Profiled`] (run it last; for measurements only).
+#[derive(Debug, Default)]
+pub struct ProfileOps;
+
+impl Compiler for ProfileOps {
+    fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _remap: T) {
+        let nodes: Vec<NodeIndex> = graph.graph.node_indices().collect();
+        for node in nodes {
+            let kind = crate::device::op_kind(graph, node);
+            let slot = graph.graph.node_weight_mut(node).expect("node exists");
+            let inner = std::mem::replace(slot, Box::new(luminal::op::Contiguous));
+            *slot = Box::new(Profiled { inner, kind });
         }
     }
 }

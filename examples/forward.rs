@@ -133,7 +133,7 @@ fn main() -> Result<()> {
         let total: f64 = table.values().map(|v| v.1.as_secs_f64()).sum();
         println!("\nforward + backward, time per op kind (one run):");
         let mut rows: Vec<_> = table.into_iter().collect();
-        rows.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
         for (kind, (calls, t)) in rows {
             println!(
                 "  {kind:<16} {calls:>5} calls {:>9.1} ms {:>5.1}%",

@@ -8,6 +8,7 @@
 //! cargo run --release --example forward -- 2 32 --run-backward
 //! cargo run --release --example forward -- 2 32 --stock   # luminal's stock CPU ops
 //! cargo run --release --example forward -- --threads 1 --run-backward --profile
+//! cargo run --release --example forward -- --threads 1 --run-backward --repeats 5
 //! ```
 //!
 //! The reference config: vocab 256, ctx 128, d_model 128, 4 layers, 4 heads, d_ff 384.
@@ -38,10 +39,16 @@ fn main() -> Result<()> {
     if let Some(t) = threads {
         transformer_course::fast_cpu::set_threads(t); // before the first graph runs
     }
+    let repeats = args
+        .iter()
+        .position(|a| a == "--repeats")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1usize);
     let sizes: Vec<usize> = args
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i == 0 || args[i - 1] != "--threads")
+        .filter(|(i, _)| *i == 0 || (args[i - 1] != "--threads" && args[i - 1] != "--repeats"))
         .filter_map(|(_, a)| a.parse().ok())
         .collect();
     let config = TransformerConfig::reference();
@@ -61,9 +68,7 @@ fn main() -> Result<()> {
     device.compile(&mut cx, (&mut model, &mut ids, &mut logits));
     let (compile, compiled) = (t.elapsed(), cx.graph.node_count());
     model.set_ids(ids, [batch, seq], &tokens)?;
-    let t = Instant::now();
-    tensor::execute(&mut cx)?;
-    let fwd_run = t.elapsed();
+    let fwd_run = median_run(&mut cx, &[logits.id], repeats)?;
     let out = tensor::read(logits)?;
     assert!(
         out.data.iter().all(|v| v.is_finite()),
@@ -109,10 +114,13 @@ fn main() -> Result<()> {
     if profile {
         cx.compile(transformer_course::fast_cpu::ProfileOps, ());
     }
+    let mut bwd_run = None;
     let run = if run_backward {
-        let t = Instant::now();
-        tensor::execute(&mut cx)?;
-        format!("{:>9.1} ms", ms(t.elapsed()))
+        let mut outputs: Vec<NodeIndex> = grads.iter().map(|g| g.grad).collect();
+        outputs.push(loss_id);
+        let t = median_run(&mut cx, &outputs, repeats)?;
+        bwd_run = Some(t);
+        format!("{:>9.1} ms", ms(t))
     } else {
         "(not run)   ".to_string()
     };
@@ -147,5 +155,37 @@ fn main() -> Result<()> {
         (batch * seq) as f64 / fwd_run.as_secs_f64(),
         model.num_params()
     );
+    let tokens = (batch * seq) as f64;
+    print!(
+        "rust forward: {:.1} ms, {:.0} tokens/s",
+        ms(fwd_run),
+        tokens / fwd_run.as_secs_f64()
+    );
+    if let Some(t) = bwd_run {
+        print!(
+            "; rust forward+backward: {:.1} ms, {:.0} tokens/s",
+            ms(t),
+            tokens / t.as_secs_f64()
+        );
+    }
+    println!(" ({} threads)", transformer_course::fast_cpu::threads());
     Ok(())
+}
+
+/// Execute `repeats` times (after one warm-up run when repeating) and return the median time.
+/// Kept outputs are dropped before each run: luminal skips nodes whose output exists.
+fn median_run(cx: &mut Graph, outputs: &[NodeIndex], repeats: usize) -> Result<Duration> {
+    let mut times = Vec::new();
+    for i in 0..repeats.max(1) + usize::from(repeats > 1) {
+        for id in outputs {
+            cx.tensors.remove(&(*id, 0));
+        }
+        let t = Instant::now();
+        tensor::execute(cx)?;
+        if repeats <= 1 || i > 0 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
 }

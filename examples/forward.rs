@@ -149,6 +149,22 @@ fn main() -> Result<()> {
                 100.0 * t.as_secs_f64() / total
             );
         }
+        let nodes = transformer_course::fast_cpu::PROFILE_NODES
+            .lock()
+            .expect("profile")
+            .clone();
+        let mut slow: Vec<_> = nodes.into_iter().collect();
+        slow.sort_by_key(|n| std::cmp::Reverse(n.1));
+        let listing = viz::op_listing(&cx);
+        println!("slowest ops:");
+        for (node, t) in slow.iter().take(12) {
+            let prefix = format!("%{node} =");
+            let line = listing
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or("?");
+            println!("  {:>7.2} ms  {line}", ms(*t));
+        }
     }
     println!(
         "forward throughput: {:.0} tokens/s; {} parameters",

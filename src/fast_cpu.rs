@@ -717,10 +717,15 @@ pub static PROFILE: std::sync::Mutex<
     std::collections::BTreeMap<String, (usize, std::time::Duration)>,
 > = std::sync::Mutex::new(std::collections::BTreeMap::new());
 
+/// Time per node, filled alongside [`PROFILE`]: node index -> time.
+pub static PROFILE_NODES: std::sync::Mutex<std::collections::BTreeMap<usize, std::time::Duration>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 /// An op that times another op's `process` into [`PROFILE`].
 pub struct Profiled {
     inner: Box<dyn Operator>,
     kind: String,
+    node: usize,
 }
 
 impl std::fmt::Debug for Profiled {
@@ -743,6 +748,11 @@ impl Operator for Profiled {
         let e = p.entry(self.kind.clone()).or_default();
         e.0 += 1;
         e.1 += t.elapsed();
+        *PROFILE_NODES
+            .lock()
+            .expect("profile lock")
+            .entry(self.node)
+            .or_default() += t.elapsed();
         out
     }
 }
@@ -758,7 +768,11 @@ impl Compiler for ProfileOps {
             let kind = crate::device::op_kind(graph, node);
             let slot = graph.graph.node_weight_mut(node).expect("node exists");
             let inner = std::mem::replace(slot, Box::new(luminal::op::Contiguous));
-            *slot = Box::new(Profiled { inner, kind });
+            *slot = Box::new(Profiled {
+                inner,
+                kind,
+                node: node.index(),
+            });
         }
     }
 }

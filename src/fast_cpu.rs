@@ -36,6 +36,7 @@ fn num(e: luminal::shape::symbolic::Expression) -> usize {
     e.to_usize().expect("dims are resolved before execution")
 }
 
+// ANCHOR: view
 impl View {
     /// The same index arithmetic as `ShapeTracker::index_expression` / `valid_expression`.
     fn of(t: &ShapeTracker) -> Self {
@@ -75,6 +76,7 @@ impl View {
         let plain = t.is_contiguous() && !t.is_sliced() && !t.is_padded();
         Self { axes, plain }
     }
+    // ANCHOR_END: view
 
     fn len(&self) -> usize {
         self.axes.iter().map(|a| a.len).product()
@@ -121,6 +123,7 @@ fn next_skipping(index: &mut [usize], lens: &[usize], skip: &[usize]) -> bool {
 
 // ---- threads --------------------------------------------------------------------------
 
+// ANCHOR: threads
 static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Threads the kernels use (default: the machine's cores). Call before the first graph runs:
@@ -171,6 +174,7 @@ fn par_rows(out: &mut [f32], row_len: usize, body: impl Fn(&mut [f32], usize) + 
         }
     });
 }
+// ANCHOR_END: threads
 
 fn data<'a>(t: &'a InputTensor<'a>) -> &'a [f32] {
     t.borrowed()
@@ -196,6 +200,7 @@ macro_rules! primitive_name {
     };
 }
 
+// ANCHOR: row
 /// How one input reads the current row (the last axis) of a binary op.
 #[derive(Clone, Copy)]
 enum Row {
@@ -293,7 +298,9 @@ impl Row {
         }
     }
 }
+// ANCHOR_END: row
 
+// ANCHOR: binary
 /// `f` applied elementwise to two views of the same shape, row by row, with tight loops for
 /// the common rows (both dense, or one a broadcast value).
 #[inline(always)]
@@ -361,6 +368,7 @@ fn binary(
     });
     out
 }
+// ANCHOR_END: binary
 
 macro_rules! binary_kernel {
     ($name:ident, $shown:literal, |$a:ident, $b:ident| $body:expr) => {
@@ -430,6 +438,7 @@ impl Operator for StridedContiguous {
     }
 }
 
+// ANCHOR: reduce
 /// A reduction over one axis on strides; padding is skipped (not read as 0), like the stock op.
 fn reduce(
     inp: &[(InputTensor, ShapeTracker)],
@@ -479,6 +488,7 @@ fn reduce(
     });
     tensor(out)
 }
+// ANCHOR_END: reduce
 
 /// `SumReduce` on strides.
 #[derive(Clone, Default, PartialEq)]
@@ -526,6 +536,7 @@ impl std::fmt::Debug for StridedMatMul {
     }
 }
 
+// ANCHOR: matmul
 impl Operator for StridedMatMul {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let (va, vb) = (View::of(&inp[0].1), View::of(&inp[1].1));
@@ -597,6 +608,7 @@ impl Operator for StridedMatMul {
         }
     }
 }
+// ANCHOR_END: matmul
 
 /// Which axes of a `Mul`'s two input views make it a matrix product ([`StridedMatMul`]), if any.
 fn matmul_axes(a: &ShapeTracker, b: &ShapeTracker) -> Option<(usize, usize)> {
@@ -620,6 +632,7 @@ fn matmul_axes(a: &ShapeTracker, b: &ShapeTracker) -> Option<(usize, usize)> {
 #[derive(Debug, Default)]
 pub struct StridedMatMulPass;
 
+// ANCHOR: matmul_pass
 impl Compiler for StridedMatMulPass {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
         use luminal::prelude::petgraph::Direction;
@@ -677,12 +690,14 @@ impl Compiler for StridedMatMulPass {
         }
     }
 }
+// ANCHOR_END: matmul_pass
 
 /// The pass: swap every view-reading primitive for its strided kernel. Node ids and edges do
 /// not change, so no handle needs remapping. Run it last (after the pattern passes).
 #[derive(Debug, Default)]
 pub struct StridedKernels;
 
+// ANCHOR: kernels_pass
 impl Compiler for StridedKernels {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _remap: T) {
         let nodes: Vec<NodeIndex> = graph.graph.node_indices().collect();
@@ -711,6 +726,7 @@ impl Compiler for StridedKernels {
         }
     }
 }
+// ANCHOR_END: kernels_pass
 
 /// Time spent per op kind, filled by ops wrapped with [`ProfileOps`]: kind -> (calls, time).
 pub static PROFILE: std::sync::Mutex<

@@ -239,6 +239,21 @@ def main():
     save("seq2seq", {"in.src": src, "in.src_keep": keep, "in.tgt": tgt, "in.tgt_out": tgt_out,
                      "in.tgt_mask": tgt_mask, **w, "out.logits": logits, "out.loss": loss, **grads}, cfg)
 
+    # AdamW (torch.optim.AdamW) for 120 steps on a small least-squares problem.
+    x, y, w0 = torch.randn(8, 4), torch.randn(8, 3), torch.randn(3, 4)
+    w = w0.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([w], lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    losses = []
+    with torch.enable_grad():
+        for _ in range(120):
+            opt.zero_grad()
+            loss = ((x @ w.T - y) ** 2).mean()
+            losses.append(loss.item())
+            loss.backward()
+            opt.step()
+    save("adamw", {"in.x": x, "in.y": y, "in.w0": w0, "out.w": w.detach(), "out.losses": torch.tensor(losses)},
+         {"lr": 1e-2, "weight_decay": 0.1, "steps": 120})
+
 
 if __name__ == "__main__":
     with torch.no_grad():

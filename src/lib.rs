@@ -39,6 +39,8 @@ pub mod ch06_transformer;
 pub mod ch07_loss;
 #[path = "../chapters/ch08_autograd/mod.rs"]
 pub mod ch08_autograd;
+#[path = "../chapters/ch09_optimizers/mod.rs"]
+pub mod ch09_optimizers;
 
 pub use error::{CourseError, Result};
 
@@ -54,6 +56,7 @@ pub mod prelude {
     pub use crate::ch06_transformer::*;
     pub use crate::ch07_loss::*;
     pub use crate::ch08_autograd::*;
+    pub use crate::ch09_optimizers::*;
     pub use crate::device::Device;
     pub use crate::dims::*;
     pub use crate::error::{CourseError, Result};

@@ -1,0 +1,296 @@
+//! # Chapter 9 — Optimisers: SGD and AdamW, inside the graph
+//!
+//! Gradients say which way is downhill; an optimiser decides how far to step. SGD steps by
+//! `lr * g`. AdamW keeps running means of the gradient (`m`) and of its square (`v`) and steps
+//! by `m / sqrt(v)`: a per-parameter step size, bias-corrected for the first steps, with weight
+//! decay applied separately ("decoupled"). Both are built as graph ops in the same graph as the
+//! forward and backward passes; the moments are graph inputs that carry over between steps.
+//!
+//! Book page: [Chapter 9](../book/ch09_optimizers.html).
+
+use luminal::op::Operator;
+use luminal::prelude::*;
+
+use crate::ch08_autograd::Gradient;
+use crate::error::{CourseError, Result};
+use crate::params::Param;
+use crate::tensor;
+
+// ANCHOR: config
+/// AdamW's hyperparameters (conventions.md defaults).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+impl AdamWConfig {
+    /// Betas in [0, 1), positive eps, non-negative lr and decay.
+    pub fn validate(&self) -> Result<()> {
+        let ok = (0.0..1.0).contains(&self.beta1)
+            && (0.0..1.0).contains(&self.beta2)
+            && self.eps > 0.0
+            && self.lr >= 0.0
+            && self.weight_decay >= 0.0;
+        if !ok {
+            return Err(CourseError::Config(format!(
+                "AdamW needs 0 <= beta1, beta2 < 1, eps > 0, lr >= 0 and weight_decay >= 0; got {self:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The bias-corrected step size of step `t` (t starts at 1):
+    /// `a_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)`.
+    pub fn step_size(&self, lr: f32, t: u64) -> f32 {
+        let t = t as i32;
+        lr * (1.0 - self.beta2.powi(t)).sqrt() / (1.0 - self.beta1.powi(t))
+    }
+}
+// ANCHOR_END: config
+
+// ANCHOR: sgd_ref
+/// Plain SGD, in place: `theta -= lr * g`.
+pub fn sgd_ref(theta: &mut [f32], grad: &[f32], lr: f32) {
+    theta.iter_mut().zip(grad).for_each(|(p, g)| *p -= lr * g);
+}
+
+/// The CS336 handout's decaying SGD at step `t` (from 0): `theta -= lr / sqrt(t + 1) * g`.
+pub fn sgd_decaying_ref(theta: &mut [f32], grad: &[f32], lr: f32, t: u64) {
+    sgd_ref(theta, grad, lr / ((t + 1) as f32).sqrt());
+}
+// ANCHOR_END: sgd_ref
+
+// ANCHOR: adamw_ref
+/// One AdamW step in place (t starts at 1), with conventions.md's formulas and PyTorch's order
+/// (decoupled weight decay first, which conventions.md allows: the orders differ by O(lr^2)):
+/// `theta -= lr * wd * theta`; `m = b1 m + (1-b1) g`; `v = b2 v + (1-b2) g^2`;
+/// `theta -= a_t m / (sqrt(v) + eps)` with `a_t = lr sqrt(1 - b2^t) / (1 - b1^t)`.
+pub fn adamw_ref(
+    theta: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    t: u64,
+    lr: f32,
+    c: &AdamWConfig,
+) {
+    let a_t = c.step_size(lr, t);
+    for i in 0..theta.len() {
+        theta[i] -= lr * c.weight_decay * theta[i];
+        m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * grad[i];
+        v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * grad[i] * grad[i];
+        theta[i] -= a_t * m[i] / (v[i].sqrt() + c.eps);
+    }
+}
+// ANCHOR_END: adamw_ref
+
+/// Flat elementwise graph ops on parameter-sized buffers of `n` values. (luminal's typed
+/// arithmetic would give results the type's symbolic shape; parameters differ in size, so the
+/// update is built from primitive ops with concrete views, as chapter 8 builds gradients.)
+struct Flat<'a> {
+    cx: &'a mut Graph,
+    n: usize,
+}
+
+impl Flat<'_> {
+    fn view(&self) -> ShapeTracker {
+        ShapeTracker::new(&[luminal::shape::symbolic::Expression::from(self.n)])
+    }
+    fn binary<O: Operator + 'static>(&mut self, op: O, a: NodeIndex, b: NodeIndex) -> NodeIndex {
+        let t = self.view();
+        self.cx.add_op(op).input(a, 0, t).input(b, 0, t).finish()
+    }
+    fn add(&mut self, a: NodeIndex, b: NodeIndex) -> NodeIndex {
+        self.binary(luminal::op::Add, a, b)
+    }
+    fn mul(&mut self, a: NodeIndex, b: NodeIndex) -> NodeIndex {
+        self.binary(luminal::op::Mul, a, b)
+    }
+    /// `a * s` for a scalar node `s`, broadcast.
+    fn scale(&mut self, a: NodeIndex, s: NodeIndex) -> NodeIndex {
+        let (t, fake) = (
+            self.view(),
+            ShapeTracker::fake(&[luminal::shape::symbolic::Expression::from(self.n)]),
+        );
+        self.cx
+            .add_op(luminal::op::Mul)
+            .input(a, 0, t)
+            .input(s, 0, fake)
+            .finish()
+    }
+    fn plus(&mut self, a: NodeIndex, s: NodeIndex) -> NodeIndex {
+        let (t, fake) = (
+            self.view(),
+            ShapeTracker::fake(&[luminal::shape::symbolic::Expression::from(self.n)]),
+        );
+        self.cx
+            .add_op(luminal::op::Add)
+            .input(a, 0, t)
+            .input(s, 0, fake)
+            .finish()
+    }
+    fn unary<O: Operator + 'static>(&mut self, op: O, a: NodeIndex) -> NodeIndex {
+        let t = self.view();
+        self.cx.add_op(op).input(a, 0, t).finish()
+    }
+    fn constant(&mut self, v: f32) -> NodeIndex {
+        self.cx.constant(v).id
+    }
+}
+
+// ANCHOR: adamw
+/// AdamW as graph ops: for every parameter, its moments `m`, `v` (graph inputs holding the
+/// state) and the new values of the parameter and the moments (graph outputs). After each
+/// execution the new values are moved into the inputs ([`AdamW::advance`]).
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Per parameter: (param, m, v, new param, new m, new v) node ids.
+    pub slots: Vec<AdamWSlot>,
+    /// Scalar inputs fed every step: `-a_t` and `-lr * weight_decay` (so a schedule can move lr).
+    pub neg_step_size: NodeIndex,
+    pub neg_decay: NodeIndex,
+    /// The step count t of the next step (starts at 1).
+    pub t: u64,
+}
+
+/// One parameter's nodes in [`AdamW`].
+#[derive(Clone, Debug)]
+pub struct AdamWSlot {
+    pub param: Param,
+    /// The gradient node (kept by chapter 8's `backward`, so dropped before every step).
+    pub grad: NodeIndex,
+    pub m: NodeIndex,
+    pub v: NodeIndex,
+    pub new_param: NodeIndex,
+    pub new_m: NodeIndex,
+    pub new_v: NodeIndex,
+}
+
+impl AdamW {
+    /// Add the update of every parameter to `cx`, from its gradient.
+    pub fn new(cx: &mut Graph, grads: &[Gradient], config: AdamWConfig) -> Result<Self> {
+        config.validate()?;
+        let neg_step_size = tensor::input::<()>(cx, "adamw.neg_step_size");
+        let neg_decay = tensor::input::<()>(cx, "adamw.neg_decay");
+        let mut slots = Vec::with_capacity(grads.len());
+        for g in grads {
+            let n = g.param.numel();
+            let m = tensor::input::<()>(cx, &format!("{}.adam_m", g.param.name)).id;
+            let v = tensor::input::<()>(cx, &format!("{}.adam_v", g.param.name)).id;
+            let mut f = Flat { cx, n };
+            let (b1, one_minus_b1) = (f.constant(config.beta1), f.constant(1.0 - config.beta1));
+            let (b2, one_minus_b2) = (f.constant(config.beta2), f.constant(1.0 - config.beta2));
+            let eps = f.constant(config.eps);
+            // m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+            let (m_old, g_part) = (f.scale(m, b1), f.scale(g.grad, one_minus_b1));
+            let new_m = f.add(m_old, g_part);
+            let g2 = f.mul(g.grad, g.grad);
+            let (v_old, g2_part) = (f.scale(v, b2), f.scale(g2, one_minus_b2));
+            let new_v = f.add(v_old, g2_part);
+            // Decay first (as PyTorch): theta' = theta - lr wd theta; then theta' - a_t m / (sqrt(v) + eps)
+            let decay = f.scale(g.param.id, neg_decay.id);
+            let decayed = f.add(g.param.id, decay);
+            let root = f.unary(luminal::op::Sqrt, new_v);
+            let denom = f.plus(root, eps);
+            let inv = f.unary(luminal::op::Recip, denom);
+            let step = f.mul(new_m, inv);
+            let scaled = f.scale(step, neg_step_size.id);
+            let new_param = f.add(decayed, scaled);
+            cx.keep_tensors(vec![new_param, new_m, new_v]);
+            cx.set_tensor(m, 0, Tensor::new(vec![0.0; n]));
+            cx.set_tensor(v, 0, Tensor::new(vec![0.0; n]));
+            cx.keep_tensors(vec![m, v]);
+            slots.push(AdamWSlot {
+                param: g.param.clone(),
+                grad: g.grad,
+                m,
+                v,
+                new_param,
+                new_m,
+                new_v,
+            });
+        }
+        Ok(Self {
+            config,
+            slots,
+            neg_step_size: neg_step_size.id,
+            neg_decay: neg_decay.id,
+            t: 1,
+        })
+    }
+
+    /// Feed this step's scalars (from the current learning rate `lr`) before executing.
+    ///
+    /// Also drops last step's gradients: luminal skips any node whose output already exists,
+    /// so kept gradients would silently stay at their first values.
+    pub fn prepare(&self, cx: &mut Graph, lr: f32) {
+        for s in &self.slots {
+            let is_input = cx
+                .graph
+                .node_weight(s.grad)
+                .is_some_and(|op| op.as_any().is::<luminal::op::Function>());
+            if !is_input {
+                cx.tensors.remove(&(s.grad, 0));
+            }
+        }
+        let a_t = self.config.step_size(lr, self.t);
+        cx.set_tensor(self.neg_step_size, 0, Tensor::new(vec![-a_t]));
+        cx.set_tensor(
+            self.neg_decay,
+            0,
+            Tensor::new(vec![-lr * self.config.weight_decay]),
+        );
+        cx.keep_tensors(vec![self.neg_step_size, self.neg_decay]);
+    }
+
+    /// After executing: move the new parameters and moments into their input nodes, and count
+    /// the step. (Left in place, the outputs would be reused as they are by the next run.)
+    pub fn advance(&mut self, cx: &mut Graph) {
+        for s in &self.slots {
+            transfer_data_same_graph(
+                vec![s.new_param, s.new_m, s.new_v],
+                vec![s.param.id, s.m, s.v],
+                cx,
+            );
+        }
+        self.t += 1;
+    }
+}
+
+impl ToIdsMut for AdamW {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        let mut ids = vec![&mut self.neg_step_size, &mut self.neg_decay];
+        for s in &mut self.slots {
+            ids.extend([
+                &mut s.param.id,
+                &mut s.grad,
+                &mut s.m,
+                &mut s.v,
+                &mut s.new_param,
+                &mut s.new_m,
+                &mut s.new_v,
+            ]);
+        }
+        ids
+    }
+}
+// ANCHOR_END: adamw
+
+#[cfg(test)]
+mod tests;

@@ -254,6 +254,16 @@ def main():
     save("adamw", {"in.x": x, "in.y": y, "in.w0": w0, "out.w": w.detach(), "out.losses": torch.tensor(losses)},
          {"lr": 1e-2, "weight_decay": 0.1, "steps": 120})
 
+    # Global-norm clipping (torch.nn.utils.clip_grad_norm_), clipping and not clipping.
+    for name, max_norm in (("clip", 1.0), ("clip_small", 100.0)):
+        ps = [torch.zeros(3, 4, requires_grad=True), torch.zeros(5, requires_grad=True), torch.zeros(2, 2, requires_grad=True)]
+        for p_ in ps:
+            p_.grad = 2.0 * torch.randn_like(p_)
+        before = {f"in.g{i}": p_.grad.clone() for i, p_ in enumerate(ps)}
+        norm = torch.nn.utils.clip_grad_norm_(ps, max_norm)
+        after = {f"out.g{i}": p_.grad.clone() for i, p_ in enumerate(ps)}
+        save(name, {**before, **after, "out.norm": norm.reshape(1)}, {"max_norm": max_norm})
+
 
 if __name__ == "__main__":
     with torch.no_grad():

@@ -41,6 +41,8 @@ pub mod ch07_loss;
 pub mod ch08_autograd;
 #[path = "../chapters/ch09_optimizers/mod.rs"]
 pub mod ch09_optimizers;
+#[path = "../chapters/ch10_schedule/mod.rs"]
+pub mod ch10_schedule;
 
 pub use error::{CourseError, Result};
 
@@ -57,6 +59,7 @@ pub mod prelude {
     pub use crate::ch07_loss::*;
     pub use crate::ch08_autograd::*;
     pub use crate::ch09_optimizers::*;
+    pub use crate::ch10_schedule::*;
     pub use crate::device::Device;
     pub use crate::dims::*;
     pub use crate::error::{CourseError, Result};

@@ -9,10 +9,27 @@ cd "$(dirname "$0")/.."
 fail() { echo "check_book: FAILED: $*" >&2; exit 1; }
 step() { echo "check_book: $*"; }
 
-# (a) The crate's rlibs for the book's code blocks, in their own target dir: other builds in
-#     target/ leave rlibs of other versions next to them and `mdbook test` fails with E0464.
+# (a) The crate's rlibs for the book's code blocks, in their own target dir. Old builds leave
+#     rlibs of other versions (other features, other hashes) in the same deps folder, and
+#     `mdbook test -L` then fails with E0464; so link exactly this build's artifacts, as cargo
+#     reports them, into a folder of their own.
 step "building the crate for the doctests (target/mdbook)"
-cargo build --lib --target-dir target/mdbook || fail "cargo build --lib --target-dir target/mdbook"
+deps=target/mdbook/book-deps
+cargo build --lib --target-dir target/mdbook --message-format=json >target/mdbook/build.json ||
+    fail "cargo build --lib --target-dir target/mdbook"
+rm -rf "$deps" && mkdir -p "$deps"
+python3 - "$deps" target/mdbook/build.json <<'PY' || fail "could not collect the build's rlibs"
+import json, os, sys
+dest = sys.argv[1]
+for line in open(sys.argv[2]):
+    msg = json.loads(line) if line.startswith("{") else {}
+    if msg.get("reason") == "compiler-artifact":
+        for f in msg.get("filenames", []):
+            if f.endswith((".rlib", ".so")):
+                link = os.path.join(dest, os.path.basename(f))
+                if not os.path.exists(link):
+                    os.symlink(os.path.abspath(f), link)
+PY
 
 # (a2) The figures show the graphs the current code builds: regenerate them. Under .ci/run
 #      (FIGURES_MUST_BE_COMMITTED=1) a difference from the committed files is a failure.
@@ -51,8 +68,8 @@ external=$(grep -rhoiE "$pattern" --include='*.html' --include='*.css' "$out" | 
 
 # (e) Compile and run the book's Rust code blocks against the crate built in (a).
 step "mdbook test book"
-if ! mdbook test book -L target/mdbook/debug/deps 2>&1 | tee "$test_log"; then
-    grep -q E0464 "$test_log" && fail "stale rlibs (E0464): rm -rf target/mdbook and run again"
+if ! mdbook test book -L "$deps" 2>&1 | tee "$test_log"; then
+    grep -q E0464 "$test_log" && fail "two builds of one crate in $deps (E0464): rm -rf target/mdbook"
     fail "mdbook test book: a code block failed (log: $test_log)"
 fi
 step "ok"

@@ -265,6 +265,27 @@ fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> Facto
 }
 // ANCHOR_END: undo_view
 
+/// Views that [`undo_view`] cannot pull back exactly are refused rather than differentiated
+/// wrongly: a broadcast dim that is also sliced or padded, or a dim both sliced (from a start
+/// past 0) and padded (luminal 0.2.0 indexes those inconsistently).
+fn check_view(view: &ShapeTracker) -> std::result::Result<(), String> {
+    for p in 0..view.dims.len() {
+        let sliced = view.slices[p].0 != 0.into() || view.slices[p].1 != i32::MAX.into();
+        let padded = view.padding[p].0 != 0.into() || view.padding[p].1 != 0.into();
+        if view.fake[p] && (sliced || padded) {
+            return Err(format!(
+                "a broadcast dim that is also sliced or padded ({view:?})"
+            ));
+        }
+        if padded && view.slices[p].0 != 0.into() {
+            return Err(format!(
+                "a dim both padded and sliced from a start past 0 ({view:?})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The node's inputs: (source, input order, view), sorted by input order.
 fn inputs(cx: &Graph, node: NodeIndex) -> Vec<(NodeIndex, u8, ShapeTracker)> {
     let mut v: Vec<_> = cx
@@ -497,6 +518,13 @@ fn rules(
     }
 
     // The other ops read their inputs through views of the same logical shape.
+    for (i, (src, _, view)) in ins.iter().enumerate() {
+        if active.contains(src) {
+            check_view(view).map_err(|why| {
+                CourseError::Autograd(format!("node {node:?} ({kind:?}), input {i}: {why}"))
+            })?;
+        }
+    }
     let view_dims = logical_dims(&ins[0].2);
     let g_view: Factor = (g.id, g.view.unwrap_or_else(|| contiguous(&view_dims)));
     match kind {

@@ -318,3 +318,31 @@ mod random_shapes {
         }
     }
 }
+
+/// A hand-edited view that the rules cannot undo exactly (here a broadcast dim that is also
+/// padded) is an error naming the node, not a wrong gradient.
+#[test]
+fn an_unsupported_view_is_refused_by_name() {
+    let mut cx = Graph::new();
+    let p = tensor::input::<(R,)>(&mut cx, "p");
+    let mut view = p.expand::<(R, C), Axis<1>>();
+    let fake = view.shape.indexes[1];
+    view.shape.padding[fake] = (1.into(), 0.into());
+    let w = tensor::input::<(R, C)>(&mut cx, "w");
+    let loss = (view * w).sum_reduce::<(), Axes2<0, 1>>();
+    let err = backward(
+        &mut cx,
+        &[Param {
+            name: "p".into(),
+            id: p.id,
+            shape: vec![2],
+        }],
+        loss.id,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Mul") && msg.contains("broadcast dim that is also sliced or padded"),
+        "{msg}"
+    );
+}

@@ -36,8 +36,8 @@ fn num(e: luminal::shape::symbolic::Expression) -> usize {
     e.to_usize().expect("dims are resolved before execution")
 }
 
-// ANCHOR: view
 impl View {
+    // ANCHOR: view
     /// The same index arithmetic as `ShapeTracker::index_expression` / `valid_expression`.
     fn of(t: &ShapeTracker) -> Self {
         let n = t.dims.len();

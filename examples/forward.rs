@@ -139,7 +139,9 @@ fn main() -> Result<()> {
             .expect("profile")
             .clone();
         let total: f64 = table.values().map(|v| v.1.as_secs_f64()).sum();
-        println!("\nforward + backward, time per op kind (summed over all runs, warm-up included):");
+        println!(
+            "\nforward + backward, time per op kind (summed over all runs, warm-up included):"
+        );
         let mut rows: Vec<_> = table.into_iter().collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
         for (kind, (calls, t)) in rows {

@@ -15,6 +15,7 @@ step() { echo "check_book: $*"; }
 #     reports them, into a folder of their own.
 step "building the crate for the doctests (target/mdbook)"
 deps=target/mdbook/book-deps
+mkdir -p target/mdbook
 cargo build --lib --target-dir target/mdbook --message-format=json >target/mdbook/build.json ||
     fail "cargo build --lib --target-dir target/mdbook"
 rm -rf "$deps" && mkdir -p "$deps"

@@ -75,6 +75,21 @@ impl Fixture {
         }
         worst
     }
+    /// Run chapter 8's backward pass on `loss`, then check the loss (1e-5) and every
+    /// parameter's gradient against the fixture; returns the largest gradient error.
+    fn check_loss_and_grads(
+        &self,
+        cx: &mut Graph,
+        params: Vec<Param>,
+        loss: GraphTensor<()>,
+    ) -> f32 {
+        let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
+        let mut gc = GradCheck::new(cx, params, loss, Some(Device::Cpu)).unwrap();
+        let (l, grads) = gc.run().unwrap();
+        self.check("loss", &HostTensor::new(&[1], vec![l]).unwrap(), 1e-5);
+        let named: Vec<(String, HostTensor)> = names.into_iter().zip(grads).collect();
+        self.check_grads(&named)
+    }
     fn weight(&self, name: &str) -> &[f32] {
         &self.weights[name].data
     }
@@ -92,6 +107,34 @@ impl Fixture {
             worst = worst.max(err);
         }
         worst
+    }
+}
+
+/// The fixture LM's sizes (scripts/make_fixtures.py).
+fn lm_config() -> TransformerConfig {
+    TransformerConfig {
+        vocab_size: 32,
+        context_length: 16,
+        d_model: 16,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 48,
+        rope_theta: ROPE_THETA,
+    }
+}
+
+/// The fixture encoder-decoder's sizes (scripts/make_fixtures.py).
+fn seq2seq_config() -> Seq2SeqConfig {
+    Seq2SeqConfig {
+        vocab_size: 18,
+        max_seq_len: 16,
+        d_model: 16,
+        n_heads: 2,
+        n_encoder_layers: 2,
+        n_decoder_layers: 2,
+        d_ff: 48,
+        rope_theta: ROPE_THETA,
+        tie_embeddings: true,
     }
 }
 
@@ -250,15 +293,7 @@ fn one_block_matches_pytorch() {
 #[test]
 fn decoder_only_lm_logits_match_pytorch() {
     let f = fixture("lm");
-    let cfg = TransformerConfig {
-        vocab_size: 32,
-        context_length: 16,
-        d_model: 16,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 48,
-        rope_theta: ROPE_THETA,
-    };
+    let cfg = lm_config();
     let shape = [f.input("ids").shape[0], f.input("ids").shape[1]];
     let logits = run_lm(&f.ids("ids"), shape, &f.weights, &cfg, Device::Cpu).unwrap();
     let worst = f.check("logits", &logits, 1e-4);
@@ -274,15 +309,7 @@ fn lm_loads_a_torch_compile_state_dict() {
         .iter()
         .map(|(k, v)| (format!("_orig_mod.{k}"), v.clone()))
         .collect();
-    let cfg = TransformerConfig {
-        vocab_size: 32,
-        context_length: 16,
-        d_model: 16,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 48,
-        rope_theta: ROPE_THETA,
-    };
+    let cfg = lm_config();
     let shape = [f.input("ids").shape[0], f.input("ids").shape[1]];
     let logits = run_lm(&f.ids("ids"), shape, &prefixed, &cfg, Device::Cpu).unwrap();
     f.check("logits", &logits, 1e-4);
@@ -291,17 +318,7 @@ fn lm_loads_a_torch_compile_state_dict() {
 #[test]
 fn encoder_decoder_logits_match_pytorch() {
     let f = fixture("seq2seq");
-    let cfg = Seq2SeqConfig {
-        vocab_size: 18,
-        max_seq_len: 16,
-        d_model: 16,
-        n_heads: 2,
-        n_encoder_layers: 2,
-        n_decoder_layers: 2,
-        d_ff: 48,
-        rope_theta: ROPE_THETA,
-        tie_embeddings: true,
-    };
+    let cfg = seq2seq_config();
     let (t, s) = (f.input("src").shape[1], f.input("tgt").shape[1]);
     let (src, keep, tgt) = (f.ids("src"), f.flags("src_keep"), f.ids("tgt"));
     let logits = run_seq2seq((&src, &keep, t), (&tgt, s), &f.weights, &cfg, Device::Cpu).unwrap();
@@ -314,15 +331,7 @@ fn encoder_decoder_logits_match_pytorch() {
 #[test]
 fn decoder_only_lm_gradients_match_pytorch() {
     let f = fixture("lm");
-    let cfg = TransformerConfig {
-        vocab_size: 32,
-        context_length: 16,
-        d_model: 16,
-        n_layers: 2,
-        n_heads: 2,
-        d_ff: 48,
-        rope_theta: ROPE_THETA,
-    };
+    let cfg = lm_config();
     let shape = [f.input("ids").shape[0], f.input("ids").shape[1]];
     let mut cx = Graph::new();
     let model = TransformerLm::new(&mut cx, &cfg).unwrap();
@@ -334,16 +343,7 @@ fn decoder_only_lm_gradients_match_pytorch() {
     tensor::set(targets, &shape, f.input("targets").data.clone()).unwrap();
     tensor::set(mask, &shape, f.input("mask").data.clone()).unwrap();
     let loss = lm_loss(&model, ids, targets, mask, Weighting::Token);
-    let mut gc = GradCheck::new(&mut cx, model.params(), loss, Some(Device::Cpu)).unwrap();
-    let (l, grads) = gc.run().unwrap();
-    f.check("loss", &HostTensor::new(&[1], vec![l]).unwrap(), 1e-5);
-    let named: Vec<(String, HostTensor)> = model
-        .params()
-        .iter()
-        .map(|p| p.name.clone())
-        .zip(grads)
-        .collect();
-    let worst = f.check_grads(&named);
+    let worst = f.check_loss_and_grads(&mut cx, model.params(), loss);
     println!("LM gradients: largest absolute error vs PyTorch {worst:e}");
 }
 
@@ -352,17 +352,7 @@ fn decoder_only_lm_gradients_match_pytorch() {
 #[test]
 fn encoder_decoder_gradients_match_pytorch() {
     let f = fixture("seq2seq");
-    let cfg = Seq2SeqConfig {
-        vocab_size: 18,
-        max_seq_len: 16,
-        d_model: 16,
-        n_heads: 2,
-        n_encoder_layers: 2,
-        n_decoder_layers: 2,
-        d_ff: 48,
-        rope_theta: ROPE_THETA,
-        tie_embeddings: true,
-    };
+    let cfg = seq2seq_config();
     let (b, t, s) = (
         f.input("src").shape[0],
         f.input("src").shape[1],
@@ -390,15 +380,6 @@ fn encoder_decoder_gradients_match_pytorch() {
         tgt_mask,
         Weighting::Token,
     );
-    let mut gc = GradCheck::new(&mut cx, model.params(), loss, Some(Device::Cpu)).unwrap();
-    let (l, grads) = gc.run().unwrap();
-    f.check("loss", &HostTensor::new(&[1], vec![l]).unwrap(), 1e-5);
-    let named: Vec<(String, HostTensor)> = model
-        .params()
-        .iter()
-        .map(|p| p.name.clone())
-        .zip(grads)
-        .collect();
-    let worst = f.check_grads(&named);
+    let worst = f.check_loss_and_grads(&mut cx, model.params(), loss);
     println!("encoder-decoder gradients: largest absolute error vs PyTorch {worst:e}");
 }

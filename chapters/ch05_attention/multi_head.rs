@@ -219,6 +219,36 @@ impl MaskSpec {
     }
 }
 
+/// A multi-head attention layer named `attn` with the given projections (RoPE tables for
+/// `max_len` positions if `rope_theta` is set), and the input `x` (b, s, d) set.
+/// An attention layer and its input, ready to run.
+type AttentionAndInput = (
+    MultiHeadAttention<DModel>,
+    GraphTensor<(Batch, Seq, DModel)>,
+);
+
+fn attention_with_input(
+    cx: &mut Graph,
+    x: &[f32],
+    weights: [&[f32]; 4],
+    [b, s, d]: [usize; 3],
+    max_len: usize,
+    n_heads: usize,
+    rope_theta: Option<f32>,
+) -> Result<AttentionAndInput> {
+    let rope = match rope_theta {
+        Some(theta) if n_heads > 0 => Some(Rope::new(cx, max_len, d / n_heads, theta)?),
+        _ => None,
+    };
+    let attn = MultiHeadAttention::<DModel>::new(cx, "attn", d, n_heads, rope)?;
+    for (p, w) in attn.projections().iter().zip(weights) {
+        p.load(w.to_vec())?;
+    }
+    let xt = tensor::input::<(Batch, Seq, DModel)>(cx, "x");
+    tensor::set(xt, &[b, s, d], x.to_vec())?;
+    Ok((attn, xt))
+}
+
 /// Run multi-head attention: `x` (b, s, d); `memory` (b, t, d) for cross-attention or `None`
 /// for self-attention; `weights` = [q, k, v, output]; `rope_theta` for RoPE (self-attention).
 #[allow(clippy::too_many_arguments)]
@@ -244,16 +274,15 @@ pub fn run_attention(
         }
     }
     let mut cx = Graph::new();
-    let rope = match rope_theta {
-        Some(theta) if n_heads > 0 => Some(Rope::new(&mut cx, s.max(t), d / n_heads, theta)?),
-        _ => None,
-    };
-    let mut attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", d, n_heads, rope)?;
-    for (p, w) in attn.projections().iter().zip(weights) {
-        p.load(w.to_vec())?;
-    }
-    let mut xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
-    tensor::set(xt, &[b, s, d], x.to_vec())?;
+    let (mut attn, mut xt) = attention_with_input(
+        &mut cx,
+        x,
+        weights,
+        [b, s, d],
+        s.max(t),
+        n_heads,
+        rope_theta,
+    )?;
     let keep_values = |keep: &[bool]| keep.iter().map(|&k| k as u8 as f32).collect::<Vec<_>>();
     let mut y = match memory {
         None => {
@@ -302,16 +331,8 @@ pub fn run_attention_weights(
     device: Device,
 ) -> Result<HostTensor> {
     let mut cx = Graph::new();
-    let rope = match rope_theta {
-        Some(theta) if n_heads > 0 => Some(Rope::new(&mut cx, s, d / n_heads, theta)?),
-        _ => None,
-    };
-    let mut attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", d, n_heads, rope)?;
-    for (p, w) in attn.projections().iter().zip(weights) {
-        p.load(w.to_vec())?;
-    }
-    let mut xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
-    tensor::set(xt, &[b, s, d], x.to_vec())?;
+    let (mut attn, mut xt) =
+        attention_with_input(&mut cx, x, weights, [b, s, d], s, n_heads, rope_theta)?;
     let flags: Vec<f32> = mask
         .to_bools(b, s, s)
         .iter()

@@ -702,6 +702,12 @@ impl Compiler for StridedKernels {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _remap: T) {
         let nodes: Vec<NodeIndex> = graph.graph.node_indices().collect();
         for node in nodes {
+            let srcs = graph.get_sources(node);
+            if srcs.len() == 2 && srcs[0].2.len() != srcs[1].2.len() {
+                // Inputs of different ranks (ArithmeticElimination can leave a scalar view
+                // beside a flat one): the stock op reads them by flat index; keep it.
+                continue;
+            }
             let op = graph.graph.node_weight(node).expect("node exists").as_any();
             let new: Option<Box<dyn Operator>> = if op.is::<op::Add>() {
                 Some(Box::new(StridedAdd))

@@ -346,3 +346,27 @@ fn an_unsupported_view_is_refused_by_name() {
         "{msg}"
     );
 }
+
+/// Regression: `sum(0.5 * exp(x W^T))` differentiated and compiled for the CPU. After luminal's
+/// ArithmeticElimination a `Mul` is left with inputs of different ranks, which the strided
+/// kernels must leave to the stock op; compiled and uncompiled gradients agree.
+#[test]
+fn a_scaled_unary_gradient_runs_on_the_fast_cpu_backend() {
+    use crate::ch01_linear::Linear;
+    use crate::dims::{In, Out, Rows};
+    use crate::params::Parameters;
+    let run = |device: Option<Device>| {
+        let mut cx = Graph::new();
+        let lin = Linear::<In, Out>::new(&mut cx, "w", 3, 2).unwrap();
+        lin.load(vec![0.1, -0.2, 0.3, 0.4, 0.5, -0.6]).unwrap();
+        let x = tensor::input::<(Rows, In)>(&mut cx, "x");
+        tensor::set(x, &[2, 3], vec![1.0, 0.5, -1.0, 0.25, 2.0, 0.0]).unwrap();
+        let loss = (lin.forward(x).exp() * 0.5).sum_reduce::<(), Axes2<0, 1>>();
+        let mut gc = GradCheck::new(&mut cx, lin.params(), loss, device).unwrap();
+        gc.run().unwrap()
+    };
+    let (la, ga) = run(None);
+    let (lb, gb) = run(Some(Device::Cpu));
+    assert!((la - lb).abs() < 1e-6, "{la} vs {lb}");
+    crate::testing::assert_close(&ga[0].data, &gb[0].data, 1e-6).unwrap();
+}

@@ -237,17 +237,24 @@ impl AdamW {
 
     /// Feed this step's scalars (from the current learning rate `lr`) before executing.
     ///
-    /// Also drops last step's gradients: luminal skips any node whose output already exists,
-    /// so kept gradients would silently stay at their first values.
+    /// Also drops every output kept from the last run (read the loss before calling this):
+    /// luminal skips any node whose output already exists, so kept gradients (and a clipping
+    /// norm) would silently stay at their first values.
     pub fn prepare(&self, cx: &mut Graph, lr: f32) {
-        for s in &self.slots {
-            let is_input = cx
-                .graph
-                .node_weight(s.grad)
-                .is_some_and(|op| op.as_any().is::<luminal::op::Function>());
-            if !is_input {
-                cx.tensors.remove(&(s.grad, 0));
-            }
+        // Drop every output kept from the last run (gradients, clipped gradients, a clipping
+        // norm, the loss): luminal skips any node whose output exists. Inputs keep their values.
+        let stale: Vec<(NodeIndex, u8)> = cx
+            .tensors
+            .keys()
+            .copied()
+            .filter(|(id, _)| {
+                !cx.graph
+                    .node_weight(*id)
+                    .is_some_and(|op| op.as_any().is::<luminal::op::Function>())
+            })
+            .collect();
+        for key in stale {
+            cx.tensors.remove(&key);
         }
         let a_t = self.config.step_size(lr, self.t);
         cx.set_tensor(self.neg_step_size, 0, Tensor::new(vec![-a_t]));

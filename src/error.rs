@@ -60,6 +60,9 @@ pub enum CourseError {
     /// A graph the autograd pass cannot differentiate (names the node and op).
     #[error("autograd: {0}")]
     Autograd(String),
+    /// Training produced a NaN or infinite loss or gradient (the message says where).
+    #[error("non-finite values: {0}")]
+    NonFinite(String),
     /// A graph picture that could not be laid out.
     #[error("could not render the graph picture: {0}")]
     Render(String),

@@ -787,6 +787,10 @@ impl Compiler for ProfileOps {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _remap: T) {
         let nodes: Vec<NodeIndex> = graph.graph.node_indices().collect();
         for node in nodes {
+            let op = graph.graph.node_weight(node).expect("node exists");
+            if op.as_any().is::<luminal::op::Function>() {
+                continue; // inputs stay recognisable (optimisers keep their values by type)
+            }
             let kind = crate::device::op_kind(graph, node);
             let slot = graph.graph.node_weight_mut(node).expect("node exists");
             let inner = std::mem::replace(slot, Box::new(luminal::op::Contiguous));

@@ -8,6 +8,7 @@
 //! version, then the tests that tie them together. The modules under `src/` are
 //! infrastructure: device selection, tensor I/O, initialisation and graph pictures.
 
+pub mod cli;
 pub mod device;
 pub mod dims;
 pub mod error;
@@ -43,6 +44,8 @@ pub mod ch08_autograd;
 pub mod ch09_optimizers;
 #[path = "../chapters/ch10_schedule/mod.rs"]
 pub mod ch10_schedule;
+#[path = "../chapters/ch11_training/mod.rs"]
+pub mod ch11_training;
 
 pub use error::{CourseError, Result};
 
@@ -60,6 +63,7 @@ pub mod prelude {
     pub use crate::ch08_autograd::*;
     pub use crate::ch09_optimizers::*;
     pub use crate::ch10_schedule::*;
+    pub use crate::ch11_training::*;
     pub use crate::device::Device;
     pub use crate::dims::*;
     pub use crate::error::{CourseError, Result};

@@ -60,6 +60,17 @@ pub trait Parameters {
 /// exact shape, and every tensor in `dict` must belong to a parameter; keys may carry the
 /// `_orig_mod.` prefix. Nothing is written unless everything checks out.
 pub fn load_state_dict(cx: &mut Graph, params: &[Param], dict: &StateDict) -> Result<()> {
+    check_state_dict(params, dict)?;
+    let dict = strip_compiled_prefix(dict)?;
+    for p in params {
+        cx.set_tensor(p.id, 0, Tensor::new(dict[p.name.as_str()].data.clone()));
+        cx.keep_tensors(p.id);
+    }
+    Ok(())
+}
+
+/// Check that `dict` fits `params` exactly ([`load_state_dict`]'s checks), writing nothing.
+pub fn check_state_dict(params: &[Param], dict: &StateDict) -> Result<()> {
     let dict = strip_compiled_prefix(dict)?;
     for p in params {
         let Some(t) = dict.get(p.name.as_str()) else {
@@ -84,10 +95,6 @@ pub fn load_state_dict(cx: &mut Graph, params: &[Param], dict: &StateDict) -> Re
         return Err(CourseError::StateDict(format!(
             "unexpected tensor '{extra}': the model has no parameter of that name"
         )));
-    }
-    for p in params {
-        cx.set_tensor(p.id, 0, Tensor::new(dict[p.name.as_str()].data.clone()));
-        cx.keep_tensors(p.id);
     }
     Ok(())
 }
@@ -124,6 +131,11 @@ pub fn state_dict(cx: &Graph, params: &[Param]) -> Result<StateDict> {
 
 /// Read every tensor of a `.safetensors` file (f32 only), keys as stored.
 pub fn read_safetensors(path: &Path) -> Result<StateDict> {
+    Ok(read_safetensors_with_metadata(path)?.0)
+}
+
+/// Every tensor of a `.safetensors` file (f32 only) and the string metadata of its header.
+pub fn read_safetensors_with_metadata(path: &Path) -> Result<(StateDict, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|source| CourseError::Io {
         path: path.to_path_buf(),
         source,
@@ -134,6 +146,9 @@ pub fn read_safetensors(path: &Path) -> Result<StateDict> {
     };
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
     let mut dict = StateDict::new();
     for (name, view) in file.tensors() {
         if view.dtype() != Dtype::F32 {
@@ -149,7 +164,7 @@ pub fn read_safetensors(path: &Path) -> Result<StateDict> {
             .collect();
         dict.insert(name, HostTensor::new(view.shape(), data)?);
     }
-    Ok(dict)
+    Ok((dict, metadata))
 }
 
 /// Write a state dict as a `.safetensors` file (f32, little-endian), atomically, with optional

@@ -135,6 +135,7 @@ fn seq2seq_config() -> Seq2SeqConfig {
         d_ff: 48,
         rope_theta: ROPE_THETA,
         tie_embeddings: true,
+        cross_attention_rope: false,
     }
 }
 

@@ -18,7 +18,8 @@ use crate::tensor::{self, HostTensor};
 
 // ANCHOR: config
 /// Everything that sizes a decoder-only LM (nanoGPT style: one struct, checked once).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TransformerConfig {
     pub vocab_size: usize,
     /// The longest sequence the model accepts (rows of the RoPE tables).

@@ -22,7 +22,8 @@ use crate::tensor::{self, HostTensor};
 
 // ANCHOR: seq2seq_config
 /// Everything that sizes an encoder-decoder model.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Seq2SeqConfig {
     /// One vocabulary shared by source and target (and one embedding table).
     pub vocab_size: usize,
@@ -36,6 +37,12 @@ pub struct Seq2SeqConfig {
     pub rope_theta: f32,
     /// Use the token embedding table as the output projection too (no `lm_head.weight`).
     pub tie_embeddings: bool,
+    /// Rotate queries and keys in cross-attention too (by target and source position), so
+    /// that a decoder position can find "its" source position by relative offset. Off by
+    /// default (a target and a source position are usually unrelated); chapter 11's copy task
+    /// turns it on. No weights change.
+    #[serde(default)]
+    pub cross_attention_rope: bool,
 }
 
 impl Seq2SeqConfig {
@@ -76,6 +83,7 @@ impl DecoderBlock {
         name: &str,
         [d_model, n_heads, d_ff]: [usize; 3],
         rope: Rope<MaxSeq, DHead>,
+        cross_rope: Option<Rope<MaxSeq, DHead>>,
     ) -> Result<Self> {
         let norm =
             |cx: &mut Graph, n: &str| RmsNorm::new(cx, &format!("{name}.{n}.weight"), d_model);
@@ -86,8 +94,8 @@ impl DecoderBlock {
             ln1: norm(cx, "ln1")?,
             self_attn: attn(cx, "self_attn", Some(rope))?,
             ln2: norm(cx, "ln2")?,
-            // No RoPE across sequences: a target position and a source position are unrelated.
-            cross_attn: attn(cx, "cross_attn", None)?,
+            // RoPE across sequences only on request (see `Seq2SeqConfig::cross_attention_rope`).
+            cross_attn: attn(cx, "cross_attn", cross_rope)?,
             ln3: norm(cx, "ln3")?,
             ffn: SwiGlu::new(cx, &format!("{name}.ffn"), d_model, d_ff)?,
         })
@@ -198,7 +206,11 @@ pub fn seq2seq_ref(
             &cross,
             [b, s, t, d],
             heads,
-            None,
+            if cfg.cross_attention_rope {
+                theta
+            } else {
+                None
+            },
         );
         x = x.iter().zip(&a).map(|(x, a)| x + a).collect();
         let n = rms_norm_ref(&x, w(p("ln3.weight")), d, NORM_EPS);
@@ -248,7 +260,10 @@ impl EncoderDecoder {
             .collect::<Result<_>>()?;
         let encoder_norm = RmsNorm::new(cx, "encoder.ln_final.weight", c.d_model)?;
         let decoder = (0..c.n_decoder_layers)
-            .map(|i| DecoderBlock::new(cx, &format!("decoder.layers.{i}"), sizes, rope))
+            .map(|i| {
+                let cross = c.cross_attention_rope.then_some(rope);
+                DecoderBlock::new(cx, &format!("decoder.layers.{i}"), sizes, rope, cross)
+            })
             .collect::<Result<_>>()?;
         let decoder_norm = RmsNorm::new(cx, "decoder.ln_final.weight", c.d_model)?;
         let lm_head = if c.tie_embeddings {

@@ -28,6 +28,7 @@ fn tiny_seq2seq(tie_embeddings: bool) -> Seq2SeqConfig {
         d_ff: 12,
         rope_theta: 10_000.0,
         tie_embeddings,
+        cross_attention_rope: false,
     }
 }
 
@@ -237,10 +238,11 @@ proptest! {
         prop_assert_ne!(&a[p * v..], &b[p * v..]);
     }
 
-    /// The encoder-decoder, graph == loops, tied and untied, with source padding. 2e-4 as above.
+    /// The encoder-decoder, graph == loops, tied and untied, with and without RoPE in
+    /// cross-attention, with source padding. 2e-4 as above.
     #[test]
-    fn seq2seq_matches_reference(b in 1usize..3, t in 1usize..6, s in 1usize..5, tie in any::<bool>(), seed in any::<u64>()) {
-        let cfg = tiny_seq2seq(tie);
+    fn seq2seq_matches_reference(b in 1usize..3, t in 1usize..6, s in 1usize..5, tie in any::<bool>(), cross_rope in any::<bool>(), seed in any::<u64>()) {
+        let cfg = Seq2SeqConfig { cross_attention_rope: cross_rope, ..tiny_seq2seq(tie) };
         let dict = init_seq2seq_weights(&cfg, seed).unwrap();
         let mut rng = crate::init::rng(seed);
         let src = ids(&mut rng, b * t, cfg.vocab_size);

@@ -18,7 +18,8 @@ use crate::tensor;
 
 // ANCHOR: config
 /// AdamW's hyperparameters (conventions.md defaults).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
     pub lr: f32,
     pub beta1: f32,

@@ -18,7 +18,8 @@ use crate::error::{CourseError, Result};
 /// `t < warmup`: `lr_max * t / warmup`; `warmup <= t <= cosine_end`:
 /// `lr_min + (1 + cos(pi (t - warmup) / (cosine_end - warmup))) / 2 * (lr_max - lr_min)`;
 /// after `cosine_end`: `lr_min`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CosineSchedule {
     pub lr_max: f32,
     pub lr_min: f32,

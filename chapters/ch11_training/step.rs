@@ -1,0 +1,416 @@
+//! The train step as ONE compiled graph: forward, loss, backward, clipping and AdamW. The
+//! learning rate is the only thing fed besides the batch.
+//!
+//! Book page: [Chapter 11](../book/ch11_training.html#the-train-step).
+
+use luminal::prelude::*;
+
+use super::data::{LmBatch, Seq2SeqBatch};
+use crate::ch06_transformer::{EncoderDecoder, Seq2SeqConfig, TransformerConfig, TransformerLm};
+use crate::ch07_loss::{lm_loss, seq2seq_loss, Weighting};
+use crate::ch08_autograd::backward;
+use crate::ch09_optimizers::{AdamW, AdamWConfig};
+use crate::ch10_schedule::clip_grad_norm;
+use crate::device::Device;
+use crate::dims::{Batch, Seq, SrcSeq};
+use crate::error::{CourseError, Result};
+use crate::init::CourseRng;
+use crate::params::{self, Param, Parameters, StateDict};
+use crate::tensor::{self, HostTensor};
+
+// ANCHOR: model
+/// Which model to train, with its sizes (stored in checkpoints as JSON).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelConfig {
+    /// Decoder-only language model (chapter 6).
+    Lm(TransformerConfig),
+    /// Encoder-decoder (chapter 6), e.g. for the copy task.
+    Seq2Seq(Seq2SeqConfig),
+}
+
+/// Either model, built in a graph.
+pub enum Model {
+    Lm(TransformerLm),
+    Seq2Seq(EncoderDecoder),
+}
+
+impl ModelConfig {
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Lm(c) => c.vocab_size,
+            ModelConfig::Seq2Seq(c) => c.vocab_size,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Lm(c) => c.validate(),
+            ModelConfig::Seq2Seq(c) => c.validate(),
+        }
+    }
+
+    /// Fresh weights (conventions.md's inits) from `seed`.
+    pub fn init_weights(&self, rng: &mut CourseRng) -> Result<StateDict> {
+        let mut cx = Graph::new();
+        let model = Model::new(&mut cx, self)?;
+        match &model {
+            Model::Lm(m) => m.init(rng)?,
+            Model::Seq2Seq(m) => m.init(rng)?,
+        }
+        params::state_dict(&cx, &model.params())
+    }
+}
+
+impl Model {
+    pub fn new(cx: &mut Graph, config: &ModelConfig) -> Result<Self> {
+        Ok(match config {
+            ModelConfig::Lm(c) => Model::Lm(TransformerLm::new(cx, c)?),
+            ModelConfig::Seq2Seq(c) => Model::Seq2Seq(EncoderDecoder::new(cx, c)?),
+        })
+    }
+}
+
+impl Parameters for Model {
+    fn params(&self) -> Vec<Param> {
+        match self {
+            Model::Lm(m) => m.params(),
+            Model::Seq2Seq(m) => m.params(),
+        }
+    }
+}
+
+impl ToIdsMut for Model {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        match self {
+            Model::Lm(m) => m.to_ids_mut(),
+            Model::Seq2Seq(m) => m.to_ids_mut(),
+        }
+    }
+}
+// ANCHOR_END: model
+
+/// A batch for either model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainBatch {
+    Lm(LmBatch),
+    Seq2Seq(Seq2SeqBatch),
+}
+
+/// The graph inputs that carry a batch, and the loss built from them.
+pub(super) enum Inputs {
+    Lm {
+        ids: GraphTensor<(Batch, Seq)>,
+        targets: GraphTensor<(Batch, Seq)>,
+        mask: GraphTensor<(Batch, Seq)>,
+    },
+    Seq2Seq {
+        src: GraphTensor<(Batch, SrcSeq)>,
+        src_keep: GraphTensor<(Batch, SrcSeq)>,
+        tgt_in: GraphTensor<(Batch, Seq)>,
+        tgt_out: GraphTensor<(Batch, Seq)>,
+        mask: GraphTensor<(Batch, Seq)>,
+    },
+}
+
+impl Inputs {
+    /// Add the inputs and the mean token cross-entropy of `model` to `cx`.
+    pub(super) fn with_loss(cx: &mut Graph, model: &Model) -> (Self, GraphTensor<()>) {
+        match model {
+            Model::Lm(m) => {
+                let ids = tensor::input(cx, "ids");
+                let targets = tensor::input(cx, "targets");
+                let mask = tensor::input(cx, "mask");
+                let loss = lm_loss(m, ids, targets, mask, Weighting::Token);
+                (Inputs::Lm { ids, targets, mask }, loss)
+            }
+            Model::Seq2Seq(m) => {
+                let src = tensor::input(cx, "src");
+                let src_keep = tensor::input(cx, "src_keep");
+                let tgt_in = tensor::input(cx, "tgt_in");
+                let tgt_out = tensor::input(cx, "tgt_out");
+                let mask = tensor::input(cx, "tgt_mask");
+                let loss = seq2seq_loss(m, src, src_keep, tgt_in, tgt_out, mask, Weighting::Token);
+                let inputs = Inputs::Seq2Seq {
+                    src,
+                    src_keep,
+                    tgt_in,
+                    tgt_out,
+                    mask,
+                };
+                (inputs, loss)
+            }
+        }
+    }
+
+    /// Feed `batch`, checking that it is the kind of batch the model takes and that every id
+    /// is in the vocabulary (an out-of-range target would silently read zero logits).
+    pub(super) fn feed(&self, model: &Model, batch: &TrainBatch) -> Result<()> {
+        let ones = |n: usize| vec![1.0; n];
+        let targets = |t: &[u32], vocab: usize| -> Result<Vec<f32>> {
+            if let Some((i, &bad)) = t.iter().enumerate().find(|(_, &t)| t as usize >= vocab) {
+                return Err(CourseError::OutOfRange {
+                    what: format!("target id {bad} at position {i}"),
+                    problem: format!("the vocabulary has {vocab} tokens"),
+                });
+            }
+            Ok(t.iter().map(|&t| t as f32).collect())
+        };
+        match (self, model, batch) {
+            (
+                Inputs::Lm {
+                    ids,
+                    targets: t,
+                    mask,
+                },
+                Model::Lm(m),
+                TrainBatch::Lm(b),
+            ) => {
+                let shape = [b.batch, b.context];
+                m.set_ids(*ids, shape, &b.inputs)?;
+                tensor::set(*t, &shape, targets(&b.targets, m.config.vocab_size)?)?;
+                tensor::set(*mask, &shape, ones(b.inputs.len()))
+            }
+            (
+                Inputs::Seq2Seq {
+                    src,
+                    src_keep,
+                    tgt_in,
+                    tgt_out,
+                    mask,
+                },
+                Model::Seq2Seq(m),
+                TrainBatch::Seq2Seq(b),
+            ) => {
+                let (t, s) = (
+                    b.src.len() / b.batch.max(1),
+                    b.tgt_in.len() / b.batch.max(1),
+                );
+                m.set_ids(*src, [b.batch, t], &b.src)?;
+                tensor::set(*src_keep, &[b.batch, t], ones(b.src.len()))?;
+                m.set_ids(*tgt_in, [b.batch, s], &b.tgt_in)?;
+                let out = targets(&b.tgt_out, m.config.vocab_size)?;
+                tensor::set(*tgt_out, &[b.batch, s], out)?;
+                tensor::set(*mask, &[b.batch, s], ones(b.tgt_in.len()))
+            }
+            _ => Err(CourseError::Config(
+                "this batch is for the other kind of model (LM vs encoder-decoder)".into(),
+            )),
+        }
+    }
+}
+
+impl ToIdsMut for Inputs {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        match self {
+            Inputs::Lm { ids, targets, mask } => vec![&mut ids.id, &mut targets.id, &mut mask.id],
+            Inputs::Seq2Seq {
+                src,
+                src_keep,
+                tgt_in,
+                tgt_out,
+                mask,
+            } => vec![
+                &mut src.id,
+                &mut src_keep.id,
+                &mut tgt_in.id,
+                &mut tgt_out.id,
+                &mut mask.id,
+            ],
+        }
+    }
+}
+
+/// The value of a kept scalar node after a run.
+pub(super) fn scalar(cx: &Graph, id: NodeIndex, what: &str) -> Result<f32> {
+    cx.get_tensor_ref(id, 0)
+        .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
+        .and_then(|v| v.first().copied())
+        .ok_or_else(|| CourseError::NotComputed { what: what.into() })
+}
+
+// ANCHOR: train_step
+/// What one step measured: the loss before the update and the gradient norm before clipping.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    pub loss: f32,
+    pub grad_norm: f32,
+}
+
+/// Forward, loss, backward, global-norm clipping and AdamW in one compiled graph.
+pub struct TrainStep {
+    // Boxed: graph tensors point at their graph, so it must not move.
+    cx: Box<Graph>,
+    model: Model,
+    inputs: Inputs,
+    loss: NodeIndex,
+    grad_norm: NodeIndex,
+    /// The optimiser: its slots name every parameter (ids valid after compiling).
+    pub opt: AdamW,
+}
+
+impl TrainStep {
+    /// Build the graph for `config` with `weights` loaded, and compile it for `device`.
+    pub fn new(
+        config: &ModelConfig,
+        weights: &StateDict,
+        adamw: AdamWConfig,
+        max_grad_norm: f32,
+        device: Device,
+    ) -> Result<Self> {
+        if !(max_grad_norm > 0.0 && max_grad_norm.is_finite()) {
+            return Err(CourseError::Config(format!(
+                "max_grad_norm must be positive and finite, got {max_grad_norm}"
+            )));
+        }
+        let mut cx = Box::new(Graph::new());
+        let mut model = Model::new(&mut cx, config)?;
+        let params = model.params();
+        params::load_state_dict(&mut cx, &params, weights)?;
+        let (mut inputs, loss) = Inputs::with_loss(&mut cx, &model);
+        let grads = backward(&mut cx, &params, loss.id)?;
+        let (clipped, mut grad_norm) = clip_grad_norm(&mut cx, &grads, max_grad_norm);
+        let mut opt = AdamW::new(&mut cx, &clipped, adamw)?;
+        let mut loss = loss.id;
+        cx.keep_tensors(loss);
+        cx.to_retrieve.insert(loss);
+        device.compile(
+            &mut cx,
+            (&mut model, &mut inputs, &mut loss, &mut grad_norm, &mut opt),
+        );
+        Ok(Self {
+            cx,
+            model,
+            inputs,
+            loss,
+            grad_norm,
+            opt,
+        })
+    }
+
+    /// One step at learning rate `lr`. A non-finite loss or gradient is an error and leaves
+    /// the weights and moments as they were (the update is only committed when all is finite).
+    pub fn step(&mut self, batch: &TrainBatch, lr: f32) -> Result<StepStats> {
+        self.opt.prepare(&mut self.cx, lr);
+        self.inputs.feed(&self.model, batch)?;
+        tensor::execute(&mut self.cx)?;
+        let loss = scalar(&self.cx, self.loss, "the loss")?;
+        let grad_norm = scalar(&self.cx, self.grad_norm, "the gradient norm")?;
+        if !(loss.is_finite() && grad_norm.is_finite()) {
+            return Err(CourseError::NonFinite(format!(
+                "step {}: loss {loss}, gradient norm {grad_norm}; weights left as before this step",
+                self.opt.t
+            )));
+        }
+        self.opt.advance(&mut self.cx);
+        Ok(StepStats { loss, grad_norm })
+    }
+    // ANCHOR_END: train_step
+
+    /// Time every op from now on (see `fast_cpu::PROFILE`); for benchmarks only.
+    pub fn profile_ops(&mut self) {
+        self.cx.compile(crate::fast_cpu::ProfileOps, ());
+    }
+
+    /// The parameters, in model order (valid after compiling).
+    pub fn params(&self) -> Vec<Param> {
+        self.opt.slots.iter().map(|s| s.param.clone()).collect()
+    }
+
+    /// The current weights.
+    pub fn weights(&self) -> Result<StateDict> {
+        params::state_dict(&self.cx, &self.params())
+    }
+
+    /// AdamW's moments `(m, v)`, keyed by parameter name.
+    pub fn moments(&self) -> Result<(StateDict, StateDict)> {
+        let read = |id: NodeIndex, p: &Param| -> Result<(String, HostTensor)> {
+            let data = self
+                .cx
+                .get_tensor_ref(id, 0)
+                .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
+                .ok_or_else(|| CourseError::NotComputed {
+                    what: format!("AdamW moment of '{}'", p.name),
+                })?;
+            Ok((p.name.clone(), HostTensor::new(&p.shape, data.clone())?))
+        };
+        let m = self.opt.slots.iter().map(|s| read(s.m, &s.param));
+        let v = self.opt.slots.iter().map(|s| read(s.v, &s.param));
+        Ok((m.collect::<Result<_>>()?, v.collect::<Result<_>>()?))
+    }
+
+    /// Restore weights, moments and the step count (all checked before anything is written).
+    pub fn restore(
+        &mut self,
+        weights: &StateDict,
+        m: &StateDict,
+        v: &StateDict,
+        t: u64,
+    ) -> Result<()> {
+        let params = self.params();
+        // Check all three against the parameters first: a bad moment must not leave new weights.
+        let probe = |d: &StateDict, what: &str| {
+            params::check_state_dict(&params, d)
+                .map_err(|e| CourseError::StateDict(format!("{what}: {e}")))
+        };
+        probe(weights, "weights")?;
+        probe(m, "AdamW m")?;
+        probe(v, "AdamW v")?;
+        params::load_state_dict(&mut self.cx, &params, weights)?;
+        let as_params = |pick: fn(&crate::ch09_optimizers::AdamWSlot) -> NodeIndex| -> Vec<Param> {
+            self.opt
+                .slots
+                .iter()
+                .map(|s| Param {
+                    id: pick(s),
+                    ..s.param.clone()
+                })
+                .collect()
+        };
+        let (mp, vp) = (as_params(|s| s.m), as_params(|s| s.v));
+        params::load_state_dict(&mut self.cx, &mp, m)?;
+        params::load_state_dict(&mut self.cx, &vp, v)?;
+        self.opt.t = t;
+        Ok(())
+    }
+}
+
+/// Forward and loss only, for evaluation on held-out batches. Load the weights to evaluate
+/// with [`LossGraph::load`].
+pub struct LossGraph {
+    cx: Box<Graph>,
+    model: Model,
+    inputs: Inputs,
+    loss: NodeIndex,
+    params: Vec<Param>,
+}
+
+impl LossGraph {
+    pub fn new(config: &ModelConfig, device: Device) -> Result<Self> {
+        let mut cx = Box::new(Graph::new());
+        let mut model = Model::new(&mut cx, config)?;
+        let mut params = model.params();
+        let (mut inputs, loss) = Inputs::with_loss(&mut cx, &model);
+        let mut loss = loss.retrieve().id;
+        device.compile(&mut cx, (&mut model, &mut inputs, &mut loss, &mut params));
+        Ok(Self {
+            cx,
+            model,
+            inputs,
+            loss,
+            params,
+        })
+    }
+
+    pub fn load(&mut self, weights: &StateDict) -> Result<()> {
+        params::load_state_dict(&mut self.cx, &self.params, weights)
+    }
+
+    /// The mean token cross-entropy on `batch`.
+    pub fn loss(&mut self, batch: &TrainBatch) -> Result<f32> {
+        self.cx.tensors.remove(&(self.loss, 0)); // else the last run's value is kept
+        self.inputs.feed(&self.model, batch)?;
+        tensor::execute(&mut self.cx)?;
+        scalar(&self.cx, self.loss, "the loss")
+    }
+}

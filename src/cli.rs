@@ -1,0 +1,464 @@
+//! The command line: `train`, `generate`, `bench`, `inspect` (and `tour`, `config`).
+//! Infrastructure around chapter 11: argument parsing, progress, files. No lesson here.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::ch11_training::*;
+use crate::device::Device;
+use crate::error::{CourseError, Result};
+use crate::init;
+use crate::plot;
+
+/// Build and train a transformer, step by step, on luminal.
+#[derive(Parser, Debug)]
+#[command(name = "transformer-course", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model (default: the copy task), with checkpoints and a loss curve in --out.
+    Train(TrainArgs),
+    /// Sample from a checkpoint.
+    Generate(GenerateArgs),
+    /// Train-step tokens/s of the reference config (vocab 256, ctx 128, d_model 128, 4 layers,
+    /// 4 heads, d_ff 384, batch 16).
+    Bench(BenchArgs),
+    /// Show what a checkpoint holds.
+    Inspect { checkpoint: PathBuf },
+    /// Print a task's default config as JSON (edit it and pass it to `train --config`).
+    Config {
+        #[arg(value_enum, default_value = "copy")]
+        task: TaskName,
+    },
+    /// Run each chapter's demo and print what it computes.
+    Tour,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TaskName {
+    /// The copy task (encoder-decoder).
+    Copy,
+    /// A byte-level LM on the book's pages (or --data).
+    Lm,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct TrainArgs {
+    #[arg(long, value_enum)]
+    pub task: Option<TaskName>,
+    /// A JSON config (see `config`); flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue from this checkpoint (its config is used; --steps may extend the run).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A token file for the LM task (default: the book's pages as bytes).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "u16")]
+    pub data_width: Width,
+    /// Where checkpoints, the loss curve and the metrics go (default: runs/<task>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 250)]
+    pub eval_every: u64,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Width {
+    #[default]
+    U16,
+    U32,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GenerateArgs {
+    pub checkpoint: PathBuf,
+    /// LM: the text to continue. Copy task: ignored (random sources are copied).
+    #[arg(long, default_value = "The ")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 200)]
+    pub max_new: usize,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: u64,
+    /// Use luminal's stock CPU ops instead of the fast backend (very slow).
+    #[arg(long)]
+    pub stock: bool,
+}
+
+/// Run the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        None => train(TrainArgs::default()),
+        Some(Command::Train(a)) => train(a),
+        Some(Command::Generate(a)) => generate(a),
+        Some(Command::Bench(a)) => bench(a),
+        Some(Command::Inspect { checkpoint }) => inspect(&checkpoint),
+        Some(Command::Config { task }) => {
+            println!("{}", default_config(task).to_json());
+            Ok(())
+        }
+        Some(Command::Tour) => tour(),
+    }
+}
+
+fn default_config(task: TaskName) -> TrainConfig {
+    match task {
+        TaskName::Copy => copy_task_config(),
+        TaskName::Lm => book_lm_config(),
+    }
+}
+
+/// The data for `config`'s task: the copy task samples its own; the LM reads `--data` or the
+/// book's pages (90 % training, 10 % validation).
+fn task_data(config: &TrainConfig, data: Option<&Path>, width: Width) -> Result<TaskData> {
+    match (&config.task, data) {
+        (Task::Copy(_), _) => Ok(TaskData::Copy),
+        (Task::Lm { .. }, None) => Ok(book_data()),
+        (Task::Lm { .. }, Some(path)) => {
+            let w = match width {
+                Width::U16 => TokenWidth::U16,
+                Width::U32 => TokenWidth::U32,
+            };
+            let file = TokenFile::open(path, w)?;
+            let tokens: Vec<u32> = (0..file.len()).map(|i| file.token(i)).collect();
+            let split = tokens.len() * 9 / 10;
+            Ok(TaskData::Tokens {
+                train: Box::new(tokens[..split].to_vec()),
+                val: Box::new(tokens[split..].to_vec()),
+            })
+        }
+    }
+}
+
+fn read_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| CourseError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    TrainConfig::from_json(&text).map_err(|e| CourseError::File {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })
+}
+
+/// `train`: build or resume the run, step with a progress line, evaluate, checkpoint.
+pub fn train(a: TrainArgs) -> Result<()> {
+    if let Some(t) = a.threads {
+        crate::fast_cpu::set_threads(t);
+    }
+    let resumed = a.resume.as_deref().map(Checkpoint::load).transpose()?;
+    let mut config = match (&resumed, &a.config) {
+        (Some(c), _) => c.config.clone(),
+        (None, Some(path)) => read_config(path)?,
+        (None, None) => default_config(a.task.unwrap_or(TaskName::Copy)),
+    };
+    if let Some(s) = a.steps {
+        config.steps = s;
+    }
+    if resumed.is_none() {
+        if let Some(b) = a.batch_size {
+            config.batch_size = b;
+        }
+        if let Some(lr) = a.lr {
+            config.schedule.lr_max = lr;
+            config.schedule.lr_min = config.schedule.lr_min.min(lr);
+        }
+        if let Some(s) = a.seed {
+            config.seed = s;
+        }
+    }
+    config.schedule.cosine_end = config.schedule.cosine_end.min(config.steps);
+    config.schedule.warmup = config.schedule.warmup.min(config.schedule.cosine_end);
+    config.validate()?;
+    let task_name = match config.task {
+        Task::Copy(_) => "copy",
+        Task::Lm { .. } => "lm",
+    };
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(task_name));
+    let ckpt_path = out.join("checkpoint.safetensors");
+    let data = task_data(&config, a.data.as_deref(), a.data_width)?;
+    let device = Device::Cpu;
+    let started = Instant::now();
+    let mut trainer = match &resumed {
+        Some(c) => {
+            let mut c = c.clone();
+            c.config = config.clone();
+            Trainer::resume(&c, data, device)?
+        }
+        None => Trainer::new(config.clone(), data, device)?,
+    };
+    let mut generator = Generator::new(&config.model, device)?;
+    eprintln!(
+        "training {task_name}: {} steps of batch {}, {} threads, graphs compiled in {:.1} s; output in {}",
+        config.steps,
+        config.batch_size,
+        crate::fast_cpu::threads(),
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    let tokens_per_step = match &config.task {
+        Task::Copy(t) => config.batch_size * (t.source_len + t.target_len()),
+        Task::Lm { context } => config.batch_size * context,
+    } as f64;
+    let (mut losses, mut evals) = (Vec::new(), Vec::new());
+    let tty = std::io::stderr().is_terminal();
+    let t0 = Instant::now();
+    let first = trainer.steps_done;
+    while trainer.steps_done < config.steps {
+        let lr = trainer.lr();
+        let stats = match trainer.train_step() {
+            Ok(s) => s,
+            Err(e @ CourseError::NonFinite(_)) => {
+                eprintln!();
+                eprintln!("stopping: {e}");
+                if ckpt_path.exists() {
+                    eprintln!("the last good checkpoint is kept: {}", ckpt_path.display());
+                }
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let done = trainer.steps_done;
+        losses.push((done as f32, stats.loss));
+        let rate = (done - first) as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
+        let line = format!(
+            "step {done:>6}/{} loss {:.4} lr {lr:.2e} |g| {:.3} {:>7.0} tok/s",
+            config.steps, stats.loss, stats.grad_norm, rate
+        );
+        if tty {
+            eprint!("\r{}{line}", progress_bar(done, config.steps));
+        } else if done % 50 == 0 || done == 1 {
+            eprintln!("{line}");
+        }
+        let last = done == config.steps;
+        if done % a.eval_every == 0 || last {
+            let eval = trainer.eval_loss(4)?;
+            evals.push((done as f32, eval));
+            let weights = trainer.step.weights()?;
+            generator.load(&weights)?;
+            let sample = show_sample(&mut generator, &config, if last { 256 } else { 64 })?;
+            if tty {
+                eprintln!();
+            }
+            eprintln!("  eval loss {eval:.4} | {sample}");
+        }
+        if done % a.checkpoint_every == 0 || last {
+            trainer.checkpoint()?.save(&ckpt_path)?;
+            let svg = plot::line_chart(
+                &format!("{task_name}: loss"),
+                "step",
+                "cross-entropy",
+                &[
+                    plot::Series::line("train (batch)", losses.clone()),
+                    plot::Series::dots("eval", evals.clone()),
+                ],
+                false,
+            );
+            crate::files::write_atomic(&out.join("loss.svg"), svg.as_bytes())?;
+        }
+    }
+    eprintln!(
+        "done: {} steps in {:.1} s; checkpoint {}, loss curve {}",
+        trainer.steps_done - first,
+        t0.elapsed().as_secs_f64(),
+        ckpt_path.display(),
+        out.join("loss.svg").display()
+    );
+    if let Task::Copy(task) = &config.task {
+        show_copies(&mut generator, task, 3)?;
+    }
+    Ok(())
+}
+
+fn progress_bar(done: u64, total: u64) -> String {
+    let filled = (20 * done / total.max(1)) as usize;
+    format!("[{}{}] ", "#".repeat(filled), ".".repeat(20 - filled))
+}
+
+/// A one-line sample: the copy task's exact-match score, or an LM continuation.
+fn show_sample(g: &mut Generator, config: &TrainConfig, n: usize) -> Result<String> {
+    match &config.task {
+        Task::Copy(task) => {
+            let s = copy_score(g, task, n, &mut init::rng(EVAL_SEED + 1))?;
+            Ok(format!(
+                "copy: {} wrong tokens, {:.1} % of {n} fresh sources exact",
+                s.wrong_tokens,
+                100.0 * s.exact
+            ))
+        }
+        Task::Lm { .. } => {
+            let prompt = ByteTokenizer::encode("The ");
+            let sampling = Sampling {
+                temperature: 0.8,
+                top_k: None,
+                top_p: Some(0.95),
+            };
+            let out = g.generate(&prompt, 60, None, &sampling, &mut init::rng(0))?;
+            Ok(format!(
+                "{:?}",
+                format!("The {}", ByteTokenizer::decode(&out))
+            ))
+        }
+    }
+}
+
+/// Print `n` fresh sources and the model's greedy copies.
+fn show_copies(g: &mut Generator, task: &CopyTask, n: usize) -> Result<()> {
+    let mut rng = init::rng(EVAL_SEED + 2);
+    let batch = task.sample(n, &mut rng);
+    let out = g.generate_seq2seq(
+        &batch.src,
+        n,
+        CopyTask::START,
+        task.source_len,
+        &Sampling::greedy(),
+        &mut rng,
+    )?;
+    let t = task.source_len;
+    let show = |ids: &[u32]| {
+        ids.iter()
+            .map(|&i| format!("{:x}", i - CopyTask::SPECIALS as u32))
+            .collect::<String>()
+    };
+    for r in 0..n {
+        let (src, copy) = (&batch.src[r * t..(r + 1) * t], &out[r * t..(r + 1) * t]);
+        let mark = if src == copy { "exact" } else { "WRONG" };
+        println!("source {}\ncopy   {}  {mark}", show(src), show(copy));
+    }
+    Ok(())
+}
+
+/// `generate`: load a checkpoint and sample.
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let ckpt = Checkpoint::load(&a.checkpoint)?;
+    let mut g = Generator::new(&ckpt.config.model, Device::Cpu)?;
+    g.load(&ckpt.weights)?;
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+    };
+    sampling.validate()?;
+    match &ckpt.config.task {
+        Task::Copy(task) => show_copies(&mut g, task, 3),
+        Task::Lm { .. } => {
+            let prompt = ByteTokenizer::encode(&a.prompt);
+            let out = g.generate(&prompt, a.max_new, None, &sampling, &mut init::rng(a.seed))?;
+            println!("{}{}", a.prompt, ByteTokenizer::decode(&out));
+            Ok(())
+        }
+    }
+}
+
+/// `bench`: train-step tokens/s of the reference config on random bytes.
+pub fn bench(a: BenchArgs) -> Result<()> {
+    if let Some(t) = a.threads {
+        crate::fast_cpu::set_threads(t);
+    }
+    let config = book_lm_config();
+    let device = if a.stock {
+        Device::CpuStock
+    } else {
+        Device::Cpu
+    };
+    let t = Instant::now();
+    let mut trainer = Trainer::new(config.clone(), book_data(), device)?;
+    let compile = t.elapsed().as_secs_f64();
+    trainer.train_step()?; // warm-up: first-run allocations
+    let t = Instant::now();
+    for _ in 0..a.steps {
+        trainer.train_step()?;
+    }
+    let per_step = t.elapsed().as_secs_f64() / a.steps.max(1) as f64;
+    let Task::Lm { context } = config.task else {
+        unreachable!("the LM config")
+    };
+    let tokens = (config.batch_size * context) as f64;
+    println!("| device | threads | batch x ctx | compile | train step | tokens/s |");
+    println!("|--------|---------|-------------|---------|------------|----------|");
+    println!(
+        "| {} | {} | {} x {context} | {compile:.1} s | {:.1} ms | {:.0} |",
+        device.name(),
+        crate::fast_cpu::threads(),
+        config.batch_size,
+        per_step * 1e3,
+        tokens / per_step
+    );
+    std::io::stdout().flush().ok();
+    Ok(())
+}
+
+/// `inspect`: config, step, tensors and sizes of a checkpoint.
+pub fn inspect(path: &Path) -> Result<()> {
+    let c = Checkpoint::load(path)?;
+    println!("checkpoint {}", path.display());
+    println!("steps done: {}", c.steps_done);
+    println!("config:\n{}", c.config.to_json());
+    let count = |d: &crate::params::StateDict| d.values().map(|t| t.data.len()).sum::<usize>();
+    println!(
+        "weights: {} tensors, {} parameters; AdamW moments: {} + {} tensors",
+        c.weights.len(),
+        count(&c.weights),
+        c.adam_m.len(),
+        c.adam_v.len()
+    );
+    for (name, t) in &c.weights {
+        let rms = (t.data.iter().map(|v| v * v).sum::<f32>() / t.data.len().max(1) as f32).sqrt();
+        println!("  {name:<40} {:<14} rms {rms:.4}", format!("{:?}", t.shape));
+    }
+    Ok(())
+}
+
+fn tour() -> Result<()> {
+    println!("transformer-course: a tour of the chapters\n");
+    let mut failed = None;
+    for (title, result) in crate::tour() {
+        println!("== {title}");
+        match result {
+            Ok(text) => println!("{text}\n"),
+            Err(e) => {
+                println!("error: {e}\n");
+                failed = Some(e);
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}

@@ -393,7 +393,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if let Some(t) = a.threads {
         crate::fast_cpu::set_threads(t);
     }
-    let config = book_lm_config();
+    // The reference model and batch, whatever the book LM's own settings are.
+    let model = crate::ch06_transformer::TransformerConfig::reference();
+    let config = TrainConfig {
+        task: Task::Lm {
+            context: model.context_length,
+        },
+        model: ModelConfig::Lm(model),
+        batch_size: 16,
+        ..book_lm_config()
+    };
     let device = if a.stock {
         Device::CpuStock
     } else {

@@ -296,10 +296,18 @@ impl TrainStep {
         tensor::execute(&mut self.cx)?;
         let loss = scalar(&self.cx, self.loss, "the loss")?;
         let grad_norm = scalar(&self.cx, self.grad_norm, "the gradient norm")?;
-        if !(loss.is_finite() && grad_norm.is_finite()) {
+        // The updated weights too: a huge step can overflow them while the loss is still fine.
+        let finite_update = self.opt.slots.iter().all(|s| {
+            self.cx
+                .get_tensor_ref(s.new_param, 0)
+                .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
+                .is_some_and(|v| v.iter().all(|x| x.is_finite()))
+        });
+        if !(loss.is_finite() && grad_norm.is_finite() && finite_update) {
             return Err(CourseError::NonFinite(format!(
-                "step {}: loss {loss}, gradient norm {grad_norm}; weights left as before this step",
-                self.opt.t
+                "step {}: loss {loss}, gradient norm {grad_norm}{}; weights left as before this step",
+                self.opt.t,
+                if finite_update { "" } else { ", updated weights overflow" }
             )));
         }
         self.opt.advance(&mut self.cx);

@@ -217,9 +217,10 @@ impl Trainer {
         })
     }
 
-    /// The learning rate of the next step.
+    /// The learning rate of the next step: the schedule at step `steps_done + 1` (at step 0
+    /// warmup gives 0, a step that would move nothing).
     pub fn lr(&self) -> f32 {
-        self.config.schedule.lr(self.steps_done)
+        self.config.schedule.lr(self.steps_done + 1)
     }
 
     /// One optimiser step on the next batch, at the schedule's learning rate.

@@ -1,0 +1,183 @@
+//! The command line, end to end: train, resume, inspect, generate, and each bad input giving a
+//! clear error without losing what was saved.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use transformer_course::ch11_training::{Checkpoint, TrainConfig};
+
+fn course(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_transformer-course"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("course-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_resume_inspect_generate() {
+    let dir = temp_dir("train");
+    let out = dir.join("copy");
+    let o = course(&[
+        "train",
+        "--task",
+        "copy",
+        "--steps",
+        "3",
+        "--eval-every",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ckpt = out.join("checkpoint.safetensors");
+    assert!(ckpt.exists() && out.join("loss.svg").exists());
+    assert!(text(&o).contains("eval loss"), "{}", text(&o));
+    assert_eq!(Checkpoint::load(&ckpt).unwrap().steps_done, 3);
+
+    let o = course(&[
+        "train",
+        "--resume",
+        s(&ckpt),
+        "--steps",
+        "5",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = course(&["inspect", s(&ckpt)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("steps done: 5"), "{}", text(&o));
+    assert!(text(&o).contains("decoder.layers.1.cross_attn.q_proj.weight"));
+
+    let o = course(&["generate", s(&ckpt)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(text(&o).matches("source ").count(), 3, "{}", text(&o));
+}
+
+#[test]
+fn printed_configs_parse_back() {
+    for task in ["copy", "lm"] {
+        let o = course(&["config", task]);
+        assert!(o.status.success());
+        TrainConfig::from_json(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    }
+}
+
+#[test]
+fn missing_truncated_and_corrupt_checkpoints_are_named() {
+    let dir = temp_dir("bad");
+    let missing = dir.join("missing.safetensors");
+    let o = course(&["inspect", s(&missing)]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("missing.safetensors"), "{}", text(&o));
+
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+    for args in [
+        vec!["inspect", s(&truncated)],
+        vec!["generate", s(&truncated)],
+        vec!["train", "--resume", s(&truncated)],
+    ] {
+        let o = course(&args);
+        assert!(!o.status.success());
+        let t = text(&o);
+        assert!(
+            t.contains("truncated.safetensors") && t.contains("not a valid safetensors file"),
+            "{t}"
+        );
+    }
+}
+
+#[test]
+fn invalid_config_files_are_named() {
+    let dir = temp_dir("config");
+    let path = dir.join("run.json");
+    let json = String::from_utf8_lossy(&course(&["config", "copy"]).stdout).to_string();
+    std::fs::write(&path, json.replace("\"batch_size\"", "\"batchsize\"")).unwrap();
+    let o = course(&["train", "--config", s(&path), "--out", s(&dir)]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("run.json") && text(&o).contains("batchsize"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&path, json.replace("\"n_heads\": 4", "\"n_heads\": 3")).unwrap();
+    let o = course(&["train", "--config", s(&path), "--out", s(&dir)]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("n_heads"), "{}", text(&o));
+}
+
+#[test]
+fn a_data_file_shorter_than_the_context_is_refused() {
+    let dir = temp_dir("data");
+    let path = dir.join("tiny.u16");
+    std::fs::write(&path, [1u8, 0, 2, 0, 3, 0]).unwrap();
+    let o = course(&[
+        "train",
+        "--task",
+        "lm",
+        "--data",
+        s(&path),
+        "--out",
+        s(&dir),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("context of 64 needs at least 65"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// A learning rate of 1e30 blows the weights up within a few steps: training stops with a
+/// clear message, and the checkpoint saved before the blow-up still loads.
+#[test]
+fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = temp_dir("nan");
+    let o = course(&[
+        "train",
+        "--task",
+        "copy",
+        "--steps",
+        "20",
+        "--lr",
+        "1e30",
+        "--checkpoint-every",
+        "1",
+        "--eval-every",
+        "1000",
+        "--out",
+        s(&dir),
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("non-finite values") && t.contains("last good checkpoint is kept"),
+        "{t}"
+    );
+    let ckpt = Checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
+    assert!(ckpt.steps_done >= 1 && ckpt.steps_done < 20);
+    assert!(ckpt
+        .weights
+        .values()
+        .all(|w| w.data.iter().all(|v| v.is_finite())));
+}

@@ -6,8 +6,10 @@ usage: python3 scripts/bench_pytorch.py [--threads N] [--batch 16] [--seq 128] [
 The same architecture as the Rust crate (pre-norm, RMSNorm, interleaved RoPE, SwiGLU, causal
 multi-head attention, no biases; the code is scripts/make_fixtures.py's) and the same config:
 vocab 256, ctx 128, d_model 128, 4 layers, 4 heads, d_ff 384. Prints tokens/s for a forward
-pass and for forward + backward (token-mean cross-entropy), median of --repeats after a warm-up.
-scripts/compare_speed.sh runs this and `examples/forward.rs` in alternating rounds.
+pass, for forward + backward (token-mean cross-entropy), and for a full train step (forward,
+backward, clip_grad_norm_ to 1.0, AdamW), median of --repeats after a warm-up.
+scripts/compare_speed.sh runs this, `examples/forward.rs` and `transformer-course bench` in
+alternating rounds.
 Needs torch (see scripts/make_fixtures.py); CI does not run it.
 """
 import argparse
@@ -56,7 +58,15 @@ def main():
         logits = fx.lm(ids, w, cfg)
         F.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
 
-    for name, step in (("forward", forward), ("forward+backward", forward_backward)):
+    opt = torch.optim.AdamW(list(w.values()), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+
+    def train_step():
+        forward_backward()
+        torch.nn.utils.clip_grad_norm_(list(w.values()), 1.0)
+        opt.step()
+
+    steps = (("forward", forward), ("forward+backward", forward_backward), ("train step", train_step))
+    for name, step in steps:
         step()  # warm-up
         times = []
         for _ in range(args.repeats):

@@ -13,16 +13,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$HOME/.cache/transformer-course/torch-venv/bin/python}"
 ROUNDS="${ROUNDS:-3}"
-cargo build --quiet --release --example forward
+cargo build --quiet --release --example forward --bin transformer-course
 for threads in "${@:-1 2}"; do
     for round in $(seq "$ROUNDS"); do
         torch=$("$PYTHON" scripts/bench_pytorch.py --threads "$threads" --repeats 5)
         rust=$(./target/release/examples/forward --threads "$threads" --run-backward --repeats 5 | tail -n1)
-        # tokens/s figures: forward, forward+backward
-        read -r tf tb < <(grep -o '[0-9]* tokens/s' <<<"$torch" | awk '{printf "%s ", $1} END {print ""}')
+        # the last column of bench's table row is the train step's tokens/s
+        rs=$(./target/release/transformer-course bench --threads "$threads" | tail -n1 | awk -F'|' '{gsub(/ /, "", $7); print $7}')
+        # tokens/s figures: forward, forward+backward (, train step)
+        read -r tf tb ts < <(grep -o '[0-9]* tokens/s' <<<"$torch" | awk '{printf "%s ", $1} END {print ""}')
         read -r rf rb < <(grep -o '[0-9]* tokens/s' <<<"$rust" | awk '{printf "%s ", $1} END {print ""}')
-        awk -v t="$threads" -v r="$round" -v tf="$tf" -v tb="$tb" -v rf="$rf" -v rb="$rb" 'BEGIN {
-            printf "threads %s round %s | forward: rust %6d pytorch %6d tokens/s ratio %.2f | forward+backward: rust %6d pytorch %6d tokens/s ratio %.2f\n",
-                t, r, rf, tf, rf / tf, rb, tb, rb / tb }'
+        awk -v t="$threads" -v r="$round" -v tf="$tf" -v tb="$tb" -v ts="$ts" -v rf="$rf" -v rb="$rb" -v rs="$rs" 'BEGIN {
+            printf "threads %s round %s | forward: rust %6d pytorch %6d ratio %.2f | fwd+bwd: rust %6d pytorch %6d ratio %.2f | train step: rust %6d pytorch %6d ratio %.2f (tokens/s)\n",
+                t, r, rf, tf, rf / tf, rb, tb, rb / tb, rs, ts, rs / ts }'
     done
 done

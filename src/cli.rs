@@ -106,6 +106,9 @@ pub struct GenerateArgs {
     pub top_p: Option<f32>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// LM: stop after this character (a single byte, e.g. a newline).
+    #[arg(long)]
+    pub stop: Option<char>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -154,12 +157,12 @@ fn task_data(config: &TrainConfig, data: Option<&Path>, width: Width) -> Result<
                 Width::U16 => TokenWidth::U16,
                 Width::U32 => TokenWidth::U32,
             };
-            let file = TokenFile::open(path, w)?;
-            let tokens: Vec<u32> = (0..file.len()).map(|i| file.token(i)).collect();
-            let split = tokens.len() * 9 / 10;
+            // Mapped, not read: batches page in only the windows they touch.
+            let file = std::sync::Arc::new(TokenFile::open(path, w)?);
+            let (n, split) = (file.len(), file.len() * 9 / 10);
             Ok(TaskData::Tokens {
-                train: Box::new(tokens[..split].to_vec()),
-                val: Box::new(tokens[split..].to_vec()),
+                train: Box::new(TokenRange::new(file.clone(), 0, split)),
+                val: Box::new(TokenRange::new(file, split, n)),
             })
         }
     }
@@ -381,7 +384,16 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         Task::Copy(task) => show_copies(&mut g, task, 3),
         Task::Lm { .. } => {
             let prompt = ByteTokenizer::encode(&a.prompt);
-            let out = g.generate(&prompt, a.max_new, None, &sampling, &mut init::rng(a.seed))?;
+            let stop = match a.stop {
+                Some(c) if c.is_ascii() => Some(c as u32),
+                Some(c) => {
+                    return Err(CourseError::Config(format!(
+                        "--stop must be a one-byte (ASCII) character, got {c:?}"
+                    )))
+                }
+                None => None,
+            };
+            let out = g.generate(&prompt, a.max_new, stop, &sampling, &mut init::rng(a.seed))?;
             println!("{}{}", a.prompt, ByteTokenizer::decode(&out));
             Ok(())
         }

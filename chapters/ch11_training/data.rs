@@ -117,6 +117,36 @@ impl TokenSource for TokenFile {
         }
     }
 }
+
+/// A contiguous part of a token source (e.g. the last 10 % for validation), without copying.
+pub struct TokenRange<T> {
+    source: std::sync::Arc<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: TokenSource> TokenRange<T> {
+    /// Tokens `start..end` of `source` (clamped to its length).
+    pub fn new(source: std::sync::Arc<T>, start: usize, end: usize) -> Self {
+        let end = end.min(source.len());
+        let start = start.min(end);
+        Self {
+            source,
+            start,
+            len: end - start,
+        }
+    }
+}
+
+impl<T: TokenSource> TokenSource for TokenRange<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn token(&self, i: usize) -> u32 {
+        assert!(i < self.len, "token {i} of a range of {}", self.len);
+        self.source.token(self.start + i)
+    }
+}
 // ANCHOR_END: token_file
 
 // ANCHOR: get_batch

@@ -16,8 +16,8 @@ pub mod train;
 
 pub use checkpoint::Checkpoint;
 pub use data::{
-    book_corpus, get_batch, ByteTokenizer, CopyTask, LmBatch, Seq2SeqBatch, TokenFile, TokenSource,
-    TokenWidth,
+    book_corpus, get_batch, ByteTokenizer, CopyTask, LmBatch, Seq2SeqBatch, TokenFile, TokenRange,
+    TokenSource, TokenWidth,
 };
 pub use generate::{Generator, Sampling};
 pub use step::{LossGraph, Model, ModelConfig, StepStats, TrainBatch, TrainStep};

@@ -144,6 +144,11 @@ fn token_files_round_trip_and_bad_files_are_named() {
         let f = TokenFile::open(&path, width).unwrap();
         let read: Vec<u32> = (0..f.len()).map(|i| f.token(i)).collect();
         assert_eq!(read, tokens);
+        let tail = TokenRange::new(std::sync::Arc::new(f), 3, 99); // clamped to the 5 tokens
+        assert_eq!(
+            (0..tail.len()).map(|i| tail.token(i)).collect::<Vec<_>>(),
+            [7, 300]
+        );
     }
     let err = TokenFile::write(&dir.join("big.bin"), &[70_000], TokenWidth::U16).unwrap_err();
     assert!(err.to_string().contains("70000"), "{err}");

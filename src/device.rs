@@ -50,14 +50,17 @@ impl Device {
     /// compiling (inputs, weights, outputs): passes replace nodes, and the handles follow.
     pub fn compile<T: ToIdsMut>(self, cx: &mut Graph, remap: T) {
         match self {
-            Device::Cpu => cx.compile(
-                (
-                    CpuCompiler::default(),
-                    crate::fast_cpu::StridedMatMulPass,
-                    crate::fast_cpu::StridedKernels,
-                ),
-                remap,
-            ),
+            Device::Cpu => {
+                crate::fast_cpu::keep_freed_memory();
+                cx.compile(
+                    (
+                        CpuCompiler::default(),
+                        crate::fast_cpu::StridedMatMulPass,
+                        crate::fast_cpu::StridedKernels,
+                    ),
+                    remap,
+                )
+            }
             Device::CpuStock => cx.compile(CpuCompiler::default(), remap),
             Device::Interpreter => cx.compile((), remap),
             #[cfg(feature = "cuda")]

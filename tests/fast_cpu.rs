@@ -85,7 +85,19 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (1usize..5, 2usize..6).prop_flat_map(|(r, c)| {
+    case_of(1..5, 2..6)
+}
+
+/// Cases big enough (up to 67 600 elements) that the kernels split rows across threads.
+fn big_case() -> impl Strategy<Value = Case> {
+    case_of(150..260, 150..260)
+}
+
+fn case_of(
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> impl Strategy<Value = Case> {
+    (rows, cols).prop_flat_map(|(r, c)| {
         (
             prop::collection::vec(-4.0f32..4.0, r * c),
             prop::collection::vec(-4.0f32..4.0, r * c),
@@ -109,6 +121,22 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn strided_kernels_equal_the_stock_ops(case in case()) {
+        let fast = run(Device::Cpu, &case);
+        let stock = run(Device::Interpreter, &case);
+        prop_assert_eq!(fast.len(), stock.len());
+        for (i, (f, s)) in fast.iter().zip(&stock).enumerate() {
+            prop_assert!(f == s || (f.is_nan() && s.is_nan()), "element {}: strided {} vs stock {}", i, f, s);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+    /// The same on large tensors, with 2 kernel threads: each thread's share of rows must be
+    /// computed exactly as one thread would.
+    #[test]
+    fn threaded_kernels_equal_the_stock_ops(case in big_case()) {
+        transformer_course::fast_cpu::set_threads(2); // before the pool starts, if it has not
         let fast = run(Device::Cpu, &case);
         let stock = run(Device::Interpreter, &case);
         prop_assert_eq!(fast.len(), stock.len());

@@ -98,6 +98,46 @@ impl View {
     }
 }
 
+/// Views that several kernels walk together, simplified without changing which element each
+/// logical position reads: axes of length 1 that read index 0 plainly are dropped, and
+/// neighbouring axes that every view walks as one are merged (both broadcast, or the outer
+/// stride equal to the inner stride times the inner length, with no padding or slicing). The
+/// kernels loop over the last axis, so longer rows mean less per-row work: RoPE's
+/// (b, h, s, pairs, 2) views, for one, become a few long rows instead of rows of 2.
+fn coalesce(views: &mut [View]) {
+    let clean = |a: &Axis| a.offset == 0 && a.lo == 0 && a.hi >= a.len;
+    let n = views.first().map_or(0, |v| v.axes.len());
+    let keep: Vec<usize> = (0..n)
+        .filter(|&k| {
+            !views
+                .iter()
+                .all(|v| v.axes[k].len == 1 && clean(&v.axes[k]))
+        })
+        .collect();
+    let mut merged: Vec<Vec<Axis>> = vec![Vec::new(); views.len()];
+    for &k in keep.iter().rev() {
+        let fits = views.iter().zip(&merged).all(|(v, m)| {
+            let outer = v.axes[k];
+            m.last().is_some_and(|inner| {
+                clean(&outer) && clean(inner) && outer.stride == inner.stride * inner.len as isize
+            })
+        });
+        for (v, m) in views.iter().zip(merged.iter_mut()) {
+            match m.last_mut() {
+                Some(inner) if fits => {
+                    inner.len *= v.axes[k].len;
+                    inner.hi = inner.len;
+                }
+                _ => m.push(v.axes[k]),
+            }
+        }
+    }
+    for (v, mut m) in views.iter_mut().zip(merged) {
+        m.reverse();
+        v.axes = m;
+    }
+}
+
 /// Advance a row-major multi-index over `lens`, skipping `skip` (an axis looped elsewhere).
 /// Returns false when it wraps around.
 #[inline]
@@ -354,6 +394,9 @@ fn binary(
             .collect();
     }
     let mut out = vec![0.0f32; len];
+    let mut views = [va.clone(), vb.clone()];
+    coalesce(&mut views);
+    let [va, vb] = &views;
     let lens: Vec<usize> = va.axes.iter().map(|x| x.len).collect();
     let Some(last) = lens.len().checked_sub(1) else {
         out[0] = f(
@@ -442,6 +485,9 @@ impl Operator for StridedContiguous {
             return tensor(src[..v.len()].to_vec());
         }
         let mut out = vec![0.0f32; v.len()];
+        let mut one = [v];
+        coalesce(&mut one);
+        let [v] = one;
         let lens: Vec<usize> = v.axes.iter().map(|x| x.len).collect();
         let Some(last) = lens.len().checked_sub(1) else {
             out[0] = v.at(&[]).map_or(0.0, |i| src[i]);

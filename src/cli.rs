@@ -72,7 +72,7 @@ pub struct TrainArgs {
     pub data: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "u16")]
     pub data_width: Width,
-    /// Where checkpoints, the loss curve and the metrics go (default: runs/<task>).
+    /// Where the checkpoint and the loss curve go (default: runs/<task>).
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[arg(long, default_value_t = 250)]

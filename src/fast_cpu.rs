@@ -98,6 +98,7 @@ impl View {
     }
 }
 
+// ANCHOR: coalesce
 /// Views that several kernels walk together, simplified without changing which element each
 /// logical position reads: axes of length 1 that read index 0 plainly are dropped, and
 /// neighbouring axes that every view walks as one are merged (both broadcast, or the outer
@@ -137,6 +138,7 @@ fn coalesce(views: &mut [View]) {
         v.axes = m;
     }
 }
+// ANCHOR_END: coalesce
 
 /// Advance a row-major multi-index over `lens`, skipping `skip` (an axis looped elsewhere).
 /// Returns false when it wraps around.
@@ -181,6 +183,7 @@ pub fn threads() -> usize {
     }
 }
 
+// ANCHOR: memory
 /// Ask the allocator to keep freed memory for reuse instead of returning it to the OS.
 ///
 /// Every op allocates its output, and a training step frees and reallocates hundreds of
@@ -200,6 +203,7 @@ pub fn keep_freed_memory() {
         }
     });
 }
+// ANCHOR_END: memory
 
 /// Below this many output elements one thread is faster than starting more.
 const PARALLEL_MIN: usize = 1 << 15;
@@ -387,11 +391,14 @@ fn binary(
 ) -> Vec<f32> {
     let len = va.len();
     if va.plain && vb.plain {
-        return a[..len]
-            .iter()
-            .zip(&b[..len])
-            .map(|(&x, &y)| f(x, y))
-            .collect();
+        let mut out = vec![0.0f32; len];
+        par_rows(&mut out, 1, |part, first| {
+            let (x, y) = (&a[first..first + part.len()], &b[first..first + part.len()]);
+            for ((o, &p), &q) in part.iter_mut().zip(x).zip(y) {
+                *o = f(p, q);
+            }
+        });
+        return out;
     }
     let mut out = vec![0.0f32; len];
     let mut views = [va.clone(), vb.clone()];

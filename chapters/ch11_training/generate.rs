@@ -100,13 +100,16 @@ impl Sampling {
 }
 // ANCHOR_END: sampling
 
+/// The encoder-decoder's source ids and keep-mask inputs.
+type SourceInputs = (GraphTensor<(Batch, SrcSeq)>, GraphTensor<(Batch, SrcSeq)>);
+
 /// The model's forward pass compiled once for inference; reruns with growing sequences.
 pub struct Generator {
     cx: Box<Graph>,
     model: Model,
     /// LM: the ids; encoder-decoder: the decoder input.
     ids: GraphTensor<(Batch, Seq)>,
-    src: Option<(GraphTensor<(Batch, SrcSeq)>, GraphTensor<(Batch, SrcSeq)>)>,
+    src: Option<SourceInputs>,
     logits: GraphTensor<(Batch, Seq, Vocab)>,
     params: Vec<Param>,
     config: ModelConfig,

@@ -29,7 +29,9 @@ pub enum ModelConfig {
     Seq2Seq(Seq2SeqConfig),
 }
 
-/// Either model, built in a graph.
+/// Either model, built in a graph. (A few kB of graph handles each; one per graph, so boxing
+/// the larger variant would buy nothing.)
+#[allow(clippy::large_enum_variant)]
 pub enum Model {
     Lm(TransformerLm),
     Seq2Seq(EncoderDecoder),
@@ -98,6 +100,7 @@ pub enum TrainBatch {
 }
 
 /// The graph inputs that carry a batch, and the loss built from them.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Inputs {
     Lm {
         ids: GraphTensor<(Batch, Seq)>,

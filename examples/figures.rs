@@ -175,6 +175,30 @@ fn main() -> Result<()> {
         )?;
     }
 
+    // Chapter 10: the schedule of chapter 11's copy-task run, and of the CS336 test.
+    let copy = copy_task_config().schedule;
+    let cs336 = CosineSchedule {
+        lr_max: 3e-3,
+        lr_min: 3e-4,
+        warmup: 100,
+        cosine_end: 400,
+    };
+    let curve = |s: CosineSchedule| (0..=600).map(|t| (t as f32, s.lr(t) * 1e3)).collect();
+    write(
+        &out,
+        "ch10_schedule",
+        &plot::line_chart(
+            "warmup + cosine: learning rate per step",
+            "step t",
+            "lr (x 1e-3)",
+            &[
+                plot::Series::line("copy task: warmup 50, cosine to 600", curve(copy)),
+                plot::Series::line("warmup 100, cosine to 400, then floor", curve(cs336)),
+            ],
+            false,
+        ),
+    )?;
+
     // Chapter 8: a forward graph, then the same graph with its backward pass added.
     let mut cx = Graph::new();
     let lin = Linear::<In, Out>::new(&mut cx, "w", 3, 2)?;

@@ -246,7 +246,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let t0 = Instant::now();
     let first = trainer.steps_done;
     while trainer.steps_done < config.steps {
-        let lr = trainer.lr();
         let stats = match trainer.train_step() {
             Ok(s) => s,
             Err(e @ CourseError::NonFinite(_)) => {
@@ -263,8 +262,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         losses.push((done as f32, stats.loss));
         let rate = (done - first) as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
         let line = format!(
-            "step {done:>6}/{} loss {:.4} lr {lr:.2e} |g| {:.3} {:>7.0} tok/s",
-            config.steps, stats.loss, stats.grad_norm, rate
+            "step {done:>6}/{} loss {:.4} lr {:.2e} |g| {:.3} {:>7.0} tok/s",
+            config.steps, stats.loss, stats.lr, stats.grad_norm, rate
         );
         if tty {
             eprint!("\r{}{line}", progress_bar(done, config.steps));
@@ -356,15 +355,14 @@ fn show_copies(g: &mut Generator, task: &CopyTask, n: usize) -> Result<()> {
         &mut rng,
     )?;
     let t = task.source_len;
-    let show = |ids: &[u32]| {
-        ids.iter()
-            .map(|&i| format!("{:x}", i - CopyTask::SPECIALS as u32))
-            .collect::<String>()
-    };
     for r in 0..n {
         let (src, copy) = (&batch.src[r * t..(r + 1) * t], &out[r * t..(r + 1) * t]);
         let mark = if src == copy { "exact" } else { "WRONG" };
-        println!("source {}\ncopy   {}  {mark}", show(src), show(copy));
+        println!(
+            "source {}\ncopy   {}  {mark}",
+            CopyTask::show(src),
+            CopyTask::show(copy)
+        );
     }
     Ok(())
 }

@@ -234,6 +234,15 @@ pub fn read<S: Shape>(t: GraphTensor<S>) -> Result<HostTensor> {
     HostTensor::new(&shape, data)
 }
 
+/// The buffer of a kept node, by id (for nodes without a typed handle: gradients, optimiser
+/// state, a clipping norm). Physical order; `what` names it in the error if it has no value.
+pub fn read_node<'a>(cx: &'a Graph, id: NodeIndex, what: &str) -> Result<&'a [f32]> {
+    cx.get_tensor_ref(id, 0)
+        .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
+        .map(|v| v.as_slice())
+        .ok_or_else(|| CourseError::NotComputed { what: what.into() })
+}
+
 /// Check that a graph can run: every [`input`] has data and every symbolic dim has a size.
 pub fn check_ready(cx: &Graph) -> Result<()> {
     for node in cx.graph.node_indices() {

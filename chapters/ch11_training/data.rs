@@ -276,6 +276,17 @@ impl CopyTask {
         2 * self.source_len
     }
 
+    /// Ids as one character each, for printing: `S`, `E`, then data tokens as 0-9, a-z.
+    pub fn show(ids: &[u32]) -> String {
+        ids.iter()
+            .map(|&i| match i {
+                Self::START => 'S',
+                Self::END => 'E',
+                _ => char::from_digit(i - Self::SPECIALS as u32, 36).unwrap_or('?'),
+            })
+            .collect()
+    }
+
     /// Fresh random sources and their targets.
     pub fn sample(&self, batch: usize, rng: &mut CourseRng) -> Seq2SeqBatch {
         let (t, s) = (self.source_len, self.target_len());

@@ -226,18 +226,21 @@ impl ToIdsMut for Inputs {
 
 /// The value of a kept scalar node after a run.
 pub(super) fn scalar(cx: &Graph, id: NodeIndex, what: &str) -> Result<f32> {
-    cx.get_tensor_ref(id, 0)
-        .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
-        .and_then(|v| v.first().copied())
+    let v = tensor::read_node(cx, id, what)?;
+    v.first()
+        .copied()
         .ok_or_else(|| CourseError::NotComputed { what: what.into() })
 }
 
 // ANCHOR: train_step
-/// What one step measured: the loss before the update and the gradient norm before clipping.
+/// What one step measured: the loss before the update, the gradient norm before clipping, and
+/// the learning rate used.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
     pub loss: f32,
     pub grad_norm: f32,
+    /// The learning rate the step used.
+    pub lr: f32,
 }
 
 /// Forward, loss, backward, global-norm clipping and AdamW in one compiled graph.
@@ -314,7 +317,11 @@ impl TrainStep {
             )));
         }
         self.opt.advance(&mut self.cx);
-        Ok(StepStats { loss, grad_norm })
+        Ok(StepStats {
+            loss,
+            grad_norm,
+            lr,
+        })
     }
     // ANCHOR_END: train_step
 
@@ -336,14 +343,8 @@ impl TrainStep {
     /// AdamW's moments `(m, v)`, keyed by parameter name.
     pub fn moments(&self) -> Result<(StateDict, StateDict)> {
         let read = |id: NodeIndex, p: &Param| -> Result<(String, HostTensor)> {
-            let data = self
-                .cx
-                .get_tensor_ref(id, 0)
-                .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
-                .ok_or_else(|| CourseError::NotComputed {
-                    what: format!("AdamW moment of '{}'", p.name),
-                })?;
-            Ok((p.name.clone(), HostTensor::new(&p.shape, data.clone())?))
+            let data = tensor::read_node(&self.cx, id, &format!("AdamW moment of '{}'", p.name))?;
+            Ok((p.name.clone(), HostTensor::new(&p.shape, data.to_vec())?))
         };
         let m = self.opt.slots.iter().map(|s| read(s.m, &s.param));
         let v = self.opt.slots.iter().map(|s| read(s.v, &s.param));

@@ -181,6 +181,7 @@ fn copy_task_targets_are_start_source_source() {
         assert_eq!(&b.tgt_out[r * 6..r * 6 + 6], &full[1..]);
         assert!(src.iter().all(|&t| (2..6).contains(&t)));
     }
+    assert_eq!(CopyTask::show(&[0, 1, 2, 11, 12, 37]), "SE09az");
 }
 
 proptest! {
@@ -407,6 +408,7 @@ fn train_steps_equal_gradients_then_clip_then_adamw() {
         let mut g: Vec<Vec<f32>> = grads.iter().map(|g| g.1.clone()).collect();
         let norm = clip_grad_norm_ref(&mut g, 0.05);
         let stats = step.step(&TrainBatch::Lm(batch), lr).unwrap();
+        assert_eq!(stats.lr, lr);
         assert!(
             (stats.grad_norm - norm).abs() <= 1e-5 * norm,
             "norm {} vs {norm}",

@@ -623,6 +623,77 @@ impl std::fmt::Debug for StridedMatMul {
     }
 }
 
+// ANCHOR: merged_matmul
+/// luminal's `BatchedMatMul2D` ((batch, m, k) x (k, n), a weight shared by the batch), with
+/// the batch folded into the rows when the input allows it: one sgemm of `batch * m` rows
+/// instead of `batch` sgemms of `m` rows (bigger blocks, and enough work to split across
+/// threads). Otherwise it loops over the batch, as the stock op does.
+#[derive(Clone, Default, PartialEq)]
+pub struct MergedBatchMatMul;
+primitive_name!(MergedBatchMatMul, "BatchedMatMul2D");
+
+impl Operator for MergedBatchMatMul {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let resolved = "dims are resolved before execution";
+        let sa: Vec<usize> = inp[0]
+            .1
+            .shape()
+            .iter()
+            .map(|e| e.to_usize().expect(resolved))
+            .collect();
+        let sb: Vec<usize> = inp[1]
+            .1
+            .shape()
+            .iter()
+            .map(|e| e.to_usize().expect(resolved))
+            .collect();
+        let ta: Vec<usize> = inp[0]
+            .1
+            .strides()
+            .iter()
+            .map(|e| e.to_usize().expect(resolved))
+            .collect();
+        let tb: Vec<usize> = inp[1]
+            .1
+            .strides()
+            .iter()
+            .map(|e| e.to_usize().expect(resolved))
+            .collect();
+        let (batch, m, k, cols) = (sa[0], sa[1], sa[2], sb[1]);
+        let (a0, a1, a2) = (ta[0], ta[1] as isize, ta[2] as isize);
+        let (b0, b1) = (tb[0] as isize, tb[1] as isize);
+        let (a, b) = (data(&inp[0].0), data(&inp[1].0));
+        let mut c = vec![0.0f32; batch * m * cols];
+        // Rows of consecutive batch entries follow each other in memory: one tall matrix.
+        let merged = batch <= 1 || a0 as isize == m as isize * a1;
+        let (runs, rows) = if merged { (1, batch * m) } else { (batch, m) };
+        for i in 0..runs {
+            // SAFETY: the strides and sizes come from the input views, which address only
+            // elements of `a` and `b`; `c` holds `batch * m * cols` elements, row-major.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    cols,
+                    1.0,
+                    a.as_ptr().add(i * a0),
+                    a1,
+                    a2,
+                    b.as_ptr(),
+                    b0,
+                    b1,
+                    0.0,
+                    c.as_mut_ptr().add(i * m * cols),
+                    cols as isize,
+                    1,
+                );
+            }
+        }
+        tensor(c)
+    }
+}
+// ANCHOR_END: merged_matmul
+
 // ANCHOR: matmul
 impl Operator for StridedMatMul {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
@@ -789,6 +860,12 @@ impl Compiler for StridedKernels {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, _remap: T) {
         let nodes: Vec<NodeIndex> = graph.graph.node_indices().collect();
         for node in nodes {
+            let op = graph.graph.node_weight(node).expect("node exists").as_any();
+            if op.is::<luminal::compilers::BatchedMatMul2D>() {
+                *graph.graph.node_weight_mut(node).expect("node exists") =
+                    Box::new(MergedBatchMatMul);
+                continue;
+            }
             let srcs = graph.get_sources(node);
             if srcs.len() == 2 && srcs[0].2.len() != srcs[1].2.len() {
                 // Inputs of different ranks (ArithmeticElimination can leave a scalar view

@@ -145,3 +145,51 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// A (b, s, i) x (i, o) matmul with a shared weight (luminal's `BatchedMatMul2D`, which the
+    /// backend runs as one tall sgemm when the batch rows are contiguous, else one per batch
+    /// entry), on a contiguous and on a transposed input, against the interpreter. sgemm sums
+    /// in blocks, so the tolerance is 1e-5 relative, not bit-for-bit.
+    #[test]
+    fn batched_matmul_equals_the_interpreter(
+        b in 1usize..4, s in 1usize..6, i in 1usize..7, o in 1usize..6,
+        transposed in any::<bool>(), seed in any::<u64>(),
+    ) {
+        use rand::Rng;
+        let mut rng = init::rng(seed);
+        let x: Vec<f32> = (0..b * s * i).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let w: Vec<f32> = (0..i * o).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let run = |device: Device| {
+            let mut cx = Graph::new();
+            let mut weight = tensor::input::<(In, Out)>(&mut cx, "w");
+            tensor::set(weight, &[i, o], w.clone()).unwrap();
+            let y = if transposed {
+                // The buffer holds (s, b, i): the batch rows are not contiguous.
+                let mut input = tensor::input::<(Seq, Batch, In)>(&mut cx, "x");
+                tensor::set(input, &[s, b, i], x.clone()).unwrap();
+                let mut y = input.permute::<(Batch, Seq, In), _>().matmul(weight).retrieve();
+                device.compile(&mut cx, (&mut input, &mut weight, &mut y));
+                y
+            } else {
+                let mut input = tensor::input::<(Batch, Seq, In)>(&mut cx, "x");
+                tensor::set(input, &[b, s, i], x.clone()).unwrap();
+                let mut y = input.matmul(weight).retrieve();
+                device.compile(&mut cx, (&mut input, &mut weight, &mut y));
+                if device == Device::Cpu && b > 1 {
+                    let kinds = transformer_course::device::op_counts(&cx);
+                    assert!(kinds.iter().any(|(k, _)| k == "BatchedMatMul2D"), "{kinds:?}");
+                }
+                y
+            };
+            tensor::execute(&mut cx).unwrap();
+            tensor::read(y).unwrap().data
+        };
+        let (fast, slow) = (run(Device::Cpu), run(Device::Interpreter));
+        prop_assert_eq!(fast.len(), b * s * o);
+        for (f, r) in fast.iter().zip(&slow) {
+            prop_assert!((f - r).abs() <= 1e-5 * r.abs().max(1.0), "{} vs {}", f, r);
+        }
+    }
+}

@@ -183,28 +183,6 @@ pub fn threads() -> usize {
     }
 }
 
-// ANCHOR: memory
-/// Ask the allocator to keep freed memory for reuse instead of returning it to the OS.
-///
-/// Every op allocates its output, and a training step frees and reallocates hundreds of
-/// megabytes. glibc hands blocks above 128 KiB back to the OS (`munmap`, heap trimming), so the
-/// next step page-faults every page in again, at about a microsecond per 4 KiB page in a VM:
-/// measured, 10–15 % of a reference-model training step. Raising the mmap and trim thresholds
-/// keeps the pages mapped. Called once by [`crate::device::Device::compile`] for the CPU;
-/// a no-op off glibc.
-pub fn keep_freed_memory() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt only changes allocator tunables; any value is valid for these two.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
-            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-        }
-    });
-}
-// ANCHOR_END: memory
-
 /// Below this many output elements one thread is faster than starting more.
 const PARALLEL_MIN: usize = 1 << 15;
 
@@ -253,6 +231,28 @@ fn pool() -> &'static rayon::ThreadPool {
     })
 }
 // ANCHOR_END: threads
+
+// ANCHOR: memory
+/// Ask the allocator to keep freed memory for reuse instead of returning it to the OS.
+///
+/// Every op allocates its output, and a training step frees and reallocates hundreds of
+/// megabytes. glibc hands blocks above 128 KiB back to the OS (`munmap`, heap trimming), so the
+/// next step page-faults every page in again, at about a microsecond per 4 KiB page in a VM:
+/// measured, 10–15 % of a reference-model training step. Raising the mmap and trim thresholds
+/// keeps the pages mapped. Called once by [`crate::device::Device::compile`] for the CPU;
+/// a no-op off glibc.
+pub fn keep_freed_memory() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator tunables; any value is valid for these two.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum
+            libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        }
+    });
+}
+// ANCHOR_END: memory
 
 fn data<'a>(t: &'a InputTensor<'a>) -> &'a [f32] {
     t.borrowed()

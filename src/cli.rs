@@ -49,7 +49,7 @@ pub enum TaskName {
     Lm,
 }
 
-#[derive(clap::Args, Debug, Default)]
+#[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub task: Option<TaskName>,
@@ -126,7 +126,7 @@ pub struct BenchArgs {
 /// Run the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => train(TrainArgs::default()),
+        None => train(default_train_args()),
         Some(Command::Train(a)) => train(a),
         Some(Command::Generate(a)) => generate(a),
         Some(Command::Bench(a)) => bench(a),
@@ -136,6 +136,15 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Tour) => tour(),
+    }
+}
+
+/// `train` with every flag at its default: the job `cargo run --release` runs. (Parsed, so the
+/// defaults are clap's, not `Default`'s zeros.)
+pub fn default_train_args() -> TrainArgs {
+    match Cli::parse_from(["transformer-course", "train"]).command {
+        Some(Command::Train(a)) => a,
+        _ => unreachable!("'train' parses as the train command"),
     }
 }
 
@@ -181,6 +190,11 @@ fn read_config(path: &Path) -> Result<TrainConfig> {
 
 /// `train`: build or resume the run, step with a progress line, evaluate, checkpoint.
 pub fn train(a: TrainArgs) -> Result<()> {
+    if a.eval_every == 0 || a.checkpoint_every == 0 {
+        return Err(CourseError::Config(
+            "--eval-every and --checkpoint-every must be at least 1".into(),
+        ));
+    }
     if let Some(t) = a.threads {
         crate::fast_cpu::set_threads(t);
     }
@@ -480,4 +494,24 @@ fn tour() -> Result<()> {
         }
     }
     failed.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The no-argument job uses clap's defaults (an all-zero `Default` once divided by zero).
+    #[test]
+    fn the_default_job_trains_the_copy_task_with_the_documented_flags() {
+        let a = default_train_args();
+        assert_eq!((a.eval_every, a.checkpoint_every), (250, 500));
+        assert!(a.task.is_none() && a.config.is_none() && a.resume.is_none());
+        assert!(matches!(default_config(TaskName::Copy).task, Task::Copy(_)));
+        let err = train(TrainArgs {
+            eval_every: 0,
+            ..default_train_args()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--eval-every"), "{err}");
+    }
 }

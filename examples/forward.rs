@@ -159,7 +159,8 @@ fn main() -> Result<()> {
         slow.sort_by_key(|n| std::cmp::Reverse(n.1));
         let listing = viz::op_listing(&cx);
         println!("slowest ops:");
-        for (node, t) in slow.iter().take(12) {
+        let top: usize = std::env::var("TOP").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+        for (node, t) in slow.iter().take(top) {
             let prefix = format!("%{node} =");
             let line = listing
                 .lines()

@@ -54,8 +54,17 @@ impl Device {
                 crate::fast_cpu::keep_freed_memory();
                 cx.compile(
                     (
-                        CpuCompiler::default(),
+                        (
+                            ArithmeticElimination,
+                            UnarySequentialElimination,
+                            CSE,
+                            MatMul2DFixed,
+                            BatchMatMul2DCompiler,
+                        ),
                         crate::fast_cpu::StridedMatMulPass,
+                        // instead of luminal's UnaryFusionCompiler, whose opaque FusedUnary
+                        // ops would break the chains this pass fuses
+                        crate::fast_cpu::FuseElementwise,
                         crate::fast_cpu::StridedKernels,
                     ),
                     remap,

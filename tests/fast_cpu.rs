@@ -1,4 +1,4 @@
-//! The strided CPU kernels (src/fast_cpu.rs) against luminal's stock ops as the oracle:
+//! The strided CPU kernels (src/fast_cpu/mod.rs) against luminal's stock ops as the oracle:
 //! random shapes (dynamic dims), random values, and every kind of view — permuted, broadcast,
 //! sliced, padded, reshaped — fed to every replaced op. The kernels read the same elements
 //! and add in the same order, so results must be bit-for-bit equal.

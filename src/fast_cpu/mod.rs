@@ -11,6 +11,9 @@
 use luminal::op::{self, InputTensor, Operator};
 use luminal::prelude::*;
 
+mod fuse;
+pub use fuse::{Arg, FuseElementwise, FusedElementwise, Step};
+
 /// One logical axis of a view, resolved to integers.
 #[derive(Clone, Copy, Debug)]
 struct Axis {
@@ -930,6 +933,9 @@ impl Operator for Profiled {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let t = std::time::Instant::now();
         let out = self.inner.process(inp);
+        if std::env::var_os("TC_SPIKES").is_some() && t.elapsed().as_micros() > 3000 {
+            eprintln!("spike {:?} {:?}", t.elapsed(), self.inner);
+        }
         let mut p = PROFILE.lock().expect("profile lock");
         let e = p.entry(self.kind.clone()).or_default();
         e.0 += 1;

@@ -1,0 +1,440 @@
+//! Elementwise fusion: chains of elementwise ops run as one kernel, one pass over memory.
+//!
+//! A training step is mostly memory traffic: softmax, RMSNorm, SiLU·gate, the loss and their
+//! backward passes are chains of `Add`, `Mul`, `Exp2`, `Recip`, ... each of which reads its
+//! inputs from memory and writes a new tensor. [`FuseElementwise`] finds every such chain whose
+//! intermediate results nobody else reads and replaces it with one [`FusedElementwise`] op: a
+//! tiny program run block by block, so intermediates live in L1-sized registers and only the
+//! chain's inputs and its final output touch memory.
+
+use super::{coalesce, data, next, par_rows, tensor, unravel, Row, View};
+use crate::device::inputs_of;
+use luminal::op::{self, InputTensor, Operator};
+use luminal::prelude::petgraph::{visit::EdgeRef, Direction};
+use luminal::prelude::*;
+use luminal::shape::symbolic::BigExpression;
+use std::collections::HashSet;
+
+// ANCHOR: program
+/// What one step of a fused program computes (luminal's elementwise primitives).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Step {
+    Add,
+    Mul,
+    Mod,
+    LessThan,
+    Exp2,
+    Log2,
+    Sin,
+    Sqrt,
+    Recip,
+    /// `Contiguous`: the value itself (the view was applied when it was read).
+    Copy,
+}
+
+/// Where a step's argument comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Arg {
+    /// The fused op's `i`-th input, read through its view.
+    Input(usize),
+    /// The result of an earlier step.
+    Step(usize),
+}
+
+/// One chain of elementwise ops as a program: each step reads inputs or earlier steps; the
+/// last step is the op's output.
+#[derive(Clone, PartialEq)]
+pub struct FusedElementwise {
+    /// Steps in execution order, each with its (one or two) arguments.
+    pub steps: Vec<(Step, [Arg; 2])>,
+}
+// ANCHOR_END: program
+
+impl std::fmt::Debug for FusedElementwise {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.steps.iter().map(|(s, _)| format!("{s:?}")).collect();
+        write!(f, "Fused({})", names.join(", "))
+    }
+}
+
+/// Elements per block: every step's result for one block fits in L1 together.
+const BLOCK: usize = 256;
+
+/// A step argument for one block: a run of values, or one value for the whole block.
+#[derive(Clone, Copy)]
+enum Val<'a> {
+    Slice(&'a [f32]),
+    Splat(f32),
+}
+
+// ANCHOR: apply
+/// `dst[i] = f(a[i], b[i])`, with a tight loop for each mix of runs and splats.
+#[inline(always)]
+fn apply2(dst: &mut [f32], a: Val, b: Val, f: impl Fn(f32, f32) -> f32) {
+    match (a, b) {
+        (Val::Slice(x), Val::Slice(y)) => {
+            for ((d, &p), &q) in dst.iter_mut().zip(x).zip(y) {
+                *d = f(p, q);
+            }
+        }
+        (Val::Slice(x), Val::Splat(q)) => dst.iter_mut().zip(x).for_each(|(d, &p)| *d = f(p, q)),
+        (Val::Splat(p), Val::Slice(y)) => dst.iter_mut().zip(y).for_each(|(d, &q)| *d = f(p, q)),
+        (Val::Splat(p), Val::Splat(q)) => dst.fill(f(p, q)),
+    }
+}
+
+/// `dst[i] = f(a[i])`.
+#[inline(always)]
+fn apply1(dst: &mut [f32], a: Val, f: impl Fn(f32) -> f32) {
+    match a {
+        Val::Slice(x) => dst.iter_mut().zip(x).for_each(|(d, &p)| *d = f(p)),
+        Val::Splat(p) => dst.fill(f(p)),
+    }
+}
+
+// ANCHOR: exp2
+/// `2^x` in a form the compiler vectorises (libm's `exp2f` is a call per element, ~3 ns: it
+/// was most of a softmax's time). Round `x` to the nearest integer `n` with the 1.5·2^23
+/// trick, approximate `2^f` for the rest `f` in [-0.5, 0.5] with Cephes' degree-6 polynomial
+/// (relative error below 2e-7, about 2 ulp), and put `n` into the float's exponent bits.
+/// Results below 2^-126 flush to 0; NaN stays NaN, ±inf gives inf and 0.
+#[inline(always)]
+pub fn exp2(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    // Comparisons rather than min/max, so that NaN passes through.
+    let x = if x < -127.0 {
+        -127.0
+    } else if x > 128.0 {
+        128.0
+    } else {
+        x
+    };
+    let t = x + ROUND;
+    let n = t.to_bits() as i32 - ROUND.to_bits() as i32; // round(x)
+    let f = x - (t - ROUND);
+    let p = 1.535_336_2e-4;
+    let p = p * f + 1.339_887_4e-3;
+    let p = p * f + 9.618_437e-3;
+    let p = p * f + 5.550_332_5e-2;
+    let p = p * f + 2.402_264_8e-1;
+    let p = p * f + 6.931_472e-1;
+    let scale = f32::from_bits(((n + 127).max(0) as u32) << 23);
+    (1.0 + p * f) * scale
+}
+// ANCHOR_END: exp2
+
+/// Run one step over a block.
+#[inline(always)]
+fn run_step(step: Step, a: Val, b: Val, dst: &mut [f32]) {
+    match step {
+        Step::Add => apply2(dst, a, b, |x, y| x + y),
+        Step::Mul => apply2(dst, a, b, |x, y| x * y),
+        Step::Mod => apply2(dst, a, b, |x, y| x % y),
+        Step::LessThan => apply2(dst, a, b, |x, y| (x < y) as u8 as f32),
+        Step::Exp2 => apply1(dst, a, exp2),
+        Step::Log2 => apply1(dst, a, f32::log2),
+        Step::Sin => apply1(dst, a, f32::sin),
+        Step::Sqrt => apply1(dst, a, f32::sqrt),
+        Step::Recip => apply1(dst, a, f32::recip),
+        Step::Copy => apply1(dst, a, |x| x),
+    }
+}
+// ANCHOR_END: apply
+
+/// Run the program over one block: `inputs` hold the block's input values, `out.len()` of
+/// them each; every step writes its own register.
+fn run(
+    steps: &[(Step, [Arg; 2])],
+    inputs: &[[f32; BLOCK]],
+    regs: &mut [[f32; BLOCK]],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked above).
+        return unsafe { run_avx2(steps, inputs, regs, out) };
+    }
+    run_any(steps, inputs, regs, out)
+}
+
+/// [`run`] compiled for AVX2: 8 floats per instruction instead of SSE2's 4. Same operations
+/// in the same order (Rust never fuses a multiply and an add), so the same results.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_avx2(
+    steps: &[(Step, [Arg; 2])],
+    inputs: &[[f32; BLOCK]],
+    regs: &mut [[f32; BLOCK]],
+    out: &mut [f32],
+) {
+    run_any(steps, inputs, regs, out)
+}
+
+#[inline(always)]
+fn run_any(
+    steps: &[(Step, [Arg; 2])],
+    inputs: &[[f32; BLOCK]],
+    regs: &mut [[f32; BLOCK]],
+    out: &mut [f32],
+) {
+    let n = out.len();
+    for (s, &(step, args)) in steps.iter().enumerate() {
+        let (done, rest) = regs.split_at_mut(s);
+        let arg = |a: Arg| match a {
+            Arg::Input(j) => Val::Slice(&inputs[j][..n]),
+            Arg::Step(k) => Val::Slice(&done[k][..n]),
+        };
+        run_step(step, arg(args[0]), arg(args[1]), &mut rest[0][..n]);
+    }
+    out.copy_from_slice(&regs[steps.len() - 1][..n]);
+}
+
+// ANCHOR: kernel
+impl Operator for FusedElementwise {
+    fn process(&mut self, mut inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let mut views: Vec<View> = inp.iter().map(|(_, st)| View::of(st)).collect();
+        let len = views[0].len();
+        // An input nobody else reads, laid out exactly like the output, becomes the output
+        // buffer: no allocation, and each block reads its values before overwriting them.
+        let reuse = (0..inp.len()).find(|&j| {
+            views[j].plain
+                && matches!(inp[j].0, InputTensor::Owned(_))
+                && data(&inp[j].0).len() == len
+        });
+        let mut out = match reuse.map(|j| &mut inp[j].0) {
+            Some(InputTensor::Owned(t)) => std::mem::take(
+                t.data
+                    .as_any_mut()
+                    .downcast_mut::<Vec<f32>>()
+                    .expect("f32 tensors"),
+            ),
+            _ => vec![0.0f32; len],
+        };
+        if len == 0 {
+            return tensor(out);
+        }
+        coalesce(&mut views);
+        if views[0].axes.is_empty() {
+            // A scalar: one row of one element (a broadcast axis reads buffer index 0).
+            let one = super::Axis {
+                len: 1,
+                stride: 0,
+                offset: 0,
+                lo: 0,
+                hi: 1,
+            };
+            views.iter_mut().for_each(|v| v.axes.push(one));
+        }
+        let srcs: Vec<&[f32]> = inp.iter().map(|(t, _)| data(t)).collect();
+        let lens: Vec<usize> = views[0].axes.iter().map(|a| a.len).collect();
+        let last = lens.len() - 1;
+        let row_len = lens[last];
+        let steps = &self.steps;
+        par_rows(&mut out, row_len, |part, first| {
+            let mut regs = vec![[0.0f32; BLOCK]; steps.len()];
+            let mut loaded = vec![[0.0f32; BLOCK]; srcs.len()];
+            let mut rows: Vec<Row> = Vec::with_capacity(srcs.len());
+            let mut index = unravel(first, &lens, &[last]);
+            // Output positions part[done..done + filled] have their inputs in `loaded`.
+            let (mut done, mut filled) = (0, 0);
+            for _ in 0..part.len() / row_len {
+                rows.clear();
+                rows.extend((0..srcs.len()).map(|j| {
+                    Row::of(&views[j], srcs[j], &index, last).unwrap_or(Row::Splat(0.0))
+                }));
+                let mut i = 0;
+                while i < row_len {
+                    // Gather the next piece of this row into the block, then run the
+                    // program once the block is full.
+                    let take = (row_len - i).min(BLOCK - filled);
+                    let at = done + filled;
+                    for (j, row) in rows.iter().enumerate() {
+                        let dst = &mut loaded[j][filled..filled + take];
+                        match *row {
+                            _ if reuse == Some(j) => dst.copy_from_slice(&part[at..at + take]),
+                            Row::Dense(s) => dst.copy_from_slice(&srcs[j][s + i..s + i + take]),
+                            Row::Splat(x) => dst.fill(x),
+                            Row::Strided(..) => {
+                                for (k, x) in dst.iter_mut().enumerate() {
+                                    *x = row.get(srcs[j], i + k);
+                                }
+                            }
+                        }
+                    }
+                    filled += take;
+                    i += take;
+                    if filled == BLOCK {
+                        run(steps, &loaded, &mut regs, &mut part[done..done + BLOCK]);
+                        done += BLOCK;
+                        filled = 0;
+                    }
+                }
+                next(&mut index, &lens, Some(last));
+            }
+            if filled > 0 {
+                run(steps, &loaded, &mut regs, &mut part[done..done + filled]);
+            }
+        });
+        tensor(out)
+    }
+}
+// ANCHOR_END: kernel
+
+/// The step a node computes, if it is an elementwise op that can join a fused chain whose
+/// values all have the logical shape `shape`.
+fn step_of(graph: &Graph, node: NodeIndex, shape: &[BigExpression]) -> Option<Step> {
+    let op = graph.graph.node_weight(node)?.as_any();
+    let ins = inputs_of(graph, node);
+    let all_data = graph
+        .graph
+        .edges_directed(node, Direction::Incoming)
+        .chain(graph.graph.edges_directed(node, Direction::Outgoing))
+        .all(|e| e.weight().as_data().is_some());
+    let same_shape = ins.iter().all(|(_, st)| st.shape() == shape);
+    if !all_data || !same_shape {
+        return None;
+    }
+    let plain = |st: &ShapeTracker| st.is_contiguous() && !st.is_sliced() && !st.is_padded();
+    let binary = [
+        (op.is::<op::Add>(), Step::Add),
+        (op.is::<op::Mul>(), Step::Mul),
+        (op.is::<op::Mod>(), Step::Mod),
+        (op.is::<op::LessThan>(), Step::LessThan),
+    ];
+    // luminal's unary ops map over the buffer and ignore the view: only plain views agree.
+    let unary = [
+        (op.is::<op::Exp2>(), Step::Exp2),
+        (op.is::<op::Log2>(), Step::Log2),
+        (op.is::<op::Sin>(), Step::Sin),
+        (op.is::<op::Sqrt>(), Step::Sqrt),
+        (op.is::<op::Recip>(), Step::Recip),
+    ];
+    if let Some(&(_, s)) = binary.iter().find(|(is, _)| *is) {
+        return (ins.len() == 2 && ins[0].1.len() == ins[1].1.len()).then_some(s);
+    }
+    if let Some(&(_, s)) = unary.iter().find(|(is, _)| *is) {
+        return (ins.len() == 1 && plain(&ins[0].1)).then_some(s);
+    }
+    (op.is::<op::Contiguous>() && ins.len() == 1).then_some(Step::Copy)
+}
+
+/// The pass: grow a group backwards from each elementwise op, taking in every elementwise
+/// producer whose only readers are already in the group (through plain views of the same
+/// shape), and replace groups of two or more ops by one [`FusedElementwise`]. Run it after the
+/// matmul passes and before [`super::StridedKernels`] (which takes the ops left alone).
+#[derive(Debug, Default)]
+pub struct FuseElementwise;
+
+// ANCHOR: fuse_pass
+impl Compiler for FuseElementwise {
+    fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
+        if std::env::var_os("TC_NO_FUSE").is_some() { return; }
+        let Ok(order) = petgraph::algo::toposort(&graph.graph, None) else {
+            return;
+        };
+        let position: std::collections::HashMap<NodeIndex, usize> =
+            order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let mut taken = HashSet::new();
+        for &root in order.iter().rev() {
+            let Some(first_input) = inputs_of(graph, root).first().map(|(_, st)| *st) else {
+                continue;
+            };
+            let shape = first_input.shape();
+            if taken.contains(&root) || step_of(graph, root, &shape).is_none() {
+                continue;
+            }
+            let mut members = vec![root];
+            let mut grew = true;
+            while grew {
+                grew = false;
+                for m in members.clone() {
+                    for (src, _) in inputs_of(graph, m) {
+                        if !members.contains(&src)
+                            && !taken.contains(&src)
+                            && can_join(graph, src, &members, &shape)
+                        {
+                            members.push(src);
+                            grew = true;
+                        }
+                    }
+                }
+            }
+            if members.len() < 2 {
+                continue;
+            }
+            members.sort_by_key(|m| position[m]);
+            fuse(graph, &members, &mut remap);
+            taken.extend(members);
+        }
+    }
+}
+// ANCHOR_END: fuse_pass
+
+/// Whether `node` can be computed inside the group `members`: an elementwise op of the group's
+/// shape, kept by no one else, whose every reader is a member reading it plainly.
+fn can_join(graph: &Graph, node: NodeIndex, members: &[NodeIndex], shape: &[BigExpression]) -> bool {
+    if graph.no_delete.contains(&node) || graph.to_retrieve.contains(&node) {
+        return false;
+    }
+    let readers_ok = graph
+        .graph
+        .edges_directed(node, Direction::Outgoing)
+        .all(|e| match e.weight().as_data() {
+            Some((_, 0, st)) => {
+                members.contains(&e.target())
+                    && st.is_contiguous()
+                    && !st.is_sliced()
+                    && !st.is_padded()
+                    && st.shape() == shape
+            }
+            _ => false,
+        });
+    readers_ok && step_of(graph, node, shape).is_some()
+}
+
+/// Replace `members` (in execution order, the output last) with one fused op.
+fn fuse<T: ToIdsMut>(graph: &mut Graph, members: &[NodeIndex], remap: &mut T) {
+    let shape = inputs_of(graph, members[members.len() - 1])[0].1.shape();
+    let mut inputs: Vec<(NodeIndex, u8, ShapeTracker)> = Vec::new();
+    let mut steps = Vec::new();
+    for &m in members {
+        let step = step_of(graph, m, &shape).expect("members are elementwise");
+        let mut edges: Vec<_> = graph
+            .graph
+            .edges_directed(m, Direction::Incoming)
+            .filter_map(|e| e.weight().as_data().map(|(i, o, st)| (i, e.source(), o, st)))
+            .collect();
+        edges.sort_by_key(|e| e.0);
+        let mut args = [Arg::Input(usize::MAX); 2];
+        for (k, (_, src, out, st)) in edges.into_iter().enumerate() {
+            args[k] = match members.iter().position(|&x| x == src) {
+                Some(p) => Arg::Step(p),
+                None => {
+                    inputs.push((src, out, st));
+                    Arg::Input(inputs.len() - 1)
+                }
+            };
+        }
+        if args[1] == Arg::Input(usize::MAX) {
+            args[1] = args[0]; // unary: the second argument is never read
+        }
+        steps.push((step, args));
+    }
+    let mut op = graph.add_op(FusedElementwise { steps });
+    for (src, out, st) in inputs {
+        op = op.input(src, out, st);
+    }
+    let new = op.finish();
+    let root = members[members.len() - 1];
+    move_outgoing_edge(root, new, &mut graph.graph);
+    for &m in members {
+        move_references(
+            &mut *remap,
+            &mut graph.no_delete,
+            &mut graph.to_retrieve,
+            m,
+            new,
+        );
+        graph.graph.remove_node(m);
+    }
+}

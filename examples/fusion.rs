@@ -47,5 +47,32 @@ fn main() -> Result<()> {
             device::op_counts(&cx)
         );
     }
+    // RoPE's swap_pairs: (16, 4, 128, 32) with rows of 2.
+    let mut cx = Graph::new();
+    let mut x = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "x");
+    for (c, v) in [('b', 16), ('h', 4), ('s', 128), ('k', 32), ('p', 16)] {
+        cx.dyn_map.insert(c, v);
+    }
+    let mut out = swap_pairs(x).retrieve();
+    Device::Cpu.compile(&mut cx, (&mut x, &mut out));
+    let n = 16 * 4 * 128 * 32;
+    let values: Vec<f32> = (0..n).map(|i| (i % 97) as f32 / 97.0).collect();
+    let mut times = Vec::new();
+    for _ in 0..21 {
+        tensor::set(x, &[16, 4, 128, 32], values.clone())?;
+        let t = Instant::now();
+        tensor::execute(&mut cx)?;
+        times.push(t.elapsed());
+        out.drop();
+    }
+    times.sort();
+    let median: Duration = times[times.len() / 2];
+    println!(
+        "{:<14} {:>10?} {:>6.2} ns/element  ops: {:?}",
+        "swap_pairs",
+        median,
+        median.as_secs_f64() * 1e9 / n as f64,
+        device::op_counts(&cx)
+    );
     Ok(())
 }

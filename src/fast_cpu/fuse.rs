@@ -7,7 +7,7 @@
 //! tiny program run block by block, so intermediates live in L1-sized registers and only the
 //! chain's inputs and its final output touch memory.
 
-use super::{coalesce, data, next, par_rows, tensor, unravel, Row, View};
+use super::{coalesce, data, par_rows, tensor, Row, RowWalker, View};
 use crate::device::inputs_of;
 use luminal::op::{self, InputTensor, Operator};
 use luminal::prelude::petgraph::{visit::EdgeRef, Direction};
@@ -189,59 +189,26 @@ fn run_any(
     out.copy_from_slice(&regs[steps.len() - 1][..n]);
 }
 
-// ANCHOR: kernel
-impl Operator for FusedElementwise {
-    fn process(&mut self, mut inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        let mut views: Vec<View> = inp.iter().map(|(_, st)| View::of(st)).collect();
-        let len = views[0].len();
-        // An input nobody else reads, laid out exactly like the output, becomes the output
-        // buffer: no allocation, and each block reads its values before overwriting them.
-        let reuse = (0..inp.len()).find(|&j| {
-            views[j].plain
-                && matches!(inp[j].0, InputTensor::Owned(_))
-                && data(&inp[j].0).len() == len
-        });
-        let mut out = match reuse.map(|j| &mut inp[j].0) {
-            Some(InputTensor::Owned(t)) => std::mem::take(
-                t.data
-                    .as_any_mut()
-                    .downcast_mut::<Vec<f32>>()
-                    .expect("f32 tensors"),
-            ),
-            _ => vec![0.0f32; len],
-        };
-        if len == 0 {
-            return tensor(out);
-        }
-        coalesce(&mut views);
-        if views[0].axes.is_empty() {
-            // A scalar: one row of one element (a broadcast axis reads buffer index 0).
-            let one = super::Axis {
-                len: 1,
-                stride: 0,
-                offset: 0,
-                lo: 0,
-                hi: 1,
-            };
-            views.iter_mut().for_each(|v| v.axes.push(one));
-        }
-        let srcs: Vec<&[f32]> = inp.iter().map(|(t, _)| data(t)).collect();
-        let lens: Vec<usize> = views[0].axes.iter().map(|a| a.len).collect();
-        let last = lens.len() - 1;
-        let row_len = lens[last];
-        let steps = &self.steps;
-        par_rows(&mut out, row_len, |part, first| {
+/// Run the program for every element of `out`, row by row of the (coalesced) views; the
+/// input `reuse`, if any, is `out` itself, read block by block before it is overwritten.
+fn fill(
+    steps: &[(Step, [Arg; 2])],
+    views: &[View],
+    srcs: &[&[f32]],
+    reuse: Option<usize>,
+    out: &mut [f32],
+) {
+    let row_len = views[0].axes.last().map_or(1, |a| a.len);
+        par_rows(out, row_len, |part, first| {
             let mut regs = vec![[0.0f32; BLOCK]; steps.len()];
             let mut loaded = vec![[0.0f32; BLOCK]; srcs.len()];
             let mut rows: Vec<Row> = Vec::with_capacity(srcs.len());
-            let mut index = unravel(first, &lens, &[last]);
+            let mut walker = RowWalker::new(views, first);
             // Output positions part[done..done + filled] have their inputs in `loaded`.
             let (mut done, mut filled) = (0, 0);
             for _ in 0..part.len() / row_len {
                 rows.clear();
-                rows.extend((0..srcs.len()).map(|j| {
-                    Row::of(&views[j], srcs[j], &index, last).unwrap_or(Row::Splat(0.0))
-                }));
+                rows.extend((0..srcs.len()).map(|j| walker.row(j, srcs[j])));
                 let mut i = 0;
                 while i < row_len {
                     // Gather the next piece of this row into the block, then run the
@@ -252,9 +219,12 @@ impl Operator for FusedElementwise {
                         let dst = &mut loaded[j][filled..filled + take];
                         match *row {
                             _ if reuse == Some(j) => dst.copy_from_slice(&part[at..at + take]),
-                            Row::Dense(s) => dst.copy_from_slice(&srcs[j][s + i..s + i + take]),
-                            Row::Splat(x) => dst.fill(x),
-                            Row::Strided(..) => {
+                            // (short pieces element by element: a memcpy call costs more)
+                            Row::Dense(s) if take >= 16 => {
+                                dst.copy_from_slice(&srcs[j][s + i..s + i + take])
+                            }
+                            Row::Splat(x) if take >= 16 => dst.fill(x),
+                            _ => {
                                 for (k, x) in dst.iter_mut().enumerate() {
                                     *x = row.get(srcs[j], i + k);
                                 }
@@ -269,12 +239,74 @@ impl Operator for FusedElementwise {
                         filled = 0;
                     }
                 }
-                next(&mut index, &lens, Some(last));
+                walker.advance();
             }
             if filled > 0 {
                 run(steps, &loaded, &mut regs, &mut part[done..done + filled]);
             }
         });
+}
+
+// ANCHOR: kernel
+impl Operator for FusedElementwise {
+    fn process(&mut self, mut inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        let mut views: Vec<View> = inp.iter().map(|(_, st)| View::of(st)).collect();
+        let len = views[0].len();
+        if len == 0 {
+            return tensor(vec![]);
+        }
+        let plain: Vec<bool> = views.iter().map(|v| v.plain).collect();
+        coalesce(&mut views);
+        if views[0].axes.is_empty() {
+            // A scalar: one row of one element (a broadcast axis reads buffer index 0).
+            let one = super::Axis {
+                len: 1,
+                stride: 0,
+                offset: 0,
+                lo: 0,
+                hi: 1,
+            };
+            views.iter_mut().for_each(|v| v.axes.push(one));
+        }
+        let rank = views[0].axes.len();
+        let (row_len, mid_len) = (views[0].axes[rank - 1].len, rank.checked_sub(2).map_or(0, |m| views[0].axes[m].len));
+        if rank >= 2 && row_len <= 4 && mid_len >= 16 {
+            // Rows too short to loop over (RoPE's pairs): compute column by column, each
+            // plane of the last two axes transposed, then transpose the result back.
+            views.iter_mut().for_each(|v| v.axes.swap(rank - 2, rank - 1));
+            let srcs: Vec<&[f32]> = inp.iter().map(|(t, _)| data(t)).collect();
+            let mut columns = vec![0.0f32; len];
+            fill(&self.steps, &views, &srcs, None, &mut columns);
+            let mut out = vec![0.0f32; len];
+            let plane = row_len * mid_len;
+            par_rows(&mut out, plane, |part, first| {
+                for (p, o) in part.chunks_mut(plane).enumerate() {
+                    let c = &columns[(first + p) * plane..][..plane];
+                    for (k, pair) in o.chunks_mut(row_len).enumerate() {
+                        for (i, x) in pair.iter_mut().enumerate() {
+                            *x = c[i * mid_len + k];
+                        }
+                    }
+                }
+            });
+            return tensor(out);
+        }
+        // An input nobody else reads, laid out exactly like the output, becomes the output
+        // buffer: no allocation, and each block reads its values before overwriting them.
+        let reuse = (0..inp.len()).find(|&j| {
+            plain[j] && matches!(inp[j].0, InputTensor::Owned(_)) && data(&inp[j].0).len() == len
+        });
+        let mut out = match reuse.map(|j| &mut inp[j].0) {
+            Some(InputTensor::Owned(t)) => std::mem::take(
+                t.data
+                    .as_any_mut()
+                    .downcast_mut::<Vec<f32>>()
+                    .expect("f32 tensors"),
+            ),
+            _ => vec![0.0f32; len],
+        };
+        let srcs: Vec<&[f32]> = inp.iter().map(|(t, _)| data(t)).collect();
+        fill(&self.steps, &views, &srcs, reuse, &mut out);
         tensor(out)
     }
 }

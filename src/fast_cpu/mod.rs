@@ -381,6 +381,85 @@ impl Row {
 }
 // ANCHOR_END: row
 
+/// The rows (last axis) of several views of one shape, walked in row-major order. Each row's
+/// start is found incrementally: the axes above the last two are resolved once per run of
+/// the second-to-last axis, so that short rows (RoPE's pairs) cost a few adds each rather
+/// than a walk over every axis.
+struct RowWalker<'v> {
+    views: &'v [View],
+    lens: Vec<usize>,
+    /// The current row's multi-index (its last entry unused).
+    index: Vec<usize>,
+    /// Per view: the buffer offset of the axes above the last two, or None in padding.
+    outer: Vec<Option<isize>>,
+}
+
+impl<'v> RowWalker<'v> {
+    /// Start at row `first` (rows counted in row-major order).
+    fn new(views: &'v [View], first: usize) -> Self {
+        let lens: Vec<usize> = views[0].axes.iter().map(|a| a.len).collect();
+        let index = unravel(first, &lens, &[lens.len() - 1]);
+        let mut w = Self {
+            views,
+            lens,
+            index,
+            outer: vec![None; views.len()],
+        };
+        w.resolve_outer();
+        w
+    }
+
+    fn resolve_outer(&mut self) {
+        let above = self.lens.len().saturating_sub(2);
+        for (o, v) in self.outer.iter_mut().zip(self.views) {
+            *o = v.axes[..above]
+                .iter()
+                .zip(&self.index)
+                .try_fold(0isize, |base, (a, &k)| {
+                    let inside = a.stride == 0 || (k >= a.lo && k < a.hi);
+                    inside.then(|| base + (k as isize + a.offset) * a.stride)
+                });
+        }
+    }
+
+    /// How view `j` reads the current row (padding reads as 0).
+    #[inline]
+    fn row(&self, j: usize, src: &[f32]) -> Row {
+        let v = &self.views[j];
+        let Some(mut base) = self.outer[j] else {
+            return Row::Splat(0.0);
+        };
+        let last = self.lens.len() - 1;
+        if last > 0 {
+            let (a, k) = (v.axes[last - 1], self.index[last - 1]);
+            if a.stride != 0 {
+                if k < a.lo || k >= a.hi {
+                    return Row::Splat(0.0);
+                }
+                base += (k as isize + a.offset) * a.stride;
+            }
+        }
+        let a = v.axes[last];
+        if a.stride == 0 {
+            Row::Splat(src[base as usize])
+        } else if a.stride == 1 && a.lo == 0 && a.hi >= a.len {
+            Row::Dense((base + a.offset) as usize)
+        } else {
+            Row::Strided(base, a)
+        }
+    }
+
+    /// Move to the next row.
+    #[inline]
+    fn advance(&mut self) {
+        let last = self.lens.len() - 1;
+        next(&mut self.index, &self.lens, Some(last));
+        if last == 0 || self.index[last - 1] == 0 {
+            self.resolve_outer();
+        }
+    }
+}
+
 // ANCHOR: binary
 /// `f` applied elementwise to two views of the same shape, row by row, with tight loops for
 /// the common rows (both dense, or one a broadcast value).

@@ -160,8 +160,11 @@ fn main() -> Result<()> {
         let listing = viz::op_listing(&cx);
         println!("slowest ops:");
         let top: usize = std::env::var("TOP").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+        // The listing numbers ops by their position in execution order.
+        let order = viz::topo_order(&cx);
         for (node, t) in slow.iter().take(top) {
-            let prefix = format!("%{node} =");
+            let position = order.iter().position(|n| n.index() == *node);
+            let prefix = format!("%{} =", position.unwrap_or(usize::MAX));
             let line = listing
                 .lines()
                 .find(|l| l.starts_with(&prefix))

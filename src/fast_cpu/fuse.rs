@@ -47,11 +47,32 @@ pub enum Arg {
 pub struct FusedElementwise {
     /// Steps in execution order, each with its (one or two) arguments.
     pub steps: Vec<(Step, [Arg; 2])>,
+    /// The primitive this op stands in for, when it is a single step (listings show that).
+    pub shown_as: Option<&'static str>,
+}
+
+impl FusedElementwise {
+    /// A single op as a one-step program (the pass left it alone: nothing to fuse with), so
+    /// that it too gets short-row handling and in-place outputs.
+    pub fn single(step: Step, shown_as: &'static str) -> Self {
+        let unary = matches!(
+            step,
+            Step::Exp2 | Step::Log2 | Step::Sin | Step::Sqrt | Step::Recip | Step::Copy
+        );
+        let args = [Arg::Input(0), Arg::Input(if unary { 0 } else { 1 })];
+        Self {
+            steps: vec![(step, args)],
+            shown_as: Some(shown_as),
+        }
+    }
 }
 // ANCHOR_END: program
 
 impl std::fmt::Debug for FusedElementwise {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(name) = self.shown_as {
+            return f.write_str(name);
+        }
         let names: Vec<String> = self.steps.iter().map(|(s, _)| format!("{s:?}")).collect();
         write!(f, "Fused({})", names.join(", "))
     }
@@ -208,7 +229,10 @@ fn fill(
             let (mut done, mut filled) = (0, 0);
             for _ in 0..part.len() / row_len {
                 rows.clear();
-                rows.extend((0..srcs.len()).map(|j| walker.row(j, srcs[j])));
+                rows.extend((0..srcs.len()).map(|j| match reuse {
+                    Some(r) if r == j => Row::Splat(0.0), // read from `part` instead
+                    _ => walker.row(j, srcs[j]),
+                }));
                 let mut i = 0;
                 while i < row_len {
                     // Gather the next piece of this row into the block, then run the
@@ -305,6 +329,9 @@ impl Operator for FusedElementwise {
             ),
             _ => vec![0.0f32; len],
         };
+        if reuse.is_some() && self.steps.len() == 1 && self.steps[0].0 == Step::Copy {
+            return tensor(out); // `Contiguous` of a buffer nobody else reads: that buffer
+        }
         let srcs: Vec<&[f32]> = inp.iter().map(|(t, _)| data(t)).collect();
         fill(&self.steps, &views, &srcs, reuse, &mut out);
         tensor(out)
@@ -452,7 +479,10 @@ fn fuse<T: ToIdsMut>(graph: &mut Graph, members: &[NodeIndex], remap: &mut T) {
         }
         steps.push((step, args));
     }
-    let mut op = graph.add_op(FusedElementwise { steps });
+    let mut op = graph.add_op(FusedElementwise {
+        steps,
+        shown_as: None,
+    });
     for (src, out, st) in inputs {
         op = op.input(src, out, st);
     }

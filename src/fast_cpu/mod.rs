@@ -955,16 +955,19 @@ impl Compiler for StridedKernels {
                 continue;
             }
             let op = graph.graph.node_weight(node).expect("node exists").as_any();
+            let single = |step, name| -> Option<Box<dyn Operator>> {
+                Some(Box::new(FusedElementwise::single(step, name)))
+            };
             let new: Option<Box<dyn Operator>> = if op.is::<op::Add>() {
-                Some(Box::new(StridedAdd))
+                single(Step::Add, "Add")
             } else if op.is::<op::Mul>() {
-                Some(Box::new(StridedMul))
+                single(Step::Mul, "Mul")
             } else if op.is::<op::Mod>() {
-                Some(Box::new(StridedMod))
+                single(Step::Mod, "Mod")
             } else if op.is::<op::LessThan>() {
-                Some(Box::new(StridedLessThan))
+                single(Step::LessThan, "LessThan")
             } else if op.is::<op::Contiguous>() {
-                Some(Box::new(StridedContiguous))
+                single(Step::Copy, "Contiguous")
             } else if let Some(op::SumReduce(d)) = op.downcast_ref::<op::SumReduce>() {
                 Some(Box::new(StridedSumReduce(*d)))
             } else if let Some(op::MaxReduce(d)) = op.downcast_ref::<op::MaxReduce>() {

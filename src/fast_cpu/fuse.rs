@@ -81,36 +81,19 @@ impl std::fmt::Debug for FusedElementwise {
 /// Elements per block: every step's result for one block fits in L1 together.
 const BLOCK: usize = 256;
 
-/// A step argument for one block: a run of values, or one value for the whole block.
-#[derive(Clone, Copy)]
-enum Val<'a> {
-    Slice(&'a [f32]),
-    Splat(f32),
-}
-
 // ANCHOR: apply
-/// `dst[i] = f(a[i], b[i])`, with a tight loop for each mix of runs and splats.
+/// `dst[i] = f(a[i], b[i])`: a loop the compiler vectorises.
 #[inline(always)]
-fn apply2(dst: &mut [f32], a: Val, b: Val, f: impl Fn(f32, f32) -> f32) {
-    match (a, b) {
-        (Val::Slice(x), Val::Slice(y)) => {
-            for ((d, &p), &q) in dst.iter_mut().zip(x).zip(y) {
-                *d = f(p, q);
-            }
-        }
-        (Val::Slice(x), Val::Splat(q)) => dst.iter_mut().zip(x).for_each(|(d, &p)| *d = f(p, q)),
-        (Val::Splat(p), Val::Slice(y)) => dst.iter_mut().zip(y).for_each(|(d, &q)| *d = f(p, q)),
-        (Val::Splat(p), Val::Splat(q)) => dst.fill(f(p, q)),
+fn apply2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    for ((d, &p), &q) in dst.iter_mut().zip(a).zip(b) {
+        *d = f(p, q);
     }
 }
 
 /// `dst[i] = f(a[i])`.
 #[inline(always)]
-fn apply1(dst: &mut [f32], a: Val, f: impl Fn(f32) -> f32) {
-    match a {
-        Val::Slice(x) => dst.iter_mut().zip(x).for_each(|(d, &p)| *d = f(p)),
-        Val::Splat(p) => dst.fill(f(p)),
-    }
+fn apply1(dst: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
+    dst.iter_mut().zip(a).for_each(|(d, &p)| *d = f(p));
 }
 
 // ANCHOR: exp2
@@ -146,7 +129,7 @@ pub fn exp2(x: f32) -> f32 {
 
 /// Run one step over a block.
 #[inline(always)]
-fn run_step(step: Step, a: Val, b: Val, dst: &mut [f32]) {
+fn run_step(step: Step, a: &[f32], b: &[f32], dst: &mut [f32]) {
     match step {
         Step::Add => apply2(dst, a, b, |x, y| x + y),
         Step::Mul => apply2(dst, a, b, |x, y| x * y),
@@ -202,8 +185,8 @@ fn run_any(
     for (s, &(step, args)) in steps.iter().enumerate() {
         let (done, rest) = regs.split_at_mut(s);
         let arg = |a: Arg| match a {
-            Arg::Input(j) => Val::Slice(&inputs[j][..n]),
-            Arg::Step(k) => Val::Slice(&done[k][..n]),
+            Arg::Input(j) => &inputs[j][..n],
+            Arg::Step(k) => &done[k][..n],
         };
         run_step(step, arg(args[0]), arg(args[1]), &mut rest[0][..n]);
     }

@@ -205,9 +205,20 @@ fn unravel(mut r: usize, lens: &[usize], skip: &[usize]) -> Vec<usize> {
 /// `body(part, first_row)` over `out` cut into rows of `row_len`, on several threads when the
 /// output is big enough; each thread gets a run of whole rows.
 fn par_rows(out: &mut [f32], row_len: usize, body: impl Fn(&mut [f32], usize) + Sync) {
+    par_rows_work(out, row_len, out.len(), body)
+}
+
+/// [`par_rows`] for ops whose work is not the size of their output (a reduction reads
+/// `work` elements to write `out.len()`).
+fn par_rows_work(
+    out: &mut [f32],
+    row_len: usize,
+    work: usize,
+    body: impl Fn(&mut [f32], usize) + Sync,
+) {
     let rows = out.len() / row_len.max(1);
     let t = threads().min(rows).max(1);
-    if t == 1 || out.len() < PARALLEL_MIN {
+    if t == 1 || work < PARALLEL_MIN {
         body(out, 0);
         return;
     }
@@ -629,7 +640,7 @@ fn reduce(
     if axis == last {
         // Each output element folds one row.
         let mut out = vec![init; out_len];
-        par_rows(&mut out, 1, |part, first| {
+        par_rows_work(&mut out, 1, out_len * lens[last], |part, first| {
             let mut index = unravel(first, &lens, &[last]);
             for o in part.iter_mut() {
                 *o = Row::of(&v, src, &index, last)
@@ -642,7 +653,7 @@ fn reduce(
     // Otherwise whole rows of the last axis fold into rows of the output.
     let mut out = vec![init; out_len];
     let row_len = lens[last].max(1);
-    par_rows(&mut out, row_len, |part, first| {
+    par_rows_work(&mut out, row_len, out_len * lens[axis], |part, first| {
         let mut index = unravel(first, &lens, &[axis, last]);
         for chunk in part.chunks_mut(row_len) {
             for k in 0..lens[axis] {
@@ -794,23 +805,25 @@ impl Operator for StridedMatMul {
         if out.is_empty() || k == 0 {
             return tensor(out);
         }
-        let mut index = vec![0usize; lens.len()];
-        loop {
+        // The product's batch axes are every axis but m and n. When m and n are the last
+        // two, each batch element owns one contiguous (m, n) block of the output, and the
+        // blocks go to different threads (one attention head's product is too small for
+        // sgemm to split).
+        let batch_axes: Vec<usize> = (0..lens.len())
+            .filter(|&i| i != self.m_axis && i != self.n_axis)
+            .collect();
+        let batch_lens: Vec<usize> = batch_axes.iter().map(|&i| lens[i]).collect();
+        let one = |index: &[usize], c: &mut [f32]| {
             let base = |v: &View| -> isize {
-                index
+                batch_axes
                     .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != self.m_axis && *i != self.n_axis)
-                    .map(|(i, &x)| x as isize * v.axes[i].stride)
+                    .zip(index)
+                    .map(|(&i, &x)| x as isize * v.axes[i].stride)
                     .sum()
             };
-            let c_base: isize = index
-                .iter()
-                .enumerate()
-                .map(|(i, &x)| x as isize * out_strides[i])
-                .sum();
             // SAFETY: every index sgemm forms stays inside its buffer: the views are plain
-            // strided (checked by the pass) and the loop bounds are the views' lengths.
+            // strided (checked by the pass) and the loop bounds are the views' lengths; `c`
+            // starts at this batch element's first output.
             unsafe {
                 matrixmultiply::sgemm(
                     m,
@@ -824,25 +837,30 @@ impl Operator for StridedMatMul {
                     vb.axes[k_axis].stride,
                     vb.axes[self.n_axis].stride,
                     0.0,
-                    out.as_mut_ptr().offset(c_base),
+                    c.as_mut_ptr(),
                     out_strides[self.m_axis],
                     out_strides[self.n_axis],
                 );
             }
-            // Next batch element: every axis but m and n.
-            let mut advanced = false;
-            for i in (0..lens.len()).rev() {
-                if i == self.m_axis || i == self.n_axis {
-                    continue;
+        };
+        let blocks = self.m_axis + 2 == lens.len() && self.n_axis + 1 == lens.len();
+        if blocks {
+            par_rows(&mut out, m * n, |part, first| {
+                for (i, c) in part.chunks_mut(m * n).enumerate() {
+                    one(&unravel(first + i, &batch_lens, &[]), c);
                 }
-                index[i] += 1;
-                if index[i] < lens[i] {
-                    advanced = true;
-                    break;
-                }
-                index[i] = 0;
-            }
-            if !advanced {
+            });
+            return tensor(out);
+        }
+        let mut index = vec![0usize; batch_lens.len()];
+        loop {
+            let c_base: isize = batch_axes
+                .iter()
+                .zip(&index)
+                .map(|(&i, &x)| x as isize * out_strides[i])
+                .sum();
+            one(&index, &mut out[c_base as usize..]);
+            if !next(&mut index, &batch_lens, None) {
                 return tensor(out);
             }
         }

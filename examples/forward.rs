@@ -158,6 +158,9 @@ fn main() -> Result<()> {
         let mut slow: Vec<_> = nodes.into_iter().collect();
         slow.sort_by_key(|n| std::cmp::Reverse(n.1));
         let listing = viz::op_listing(&cx);
+        if let Some(path) = std::env::var_os("DUMP_LISTING") {
+            std::fs::write(path, &listing).expect("listing written");
+        }
         println!("slowest ops:");
         let top: usize = std::env::var("TOP").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
         // The listing numbers ops by their position in execution order.

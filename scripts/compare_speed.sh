@@ -14,7 +14,9 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$HOME/.cache/transformer-course/torch-venv/bin/python}"
 ROUNDS="${ROUNDS:-3}"
 cargo build --quiet --release --example forward --bin transformer-course
-for threads in "${@:-1 2}"; do
+threads_list=("$@")
+[ ${#threads_list[@]} -gt 0 ] || threads_list=(1 2)
+for threads in "${threads_list[@]}"; do
     for round in $(seq "$ROUNDS"); do
         torch=$("$PYTHON" scripts/bench_pytorch.py --threads "$threads" --repeats 5)
         rust=$(./target/release/examples/forward --threads "$threads" --run-backward --repeats 5 | tail -n1)

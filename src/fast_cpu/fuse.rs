@@ -13,7 +13,8 @@ use luminal::op::{self, InputTensor, Operator};
 use luminal::prelude::petgraph::{visit::EdgeRef, Direction};
 use luminal::prelude::*;
 use luminal::shape::symbolic::BigExpression;
-use std::collections::HashSet;
+use super::fuse_reduce::{FusedReduce, Reduction};
+use std::collections::{HashMap, HashSet};
 
 // ANCHOR: program
 /// What one step of a fused program computes (luminal's elementwise primitives).
@@ -79,7 +80,7 @@ impl std::fmt::Debug for FusedElementwise {
 }
 
 /// Elements per block: every step's result for one block fits in L1 together.
-const BLOCK: usize = 256;
+pub(super) const BLOCK: usize = 256;
 
 // ANCHOR: apply
 /// `dst[i] = f(a[i], b[i])`: a loop the compiler vectorises.
@@ -147,7 +148,7 @@ fn run_step(step: Step, a: &[f32], b: &[f32], dst: &mut [f32]) {
 
 /// Run the program over one block: `inputs` hold the block's input values, `out.len()` of
 /// them each; every step writes its own register.
-fn run(
+pub(super) fn run(
     steps: &[(Step, [Arg; 2])],
     inputs: &[[f32; BLOCK]],
     regs: &mut [[f32; BLOCK]],
@@ -370,47 +371,101 @@ pub struct FuseElementwise;
 // ANCHOR: fuse_pass
 impl Compiler for FuseElementwise {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
-        if std::env::var_os("TC_NO_FUSE").is_some() { return; }
+        if std::env::var_os("TC_NO_FUSE").is_some() {
+            return;
+        }
         let Ok(order) = petgraph::algo::toposort(&graph.graph, None) else {
             return;
         };
-        let position: std::collections::HashMap<NodeIndex, usize> =
+        let position: HashMap<NodeIndex, usize> =
             order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
         let mut taken = HashSet::new();
+        // First reductions, each with the chain that feeds it (if only it reads the chain).
+        for &reduce in &order {
+            let op = graph.graph.node_weight(reduce).expect("node exists").as_any();
+            let (reduction, axis) = if let Some(op::SumReduce(a)) = op.downcast_ref() {
+                (Reduction::Sum, *a)
+            } else if let Some(op::MaxReduce(a)) = op.downcast_ref() {
+                (Reduction::Max, *a)
+            } else {
+                continue;
+            };
+            let ins = inputs_of(graph, reduce);
+            let Some(&(src, st)) = ins.first() else {
+                continue;
+            };
+            let shape = st.shape();
+            if taken.contains(&src) || !can_join(graph, src, &[reduce], &shape) {
+                continue;
+            }
+            let members = grow(graph, src, &shape, &taken, &position);
+            let (steps, inputs) = program(graph, &members, &shape);
+            let op = FusedReduce {
+                steps,
+                reduction,
+                axis,
+            };
+            let mut all = members.clone();
+            all.push(reduce);
+            replace(graph, &all, op, inputs, &mut remap);
+            taken.extend(all);
+        }
+        // Then the remaining elementwise chains, from their last op backwards.
         for &root in order.iter().rev() {
-            let Some(first_input) = inputs_of(graph, root).first().map(|(_, st)| *st) else {
+            if taken.contains(&root) || !graph.graph.contains_node(root) {
+                continue;
+            }
+            let Some(&(_, first_input)) = inputs_of(graph, root).first() else {
                 continue;
             };
             let shape = first_input.shape();
-            if taken.contains(&root) || step_of(graph, root, &shape).is_none() {
+            if step_of(graph, root, &shape).is_none() {
                 continue;
             }
-            let mut members = vec![root];
-            let mut grew = true;
-            while grew {
-                grew = false;
-                for m in members.clone() {
-                    for (src, _) in inputs_of(graph, m) {
-                        if !members.contains(&src)
-                            && !taken.contains(&src)
-                            && can_join(graph, src, &members, &shape)
-                        {
-                            members.push(src);
-                            grew = true;
-                        }
-                    }
-                }
-            }
+            let members = grow(graph, root, &shape, &taken, &position);
             if members.len() < 2 {
                 continue;
             }
-            members.sort_by_key(|m| position[m]);
-            fuse(graph, &members, &mut remap);
+            let (steps, inputs) = program(graph, &members, &shape);
+            let op = FusedElementwise {
+                steps,
+                shown_as: None,
+            };
+            replace(graph, &members, op, inputs, &mut remap);
             taken.extend(members);
         }
     }
 }
 // ANCHOR_END: fuse_pass
+
+/// The group of elementwise ops that computes `root`: every producer whose only readers are
+/// already in the group joins, until none is left. In execution order, `root` last.
+fn grow(
+    graph: &Graph,
+    root: NodeIndex,
+    shape: &[BigExpression],
+    taken: &HashSet<NodeIndex>,
+    position: &HashMap<NodeIndex, usize>,
+) -> Vec<NodeIndex> {
+    let mut members = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for m in members.clone() {
+            for (src, _) in inputs_of(graph, m) {
+                if !members.contains(&src)
+                    && !taken.contains(&src)
+                    && can_join(graph, src, &members, shape)
+                {
+                    members.push(src);
+                    grew = true;
+                }
+            }
+        }
+    }
+    members.sort_by_key(|m| position[m]);
+    members
+}
 
 /// Whether `node` can be computed inside the group `members`: an elementwise op of the group's
 /// shape, kept by no one else, whose every reader is a member reading it plainly.
@@ -434,13 +489,18 @@ fn can_join(graph: &Graph, node: NodeIndex, members: &[NodeIndex], shape: &[BigE
     readers_ok && step_of(graph, node, shape).is_some()
 }
 
-/// Replace `members` (in execution order, the output last) with one fused op.
-fn fuse<T: ToIdsMut>(graph: &mut Graph, members: &[NodeIndex], remap: &mut T) {
-    let shape = inputs_of(graph, members[members.len() - 1])[0].1.shape();
-    let mut inputs: Vec<(NodeIndex, u8, ShapeTracker)> = Vec::new();
+/// A program over the group `members` (in execution order), and its inputs: every edge that
+/// enters the group from outside, with its view.
+type Inputs = Vec<(NodeIndex, u8, ShapeTracker)>;
+fn program(
+    graph: &Graph,
+    members: &[NodeIndex],
+    shape: &[BigExpression],
+) -> (Vec<(Step, [Arg; 2])>, Inputs) {
+    let mut inputs = Vec::new();
     let mut steps = Vec::new();
     for &m in members {
-        let step = step_of(graph, m, &shape).expect("members are elementwise");
+        let step = step_of(graph, m, shape).expect("members are elementwise");
         let mut edges: Vec<_> = graph
             .graph
             .edges_directed(m, Direction::Incoming)
@@ -462,17 +522,24 @@ fn fuse<T: ToIdsMut>(graph: &mut Graph, members: &[NodeIndex], remap: &mut T) {
         }
         steps.push((step, args));
     }
-    let mut op = graph.add_op(FusedElementwise {
-        steps,
-        shown_as: None,
-    });
+    (steps, inputs)
+}
+
+/// Replace `nodes` (the last one's output is the result) with `op` reading `inputs`.
+fn replace<T: ToIdsMut>(
+    graph: &mut Graph,
+    nodes: &[NodeIndex],
+    op: impl Operator + 'static,
+    inputs: Inputs,
+    remap: &mut T,
+) {
+    let mut new = graph.add_op(op);
     for (src, out, st) in inputs {
-        op = op.input(src, out, st);
+        new = new.input(src, out, st);
     }
-    let new = op.finish();
-    let root = members[members.len() - 1];
-    move_outgoing_edge(root, new, &mut graph.graph);
-    for &m in members {
+    let new = new.finish();
+    move_outgoing_edge(nodes[nodes.len() - 1], new, &mut graph.graph);
+    for &m in nodes {
         move_references(
             &mut *remap,
             &mut graph.no_delete,

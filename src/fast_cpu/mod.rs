@@ -12,7 +12,9 @@ use luminal::op::{self, InputTensor, Operator};
 use luminal::prelude::*;
 
 mod fuse;
-pub use fuse::{Arg, FuseElementwise, FusedElementwise, Step};
+mod fuse_reduce;
+pub use fuse::{exp2, Arg, FuseElementwise, FusedElementwise, Step};
+pub use fuse_reduce::{FusedReduce, Reduction};
 
 /// One logical axis of a view, resolved to integers.
 #[derive(Clone, Copy, Debug)]

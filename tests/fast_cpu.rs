@@ -117,16 +117,20 @@ fn case_of(
     })
 }
 
+/// Bit-for-bit equality with the stock ops (NaN equals NaN).
+fn same_as_stock(fast: &[f32], stock: &[f32]) -> Result<(), TestCaseError> {
+    prop_assert_eq!(fast.len(), stock.len());
+    for (i, (f, s)) in fast.iter().zip(stock).enumerate() {
+        prop_assert!(f == s || (f.is_nan() && s.is_nan()), "element {}: fast {} vs stock {}", i, f, s);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn strided_kernels_equal_the_stock_ops(case in case()) {
-        let fast = run(Device::Cpu, &case);
-        let stock = run(Device::Interpreter, &case);
-        prop_assert_eq!(fast.len(), stock.len());
-        for (i, (f, s)) in fast.iter().zip(&stock).enumerate() {
-            prop_assert!(f == s || (f.is_nan() && s.is_nan()), "element {}: strided {} vs stock {}", i, f, s);
-        }
+        same_as_stock(&run(Device::Cpu, &case), &run(Device::Interpreter, &case))?;
     }
 }
 
@@ -137,13 +141,140 @@ proptest! {
     #[test]
     fn threaded_kernels_equal_the_stock_ops(case in big_case()) {
         transformer_course::fast_cpu::set_threads(2); // before the pool starts, if it has not
-        let fast = run(Device::Cpu, &case);
-        let stock = run(Device::Interpreter, &case);
-        prop_assert_eq!(fast.len(), stock.len());
-        for (i, (f, s)) in fast.iter().zip(&stock).enumerate() {
-            prop_assert!(f == s || (f.is_nan() && s.is_nan()), "element {}: strided {} vs stock {}", i, f, s);
-        }
+        same_as_stock(&run(Device::Cpu, &case), &run(Device::Interpreter, &case))?;
     }
+}
+
+// ---- fusion -----------------------------------------------------------------------------
+
+/// A random elementwise program: each step combines an earlier value (so values can have
+/// several readers, which ends a fused group) with one of the inputs read through a view
+/// (so groups have strided, broadcast, padded and sliced inputs), then maybe a reduction.
+#[derive(Debug, Clone)]
+struct Chain {
+    r: usize,
+    c: usize,
+    inputs: [Vec<f32>; 3],
+    /// (op, which earlier value, which input, view of the input)
+    steps: Vec<(u8, u8, u8, u8)>,
+    reduce: u8,
+}
+
+fn chain_of(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> impl Strategy<Value = Chain> {
+    (rows, cols).prop_flat_map(|(r, c)| {
+        let values = || prop::collection::vec(-4.0f32..4.0, r * c);
+        (
+            [values(), values(), values()],
+            prop::collection::vec(any::<(u8, u8, u8, u8)>(), 1..7),
+            any::<u8>(),
+        )
+            .prop_map(move |(inputs, steps, reduce)| Chain { r, c, inputs, steps, reduce })
+    })
+}
+
+/// Whether the chain uses `exp2`, which the fused kernels compute with a polynomial.
+fn uses_exp2(chain: &Chain) -> bool {
+    chain.steps.iter().any(|s| s.0 % 9 == 2)
+}
+
+fn run_chain(device: Device, chain: &Chain) -> Vec<f32> {
+    let mut cx = Graph::new();
+    let shape = [chain.r, chain.c];
+    let mut ins = ["x", "y", "z"].map(|n| tensor::input::<(R, C)>(&mut cx, n));
+    let mut values = vec![view(ins[0], 0, shape)];
+    for &(op, earlier, input, kind) in &chain.steps {
+        let v = values[earlier as usize % values.len()];
+        let w = view(ins[input as usize % 3], kind, shape);
+        let next = match op % 9 {
+            0 => v + w,
+            1 => v * w,
+            2 => v.sin().exp2() * w, // sin keeps exp2's argument small
+            3 => v.abs().sqrt() + w,
+            4 => (v * v + 1.0).recip() * w,
+            5 => v.less_than(w),
+            6 => v % (w.abs() + 1.0),
+            7 => v * v, // one value read twice
+            // a view of an intermediate value: a plain read no longer, so a group ends here
+            _ => view(v, kind, shape) + w,
+        };
+        values.push(next);
+    }
+    let last = *values.last().expect("a value");
+    let mut out = match chain.reduce % 5 {
+        0 => last.sum_reduce::<(C,), Axis<0>>().expand::<(R, C), Axis<0>>(),
+        1 => last.sum_reduce::<(R,), Axis<1>>().expand::<(R, C), Axis<1>>(),
+        2 => last.max_reduce::<(C,), Axis<0>>().expand::<(R, C), Axis<0>>(),
+        3 => last.max_reduce::<(R,), Axis<1>>().expand::<(R, C), Axis<1>>(),
+        _ => last,
+    }
+    .contiguous()
+    .retrieve();
+    let [x, y, z] = &mut ins;
+    device.compile(&mut cx, (&mut *x, &mut *y, &mut *z, &mut out));
+    for (t, v) in ins.iter().zip(&chain.inputs) {
+        tensor::set(*t, &shape, v.clone()).unwrap();
+    }
+    tensor::execute(&mut cx).unwrap();
+    tensor::read(out).unwrap().data
+}
+
+/// Fused programs against the interpreter: bit for bit, except after `exp2` (about 2 ulp in
+/// the fused kernels, then carried through at most six more ops of values within ±100), so
+/// there the tolerance is 1e-4 relative to max(1, |value|).
+fn fused_as_stock(chain: &Chain) -> Result<(), TestCaseError> {
+    let (fast, stock) = (run_chain(Device::Cpu, chain), run_chain(Device::Interpreter, chain));
+    if !uses_exp2(chain) {
+        return same_as_stock(&fast, &stock);
+    }
+    prop_assert_eq!(fast.len(), stock.len());
+    for (i, (f, s)) in fast.iter().zip(&stock).enumerate() {
+        let close = (f - s).abs() <= 1e-4 * s.abs().max(1.0);
+        prop_assert!(close || f == s || (f.is_nan() && s.is_nan()), "element {}: fused {} vs stock {}", i, f, s);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn fused_chains_equal_the_stock_ops(chain in chain_of(1..5, 2..6)) {
+        fused_as_stock(&chain)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    /// Tall and narrow: rows of 2 to 4 elements that do not merge (transposed or padded
+    /// reads), which the fused kernel computes column by column. (Not 1: the shifting view
+    /// would slice to width 0, which luminal 0.2.0's interpreter divides by.)
+    #[test]
+    fn fused_short_rows_equal_the_stock_ops(chain in chain_of(16..40, 2..5)) {
+        fused_as_stock(&chain)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    /// Large enough for 2 threads and for several 256-element blocks per row.
+    #[test]
+    fn threaded_fused_chains_equal_the_stock_ops(chain in chain_of(150..260, 150..260)) {
+        transformer_course::fast_cpu::set_threads(2);
+        fused_as_stock(&chain)?;
+    }
+}
+
+/// The pass really fuses: RMSNorm's `sum(x²)` becomes one op, and a chain of four
+/// elementwise ops whose intermediates nobody else reads becomes one.
+#[test]
+fn chains_and_reductions_become_single_ops() {
+    let mut cx = Graph::new();
+    let mut x = tensor::input::<(R, C)>(&mut cx, "x");
+    let mut sum_sq = (x * x).sum_reduce::<(R,), Axis<1>>().retrieve();
+    let mut chain = ((x * 2.0 + 1.0).exp2() * x).retrieve();
+    Device::Cpu.compile(&mut cx, (&mut x, &mut sum_sq, &mut chain));
+    let listing = viz::op_listing(&cx);
+    assert!(listing.contains("Fused(Mul) -> SumReduce(1)"), "{listing}");
+    assert!(listing.contains("Fused(Mul, Add, Exp2, Mul)"), "{listing}");
 }
 
 proptest! {
@@ -191,5 +322,31 @@ proptest! {
         for (f, r) in fast.iter().zip(&slow) {
             prop_assert!((f - r).abs() <= 1e-5 * r.abs().max(1.0), "{} vs {}", f, r);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+    /// The fused kernels' `exp2` against the standard library's: within 3e-7 relative (its
+    /// polynomial's error bound is 2e-7, about 2 ulp) wherever the result is a normal float.
+    #[test]
+    fn exp2_is_within_two_ulp(x in -125.9f32..127.9) {
+        let (fast, exact) = (transformer_course::fast_cpu::exp2(x), x.exp2());
+        prop_assert!((fast - exact).abs() <= 3e-7 * exact, "exp2({}) = {} vs {}", x, fast, exact);
+    }
+}
+
+/// What `exp2` does at the edges: NaN stays NaN (the training step detects it), overflow
+/// is inf, deep underflow is 0, and integers are exact.
+#[test]
+fn exp2_edges() {
+    use transformer_course::fast_cpu::exp2;
+    assert!(exp2(f32::NAN).is_nan());
+    assert_eq!(exp2(f32::INFINITY), f32::INFINITY);
+    assert_eq!(exp2(200.0), f32::INFINITY);
+    assert_eq!(exp2(f32::NEG_INFINITY), 0.0);
+    assert_eq!(exp2(-200.0), 0.0);
+    for n in -126..=127 {
+        assert_eq!(exp2(n as f32), (n as f32).exp2(), "2^{n}");
     }
 }

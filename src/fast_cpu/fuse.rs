@@ -123,8 +123,10 @@ pub fn exp2(x: f32) -> f32 {
     let p = p * f + 5.550_332_5e-2;
     let p = p * f + 2.402_264_8e-1;
     let p = p * f + 6.931_472e-1;
-    let scale = f32::from_bits(((n + 127).max(0) as u32) << 23);
-    (1.0 + p * f) * scale
+    // 2^n for n in -127..=128 (n = 128 as 2^127 * 2: x in [127.5, 128) is still finite).
+    let top = (n > 127) as i32;
+    let scale = f32::from_bits(((n - top + 127).max(0) as u32) << 23);
+    (1.0 + p * f) * scale * (1 + top) as f32
 }
 // ANCHOR_END: exp2
 

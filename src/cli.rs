@@ -121,6 +121,9 @@ pub struct BenchArgs {
     /// Use luminal's stock CPU ops instead of the fast backend (very slow).
     #[arg(long)]
     pub stock: bool,
+    /// Also print the time per op kind over the timed steps (timing adds a little overhead).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Run the parsed command line.
@@ -436,6 +439,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let mut trainer = Trainer::new(config.clone(), book_data(), device)?;
     let compile = t.elapsed().as_secs_f64();
     trainer.train_step()?; // warm-up: first-run allocations
+    if a.profile {
+        trainer.step.profile_ops();
+        crate::fast_cpu::PROFILE.lock().expect("profile lock").clear();
+    }
     let t = Instant::now();
     for _ in 0..a.steps {
         trainer.train_step()?;
@@ -455,6 +462,17 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         per_step * 1e3,
         tokens / per_step
     );
+    if a.profile {
+        let table = crate::fast_cpu::PROFILE.lock().expect("profile lock").clone();
+        let mut rows: Vec<_> = table.into_iter().collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
+        println!("\n| op kind | ops per step | ms per step |\n|---|---|---|");
+        let steps = a.steps.max(1) as f64;
+        for (kind, (calls, time)) in rows {
+            let (per, ms) = (calls as f64 / steps, time.as_secs_f64() * 1e3 / steps);
+            println!("| {kind} | {per:.0} | {ms:.1} |");
+        }
+    }
     std::io::stdout().flush().ok();
     Ok(())
 }

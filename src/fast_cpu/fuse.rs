@@ -206,55 +206,61 @@ fn fill(
     out: &mut [f32],
 ) {
     let row_len = views[0].axes.last().map_or(1, |a| a.len);
-        par_rows(out, row_len, |part, first| {
-            let mut regs = vec![[0.0f32; BLOCK]; steps.len()];
-            let mut loaded = vec![[0.0f32; BLOCK]; srcs.len()];
-            let mut rows: Vec<Row> = Vec::with_capacity(srcs.len());
-            let mut walker = RowWalker::new(views, first);
-            // Output positions part[done..done + filled] have their inputs in `loaded`.
-            let (mut done, mut filled) = (0, 0);
-            for _ in 0..part.len() / row_len {
-                rows.clear();
-                rows.extend((0..srcs.len()).map(|j| match reuse {
-                    Some(r) if r == j => Row::Splat(0.0), // read from `part` instead
-                    _ => walker.row(j, srcs[j]),
-                }));
-                let mut i = 0;
-                while i < row_len {
-                    // Gather the next piece of this row into the block, then run the
-                    // program once the block is full.
-                    let take = (row_len - i).min(BLOCK - filled);
-                    let at = done + filled;
-                    for (j, row) in rows.iter().enumerate() {
-                        let dst = &mut loaded[j][filled..filled + take];
-                        match *row {
-                            _ if reuse == Some(j) => dst.copy_from_slice(&part[at..at + take]),
-                            // (short pieces element by element: a memcpy call costs more)
-                            Row::Dense(s) if take >= 16 => {
-                                dst.copy_from_slice(&srcs[j][s + i..s + i + take])
-                            }
-                            Row::Splat(x) if take >= 16 => dst.fill(x),
-                            _ => {
-                                for (k, x) in dst.iter_mut().enumerate() {
-                                    *x = row.get(srcs[j], i + k);
-                                }
+    // Threads take runs of elements, not of rows: coalescing often leaves one long row.
+    par_rows(out, 1, |part, first| {
+        let mut regs = vec![[0.0f32; BLOCK]; steps.len()];
+        let mut loaded = vec![[0.0f32; BLOCK]; srcs.len()];
+        let mut rows: Vec<Row> = Vec::with_capacity(srcs.len());
+        let mut walker = RowWalker::new(views, first / row_len);
+        let mut i = first % row_len; // where in the current row
+        // Output positions part[done..done + filled] have their inputs in `loaded`.
+        let (mut done, mut filled) = (0, 0);
+        while done + filled < part.len() {
+            rows.clear();
+            rows.extend((0..srcs.len()).map(|j| match reuse {
+                Some(r) if r == j => Row::Splat(0.0), // read from `part` instead
+                _ => walker.row(j, srcs[j]),
+            }));
+            while i < row_len && done + filled < part.len() {
+                // Gather the next piece of this row into the block, then run the program
+                // once the block is full.
+                let take = (row_len - i)
+                    .min(BLOCK - filled)
+                    .min(part.len() - done - filled);
+                let at = done + filled;
+                for (j, row) in rows.iter().enumerate() {
+                    let dst = &mut loaded[j][filled..filled + take];
+                    match *row {
+                        _ if reuse == Some(j) => dst.copy_from_slice(&part[at..at + take]),
+                        // (short pieces element by element: a memcpy call costs more)
+                        Row::Dense(s) if take >= 16 => {
+                            dst.copy_from_slice(&srcs[j][s + i..s + i + take])
+                        }
+                        Row::Splat(x) if take >= 16 => dst.fill(x),
+                        _ => {
+                            for (k, x) in dst.iter_mut().enumerate() {
+                                *x = row.get(srcs[j], i + k);
                             }
                         }
                     }
-                    filled += take;
-                    i += take;
-                    if filled == BLOCK {
-                        run(steps, &loaded, &mut regs, &mut part[done..done + BLOCK]);
-                        done += BLOCK;
-                        filled = 0;
-                    }
                 }
+                filled += take;
+                i += take;
+                if filled == BLOCK {
+                    run(steps, &loaded, &mut regs, &mut part[done..done + BLOCK]);
+                    done += BLOCK;
+                    filled = 0;
+                }
+            }
+            if i == row_len {
                 walker.advance();
+                i = 0;
             }
-            if filled > 0 {
-                run(steps, &loaded, &mut regs, &mut part[done..done + filled]);
-            }
-        });
+        }
+        if filled > 0 {
+            run(steps, &loaded, &mut regs, &mut part[done..done + filled]);
+        }
+    });
 }
 
 // ANCHOR: kernel
@@ -289,13 +295,16 @@ impl Operator for FusedElementwise {
             fill(&self.steps, &views, &srcs, None, &mut columns);
             let mut out = vec![0.0f32; len];
             let plane = row_len * mid_len;
-            par_rows(&mut out, plane, |part, first| {
-                for (p, o) in part.chunks_mut(plane).enumerate() {
-                    let c = &columns[(first + p) * plane..][..plane];
-                    for (k, pair) in o.chunks_mut(row_len).enumerate() {
-                        for (i, x) in pair.iter_mut().enumerate() {
-                            *x = c[i * mid_len + k];
-                        }
+            par_rows(&mut out, row_len, |part, first| {
+                let (mut p, mut k) = (first / mid_len, first % mid_len);
+                for o in part.chunks_mut(row_len) {
+                    let column = &columns[p * plane + k..];
+                    for (i, x) in o.iter_mut().enumerate() {
+                        *x = column[i * mid_len];
+                    }
+                    k += 1;
+                    if k == mid_len {
+                        (p, k) = (p + 1, 0);
                     }
                 }
             });

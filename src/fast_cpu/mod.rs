@@ -35,6 +35,8 @@ struct View {
     axes: Vec<Axis>,
     /// True when the view is the buffer itself, in order: no indexing needed.
     plain: bool,
+    /// Buffer offset added to every index (from dropped axes of length 1, see [`coalesce`]).
+    base: isize,
 }
 
 fn num(e: luminal::shape::symbolic::Expression) -> usize {
@@ -79,7 +81,11 @@ impl View {
             })
             .collect();
         let plain = t.is_contiguous() && !t.is_sliced() && !t.is_padded();
-        Self { axes, plain }
+        Self {
+            axes,
+            plain,
+            base: 0,
+        }
     }
     // ANCHOR_END: view
 
@@ -90,7 +96,7 @@ impl View {
     /// Buffer index of a logical multi-index, or None where the view reads padding.
     #[inline]
     fn at(&self, index: &[usize]) -> Option<usize> {
-        let mut i = 0isize;
+        let mut i = self.base;
         for (a, &k) in self.axes.iter().zip(index) {
             if a.stride != 0 {
                 if k < a.lo || k >= a.hi {
@@ -105,7 +111,8 @@ impl View {
 
 // ANCHOR: coalesce
 /// Views that several kernels walk together, simplified without changing which element each
-/// logical position reads: axes of length 1 that read index 0 plainly are dropped, and
+/// logical position reads: axes of length 1 whose one index is not padding are dropped (a
+/// slice's offset moves into the view's base), and
 /// neighbouring axes that every view walks as one are merged (both broadcast, or the outer
 /// stride equal to the inner stride times the inner length, with no padding or slicing). The
 /// kernels loop over the last axis, so longer rows mean less per-row work: RoPE's
@@ -113,13 +120,15 @@ impl View {
 fn coalesce(views: &mut [View]) {
     let clean = |a: &Axis| a.offset == 0 && a.lo == 0 && a.hi >= a.len;
     let n = views.first().map_or(0, |v| v.axes.len());
+    let single = |a: &Axis| a.len == 1 && (a.stride == 0 || (a.lo == 0 && a.hi >= 1));
     let keep: Vec<usize> = (0..n)
-        .filter(|&k| {
-            !views
-                .iter()
-                .all(|v| v.axes[k].len == 1 && clean(&v.axes[k]))
-        })
+        .filter(|&k| !views.iter().all(|v| single(&v.axes[k])))
         .collect();
+    for k in (0..n).filter(|k| !keep.contains(k)) {
+        for v in views.iter_mut() {
+            v.base += v.axes[k].offset * v.axes[k].stride;
+        }
+    }
     let mut merged: Vec<Vec<Axis>> = vec![Vec::new(); views.len()];
     for &k in keep.iter().rev() {
         let fits = views.iter().zip(&merged).all(|(v, m)| {
@@ -319,14 +328,14 @@ impl Row {
         if !outer_ok {
             return None;
         }
-        let base: isize = v
-            .axes
-            .iter()
-            .zip(index)
-            .enumerate()
-            .filter(|(k, _)| *k != last)
-            .map(|(_, (a, &i))| (i as isize + a.offset) * a.stride)
-            .sum();
+        let base: isize = v.base
+            + v.axes
+                .iter()
+                .zip(index)
+                .enumerate()
+                .filter(|(k, _)| *k != last)
+                .map(|(_, (a, &i))| (i as isize + a.offset) * a.stride)
+                .sum::<isize>();
         let a = v.axes[last];
         Some(if a.stride == 0 {
             Row::Splat(src[base as usize])
@@ -428,7 +437,7 @@ impl<'v> RowWalker<'v> {
             *o = v.axes[..above]
                 .iter()
                 .zip(&self.index)
-                .try_fold(0isize, |base, (a, &k)| {
+                .try_fold(v.base, |base, (a, &k)| {
                     let inside = a.stride == 0 || (k >= a.lo && k < a.hi);
                     inside.then(|| base + (k as isize + a.offset) * a.stride)
                 });

@@ -150,9 +150,9 @@ fn run_step(step: Step, a: &[f32], b: &[f32], dst: &mut [f32]) {
 
 /// Run the program over one block: `inputs` hold the block's input values, `out.len()` of
 /// them each; every step writes its own register.
-pub(super) fn run(
+pub(super) fn run<'a>(
     steps: &[(Step, [Arg; 2])],
-    inputs: &[[f32; BLOCK]],
+    inputs: &dyn Fn(usize) -> &'a [f32],
     regs: &mut [[f32; BLOCK]],
     out: &mut [f32],
 ) {
@@ -168,9 +168,9 @@ pub(super) fn run(
 /// in the same order (Rust never fuses a multiply and an add), so the same results.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn run_avx2(
+unsafe fn run_avx2<'a>(
     steps: &[(Step, [Arg; 2])],
-    inputs: &[[f32; BLOCK]],
+    inputs: &dyn Fn(usize) -> &'a [f32],
     regs: &mut [[f32; BLOCK]],
     out: &mut [f32],
 ) {
@@ -178,22 +178,24 @@ unsafe fn run_avx2(
 }
 
 #[inline(always)]
-fn run_any(
+fn run_any<'a>(
     steps: &[(Step, [Arg; 2])],
-    inputs: &[[f32; BLOCK]],
+    inputs: &dyn Fn(usize) -> &'a [f32],
     regs: &mut [[f32; BLOCK]],
     out: &mut [f32],
 ) {
     let n = out.len();
+    let last = steps.len() - 1;
     for (s, &(step, args)) in steps.iter().enumerate() {
         let (done, rest) = regs.split_at_mut(s);
         let arg = |a: Arg| match a {
-            Arg::Input(j) => &inputs[j][..n],
+            Arg::Input(j) => &inputs(j)[..n],
             Arg::Step(k) => &done[k][..n],
         };
-        run_step(step, arg(args[0]), arg(args[1]), &mut rest[0][..n]);
+        // The last step writes the output itself.
+        let dst = if s == last { &mut *out } else { &mut rest[0][..n] };
+        run_step(step, arg(args[0]), arg(args[1]), dst);
     }
-    out.copy_from_slice(&regs[steps.len() - 1][..n]);
 }
 
 /// Run the program for every element of `out`, row by row of the (coalesced) views; the
@@ -222,6 +224,33 @@ fn fill(
                 _ => walker.row(j, srcs[j]),
             }));
             while i < row_len && done + filled < part.len() {
+                if filled == 0 && row_len - i >= BLOCK && part.len() - done >= BLOCK {
+                    // A whole block inside one row: dense inputs are read where they are.
+                    for (j, row) in rows.iter().enumerate() {
+                        match *row {
+                            _ if reuse == Some(j) => {
+                                loaded[j].copy_from_slice(&part[done..done + BLOCK])
+                            }
+                            Row::Dense(_) => {}
+                            Row::Splat(x) => loaded[j].fill(x),
+                            Row::Strided(..) => {
+                                for (k, x) in loaded[j].iter_mut().enumerate() {
+                                    *x = row.get(srcs[j], i + k);
+                                }
+                            }
+                        }
+                    }
+                    let input = |j: usize| -> &[f32] {
+                        match rows[j] {
+                            Row::Dense(s) if reuse != Some(j) => &srcs[j][s + i..s + i + BLOCK],
+                            _ => &loaded[j],
+                        }
+                    };
+                    run(steps, &input, &mut regs, &mut part[done..done + BLOCK]);
+                    done += BLOCK;
+                    i += BLOCK;
+                    continue;
+                }
                 // Gather the next piece of this row into the block, then run the program
                 // once the block is full.
                 let take = (row_len - i)
@@ -247,7 +276,7 @@ fn fill(
                 filled += take;
                 i += take;
                 if filled == BLOCK {
-                    run(steps, &loaded, &mut regs, &mut part[done..done + BLOCK]);
+                    run(steps, &|j| &loaded[j], &mut regs, &mut part[done..done + BLOCK]);
                     done += BLOCK;
                     filled = 0;
                 }
@@ -258,7 +287,7 @@ fn fill(
             }
         }
         if filled > 0 {
-            run(steps, &loaded, &mut regs, &mut part[done..done + filled]);
+            run(steps, &|j| &loaded[j], &mut regs, &mut part[done..done + filled]);
         }
     });
 }

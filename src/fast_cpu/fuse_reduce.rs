@@ -77,7 +77,8 @@ fn program_row(
                 }
             }
         }
-        run(steps, &s.loaded, &mut s.regs, &mut dst[start..start + n]);
+        let loaded = &s.loaded;
+        run(steps, &|j| &loaded[j], &mut s.regs, &mut dst[start..start + n]);
     }
 }
 

@@ -727,6 +727,31 @@ impl std::fmt::Debug for StridedMatMul {
     }
 }
 
+/// A matrix product's output buffer of `len` elements, written by `write` (sgemm calls with
+/// β = 0, which overwrite C without reading it: no need to zero it first, which was a pass
+/// over memory per product). With `k = 0` there is nothing to write: zeros.
+fn sgemm_output(len: usize, k: usize, write: impl FnOnce(*mut f32)) -> Vec<f32> {
+    if k == 0 {
+        return vec![0.0; len];
+    }
+    let mut c: Vec<f32> = Vec::with_capacity(len);
+    write(c.as_mut_ptr());
+    // SAFETY: `write` stored all `len` elements (every caller's sgemm calls cover C).
+    unsafe { c.set_len(len) };
+    c
+}
+
+/// luminal's `MatMul2D` through [`MergedBatchMatMul`]'s code (as a batch of one).
+#[derive(Clone, Default, PartialEq)]
+pub struct PlainMatMul2D;
+primitive_name!(PlainMatMul2D, "MatMul2D");
+
+impl Operator for PlainMatMul2D {
+    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
+        MergedBatchMatMul.process(inp)
+    }
+}
+
 // ANCHOR: merged_matmul
 /// luminal's `BatchedMatMul2D` ((batch, m, k) x (k, n), a weight shared by the batch), with
 /// the batch folded into the rows when the input allows it: one sgemm of `batch * m` rows
@@ -763,36 +788,43 @@ impl Operator for MergedBatchMatMul {
             .iter()
             .map(|e| e.to_usize().expect(resolved))
             .collect();
+        // A plain 2-D product (luminal's `MatMul2D`) is a batch of one.
+        let (sa, ta) = if sa.len() == 2 {
+            ([1, sa[0], sa[1]], [0, ta[0], ta[1]])
+        } else {
+            ([sa[0], sa[1], sa[2]], [ta[0], ta[1], ta[2]])
+        };
         let (batch, m, k, cols) = (sa[0], sa[1], sa[2], sb[1]);
         let (a0, a1, a2) = (ta[0], ta[1] as isize, ta[2] as isize);
         let (b0, b1) = (tb[0] as isize, tb[1] as isize);
         let (a, b) = (data(&inp[0].0), data(&inp[1].0));
-        let mut c = vec![0.0f32; batch * m * cols];
         // Rows of consecutive batch entries follow each other in memory: one tall matrix.
         let merged = batch <= 1 || a0 as isize == m as isize * a1;
         let (runs, rows) = if merged { (1, batch * m) } else { (batch, m) };
-        for i in 0..runs {
-            // SAFETY: the strides and sizes come from the input views, which address only
-            // elements of `a` and `b`; `c` holds `batch * m * cols` elements, row-major.
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    k,
-                    cols,
-                    1.0,
-                    a.as_ptr().add(i * a0),
-                    a1,
-                    a2,
-                    b.as_ptr(),
-                    b0,
-                    b1,
-                    0.0,
-                    c.as_mut_ptr().add(i * m * cols),
-                    cols as isize,
-                    1,
-                );
+        let c = sgemm_output(batch * m * cols, k, |c| {
+            for i in 0..runs {
+                // SAFETY: the strides and sizes come from the input views, which address only
+                // elements of `a` and `b`; `c` holds `batch * m * cols` elements, row-major.
+                unsafe {
+                    matrixmultiply::sgemm(
+                        rows,
+                        k,
+                        cols,
+                        1.0,
+                        a.as_ptr().add(i * a0),
+                        a1,
+                        a2,
+                        b.as_ptr(),
+                        b0,
+                        b1,
+                        0.0,
+                        c.add(i * m * cols),
+                        cols as isize,
+                        1,
+                    );
+                }
             }
-        }
+        });
         tensor(c)
     }
 }
@@ -975,6 +1007,10 @@ impl Compiler for StridedKernels {
             if op.is::<luminal::compilers::BatchedMatMul2D>() {
                 *graph.graph.node_weight_mut(node).expect("node exists") =
                     Box::new(MergedBatchMatMul);
+                continue;
+            }
+            if op.is::<luminal::compilers::MatMul2D>() {
+                *graph.graph.node_weight_mut(node).expect("node exists") = Box::new(PlainMatMul2D);
                 continue;
             }
             let srcs = graph.get_sources(node);

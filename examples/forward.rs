@@ -162,7 +162,10 @@ fn main() -> Result<()> {
             std::fs::write(path, &listing).expect("listing written");
         }
         println!("slowest ops:");
-        let top: usize = std::env::var("TOP").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+        let top: usize = std::env::var("TOP")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(12);
         // The listing numbers ops by their position in execution order.
         let order = viz::topo_order(&cx);
         for (node, t) in slow.iter().take(top) {

@@ -1,78 +1,102 @@
-//! Elementwise fusion, measured: a few chains from the reference model run with and without
-//! the fusion pass (`TC_NO_FUSE=1`), median of repeated runs.
+//! What elementwise fusion buys: chains from the reference model, compiled with `Device::Cpu`'s
+//! passes with and without `FuseElementwise`, median of 21 runs each (after a warm-up).
 //!
 //! cargo run --release --example fusion -- --threads 1
 use std::time::{Duration, Instant};
+use transformer_course::device::{self, FastCpuCompiler, UnfusedCpuCompiler};
+use transformer_course::fast_cpu;
 use transformer_course::prelude::*;
-use transformer_course::{device, fast_cpu};
 
 type R = Dyn<'r'>;
 type C = Dyn<'c'>;
+
+/// An input tensor and its shape.
+type Input = (GraphTensor<(R, C)>, [usize; 2]);
+
+/// A graph with one output, its inputs (with their shapes) and the number of output elements.
+struct Case {
+    /// Boxed: tensors point at their graph, which must not move.
+    cx: Box<Graph>,
+    inputs: Vec<Input>,
+    out: GraphTensor<(R, C)>,
+}
+
+type Chain = fn(GraphTensor<(R, C)>, GraphTensor<(R, C)>) -> GraphTensor<(R, C)>;
+
+fn build(shape: [usize; 2], chain: Chain, fused: bool) -> Case {
+    let mut cx = Box::new(Graph::new());
+    let mut x = tensor::input::<(R, C)>(&mut cx, "x");
+    let mut y = tensor::input::<(R, C)>(&mut cx, "y");
+    let mut out = chain(x, y).retrieve();
+    fast_cpu::keep_freed_memory();
+    if fused {
+        cx.compile(FastCpuCompiler::default(), (&mut x, &mut y, &mut out));
+    } else {
+        cx.compile(UnfusedCpuCompiler::default(), (&mut x, &mut y, &mut out));
+    }
+    Case {
+        cx,
+        inputs: vec![(x, shape), (y, shape)],
+        out,
+    }
+}
+
+/// Median time of one run, and the compiled graph's ops (inputs and constants left out).
+fn measure(case: &mut Case) -> Result<(Duration, String)> {
+    let mut times = Vec::new();
+    for i in 0..22 {
+        for (t, shape) in &case.inputs {
+            let values = (0..shape[0] * shape[1]).map(|i| (i % 97) as f32 / 97.0);
+            tensor::set(*t, shape, values.collect())?;
+        }
+        let start = Instant::now();
+        tensor::execute(&mut case.cx)?;
+        if i > 0 {
+            times.push(start.elapsed());
+        }
+        case.out.drop();
+    }
+    times.sort();
+    let ops: Vec<String> = device::op_counts(&case.cx)
+        .into_iter()
+        .filter(|(k, _)| k != "Function" && k != "Constant")
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    Ok((times[times.len() / 2], ops.join(", ")))
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--threads") {
         fast_cpu::set_threads(args[i + 1].parse().expect("a thread count"));
     }
-    type Chain = fn(GraphTensor<(R, C)>, GraphTensor<(R, C)>) -> GraphTensor<(R, C)>;
-    let chains: [(&str, [usize; 2], Chain); 4] = [
+    let chains: [(&str, [usize; 2], Chain); 5] = [
         ("x * y + x", [2048, 384], |x, y| x * y + x),
-        ("silu(x) * y", [2048, 384], |x, y| x.swish() * y),
-        ("softmax rows", [8192, 128], |x, _| x.softmax::<1>()),
+        ("silu(x) * y (SwiGLU)", [2048, 384], |x, y| x.swish() * y),
+        ("sum(x * y) over rows", [2048, 384], |x, y| {
+            (x * y)
+                .sum_reduce::<(R,), Axis<1>>()
+                .expand::<(R, C), Axis<1>>()
+        }),
         ("exp(x - y)", [8192, 128], |x, y| (x - y).exp()),
+        ("softmax over rows", [8192, 128], |x, _| x.softmax::<1>()),
     ];
+    println!(
+        "| chain | elements | unfused | fused | speed-up | ops unfused | ops fused |  ({} threads)",
+        fast_cpu::threads()
+    );
+    println!("|---|---|---|---|---|---|---|");
     for (name, shape, chain) in chains {
-        let mut cx = Graph::new();
-        let mut x = tensor::input::<(R, C)>(&mut cx, "x");
-        let mut y = tensor::input::<(R, C)>(&mut cx, "y");
-        let mut out = chain(x, y).retrieve();
-        Device::Cpu.compile(&mut cx, (&mut x, &mut y, &mut out));
+        let (slow, slow_ops) = measure(&mut build(shape, chain, false))?;
+        let (fast, fast_ops) = measure(&mut build(shape, chain, true))?;
         let n = shape[0] * shape[1];
-        let values: Vec<f32> = (0..n).map(|i| (i % 97) as f32 / 97.0).collect();
-        let mut times = Vec::new();
-        for _ in 0..21 {
-            tensor::set(x, &shape, values.clone())?;
-            tensor::set(y, &shape, values.clone())?;
-            let t = Instant::now();
-            tensor::execute(&mut cx)?;
-            times.push(t.elapsed());
-            out.drop();
-        }
-        times.sort();
-        let median: Duration = times[times.len() / 2];
+        let ns = |t: Duration| t.as_secs_f64() * 1e9 / n as f64;
         println!(
-            "{name:<14} {:>10?} {:>6.2} ns/element  ops: {:?}",
-            median,
-            median.as_secs_f64() * 1e9 / n as f64,
-            device::op_counts(&cx)
+            "| {name} | {n} | {:.2} ns/el | {:.2} ns/el | {:.1}x | {slow_ops} | {fast_ops} |",
+            ns(slow),
+            ns(fast),
+            slow.as_secs_f64() / fast.as_secs_f64()
         );
     }
-    // RoPE's swap_pairs: (16, 4, 128, 32) with rows of 2.
-    let mut cx = Graph::new();
-    let mut x = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "x");
-    for (c, v) in [('b', 16), ('h', 4), ('s', 128), ('k', 32), ('p', 16)] {
-        cx.dyn_map.insert(c, v);
-    }
-    let mut out = swap_pairs(x).retrieve();
-    Device::Cpu.compile(&mut cx, (&mut x, &mut out));
-    let n = 16 * 4 * 128 * 32;
-    let values: Vec<f32> = (0..n).map(|i| (i % 97) as f32 / 97.0).collect();
-    let mut times = Vec::new();
-    for _ in 0..21 {
-        tensor::set(x, &[16, 4, 128, 32], values.clone())?;
-        let t = Instant::now();
-        tensor::execute(&mut cx)?;
-        times.push(t.elapsed());
-        out.drop();
-    }
-    times.sort();
-    let median: Duration = times[times.len() / 2];
-    println!(
-        "{:<14} {:>10?} {:>6.2} ns/element  ops: {:?}",
-        "swap_pairs",
-        median,
-        median.as_secs_f64() * 1e9 / n as f64,
-        device::op_counts(&cx)
-    );
     Ok(())
 }

@@ -441,7 +441,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     trainer.train_step()?; // warm-up: first-run allocations
     if a.profile {
         trainer.step.profile_ops();
-        crate::fast_cpu::PROFILE.lock().expect("profile lock").clear();
+        crate::fast_cpu::PROFILE
+            .lock()
+            .expect("profile lock")
+            .clear();
     }
     let t = Instant::now();
     for _ in 0..a.steps {
@@ -463,7 +466,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         tokens / per_step
     );
     if a.profile {
-        let table = crate::fast_cpu::PROFILE.lock().expect("profile lock").clone();
+        let table = crate::fast_cpu::PROFILE
+            .lock()
+            .expect("profile lock")
+            .clone();
         let mut rows: Vec<_> = table.into_iter().collect();
         rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
         println!("\n| op kind | ops per step | ms per step |\n|---|---|---|");

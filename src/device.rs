@@ -21,8 +21,8 @@ use luminal::prelude::*;
 /// The devices a graph can be compiled for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
-    /// The corrected pass pipeline [`CpuCompiler`], then luminal's view-reading primitives
-    /// swapped for strided kernels ([`crate::fast_cpu::StridedKernels`]).
+    /// The fast CPU backend: [`CpuCompiler`]'s passes but its unary fusion, then the course's
+    /// own: batched matmuls, elementwise fusion and strided kernels ([`FastCpuCompiler`]).
     #[default]
     Cpu,
     /// [`CpuCompiler`] with luminal's stock CPU ops: the previous pipeline, for comparison.
@@ -45,6 +45,35 @@ pub type CpuCompiler = (
     UnaryFusionCompiler,
 );
 
+/// `Device::Cpu`'s passes. luminal's `UnaryFusionCompiler` is left out: its opaque
+/// `FusedUnary` ops would break the chains that `FuseElementwise` fuses.
+pub type FastCpuCompiler = (
+    (
+        ArithmeticElimination,
+        UnarySequentialElimination,
+        CSE,
+        MatMul2DFixed,
+        BatchMatMul2DCompiler,
+    ),
+    crate::fast_cpu::StridedMatMulPass,
+    crate::fast_cpu::FuseElementwise,
+    crate::fast_cpu::StridedKernels,
+);
+
+/// [`FastCpuCompiler`] without `FuseElementwise`: every elementwise op its own pass over
+/// memory. Only for measuring what fusion buys (`examples/fusion.rs`).
+pub type UnfusedCpuCompiler = (
+    (
+        ArithmeticElimination,
+        UnarySequentialElimination,
+        CSE,
+        MatMul2DFixed,
+        BatchMatMul2DCompiler,
+    ),
+    crate::fast_cpu::StridedMatMulPass,
+    crate::fast_cpu::StridedKernels,
+);
+
 impl Device {
     /// Compile `cx` for this device. `remap` must hold every tensor handle you will use after
     /// compiling (inputs, weights, outputs): passes replace nodes, and the handles follow.
@@ -52,23 +81,7 @@ impl Device {
         match self {
             Device::Cpu => {
                 crate::fast_cpu::keep_freed_memory();
-                cx.compile(
-                    (
-                        (
-                            ArithmeticElimination,
-                            UnarySequentialElimination,
-                            CSE,
-                            MatMul2DFixed,
-                            BatchMatMul2DCompiler,
-                        ),
-                        crate::fast_cpu::StridedMatMulPass,
-                        // instead of luminal's UnaryFusionCompiler, whose opaque FusedUnary
-                        // ops would break the chains this pass fuses
-                        crate::fast_cpu::FuseElementwise,
-                        crate::fast_cpu::StridedKernels,
-                    ),
-                    remap,
-                )
+                cx.compile(FastCpuCompiler::default(), remap)
             }
             Device::CpuStock => cx.compile(CpuCompiler::default(), remap),
             Device::Interpreter => cx.compile((), remap),

@@ -121,7 +121,13 @@ fn case_of(
 fn same_as_stock(fast: &[f32], stock: &[f32]) -> Result<(), TestCaseError> {
     prop_assert_eq!(fast.len(), stock.len());
     for (i, (f, s)) in fast.iter().zip(stock).enumerate() {
-        prop_assert!(f == s || (f.is_nan() && s.is_nan()), "element {}: fast {} vs stock {}", i, f, s);
+        prop_assert!(
+            f == s || (f.is_nan() && s.is_nan()),
+            "element {}: fast {} vs stock {}",
+            i,
+            f,
+            s
+        );
     }
     Ok(())
 }
@@ -160,7 +166,10 @@ struct Chain {
     reduce: u8,
 }
 
-fn chain_of(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> impl Strategy<Value = Chain> {
+fn chain_of(
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> impl Strategy<Value = Chain> {
     (rows, cols).prop_flat_map(|(r, c)| {
         let values = || prop::collection::vec(-4.0f32..4.0, r * c);
         (
@@ -168,7 +177,13 @@ fn chain_of(rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> impl 
             prop::collection::vec(any::<(u8, u8, u8, u8)>(), 1..7),
             any::<u8>(),
         )
-            .prop_map(move |(inputs, steps, reduce)| Chain { r, c, inputs, steps, reduce })
+            .prop_map(move |(inputs, steps, reduce)| Chain {
+                r,
+                c,
+                inputs,
+                steps,
+                reduce,
+            })
     })
 }
 
@@ -201,10 +216,18 @@ fn run_chain(device: Device, chain: &Chain) -> Vec<f32> {
     }
     let last = *values.last().expect("a value");
     let mut out = match chain.reduce % 5 {
-        0 => last.sum_reduce::<(C,), Axis<0>>().expand::<(R, C), Axis<0>>(),
-        1 => last.sum_reduce::<(R,), Axis<1>>().expand::<(R, C), Axis<1>>(),
-        2 => last.max_reduce::<(C,), Axis<0>>().expand::<(R, C), Axis<0>>(),
-        3 => last.max_reduce::<(R,), Axis<1>>().expand::<(R, C), Axis<1>>(),
+        0 => last
+            .sum_reduce::<(C,), Axis<0>>()
+            .expand::<(R, C), Axis<0>>(),
+        1 => last
+            .sum_reduce::<(R,), Axis<1>>()
+            .expand::<(R, C), Axis<1>>(),
+        2 => last
+            .max_reduce::<(C,), Axis<0>>()
+            .expand::<(R, C), Axis<0>>(),
+        3 => last
+            .max_reduce::<(R,), Axis<1>>()
+            .expand::<(R, C), Axis<1>>(),
         _ => last,
     }
     .contiguous()
@@ -222,14 +245,23 @@ fn run_chain(device: Device, chain: &Chain) -> Vec<f32> {
 /// the fused kernels, then carried through at most six more ops of values within ±100), so
 /// there the tolerance is 1e-4 relative to max(1, |value|).
 fn fused_as_stock(chain: &Chain) -> Result<(), TestCaseError> {
-    let (fast, stock) = (run_chain(Device::Cpu, chain), run_chain(Device::Interpreter, chain));
+    let (fast, stock) = (
+        run_chain(Device::Cpu, chain),
+        run_chain(Device::Interpreter, chain),
+    );
     if !uses_exp2(chain) {
         return same_as_stock(&fast, &stock);
     }
     prop_assert_eq!(fast.len(), stock.len());
     for (i, (f, s)) in fast.iter().zip(&stock).enumerate() {
         let close = (f - s).abs() <= 1e-4 * s.abs().max(1.0);
-        prop_assert!(close || f == s || (f.is_nan() && s.is_nan()), "element {}: fused {} vs stock {}", i, f, s);
+        prop_assert!(
+            close || f == s || (f.is_nan() && s.is_nan()),
+            "element {}: fused {} vs stock {}",
+            i,
+            f,
+            s
+        );
     }
     Ok(())
 }

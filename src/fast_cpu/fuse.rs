@@ -7,13 +7,13 @@
 //! tiny program run block by block, so intermediates live in L1-sized registers and only the
 //! chain's inputs and its final output touch memory.
 
+use super::fuse_reduce::{FusedReduce, Reduction};
 use super::{coalesce, data, par_rows, tensor, Row, RowWalker, View};
 use crate::device::inputs_of;
 use luminal::op::{self, InputTensor, Operator};
 use luminal::prelude::petgraph::{visit::EdgeRef, Direction};
 use luminal::prelude::*;
 use luminal::shape::symbolic::BigExpression;
-use super::fuse_reduce::{FusedReduce, Reduction};
 use std::collections::{HashMap, HashSet};
 
 // ANCHOR: program
@@ -31,6 +31,24 @@ pub enum Step {
     Recip,
     /// `Contiguous`: the value itself (the view was applied when it was read).
     Copy,
+}
+
+impl Step {
+    /// The name of the luminal primitive this step computes.
+    pub fn primitive(self) -> &'static str {
+        match self {
+            Step::Add => "Add",
+            Step::Mul => "Mul",
+            Step::Mod => "Mod",
+            Step::LessThan => "LessThan",
+            Step::Exp2 => "Exp2",
+            Step::Log2 => "Log2",
+            Step::Sin => "Sin",
+            Step::Sqrt => "Sqrt",
+            Step::Recip => "Recip",
+            Step::Copy => "Contiguous",
+        }
+    }
 }
 
 /// Where a step's argument comes from.
@@ -106,14 +124,7 @@ fn apply1(dst: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
 #[inline(always)]
 pub fn exp2(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    // Comparisons rather than min/max, so that NaN passes through.
-    let x = if x < -127.0 {
-        -127.0
-    } else if x > 128.0 {
-        128.0
-    } else {
-        x
-    };
+    let x = x.clamp(-127.0, 128.0); // (NaN stays NaN)
     let t = x + ROUND;
     let n = t.to_bits() as i32 - ROUND.to_bits() as i32; // round(x)
     let f = x - (t - ROUND);
@@ -193,7 +204,11 @@ fn run_any<'a>(
             Arg::Step(k) => &done[k][..n],
         };
         // The last step writes the output itself.
-        let dst = if s == last { &mut *out } else { &mut rest[0][..n] };
+        let dst = if s == last {
+            &mut *out
+        } else {
+            &mut rest[0][..n]
+        };
         run_step(step, arg(args[0]), arg(args[1]), dst);
     }
 }
@@ -215,7 +230,7 @@ fn fill(
         let mut rows: Vec<Row> = Vec::with_capacity(srcs.len());
         let mut walker = RowWalker::new(views, first / row_len);
         let mut i = first % row_len; // where in the current row
-        // Output positions part[done..done + filled] have their inputs in `loaded`.
+                                     // Output positions part[done..done + filled] have their inputs in `loaded`.
         let (mut done, mut filled) = (0, 0);
         while done + filled < part.len() {
             rows.clear();
@@ -276,7 +291,12 @@ fn fill(
                 filled += take;
                 i += take;
                 if filled == BLOCK {
-                    run(steps, &|j| &loaded[j], &mut regs, &mut part[done..done + BLOCK]);
+                    run(
+                        steps,
+                        &|j| &loaded[j],
+                        &mut regs,
+                        &mut part[done..done + BLOCK],
+                    );
                     done += BLOCK;
                     filled = 0;
                 }
@@ -287,7 +307,12 @@ fn fill(
             }
         }
         if filled > 0 {
-            run(steps, &|j| &loaded[j], &mut regs, &mut part[done..done + filled]);
+            run(
+                steps,
+                &|j| &loaded[j],
+                &mut regs,
+                &mut part[done..done + filled],
+            );
         }
     });
 }
@@ -314,11 +339,16 @@ impl Operator for FusedElementwise {
             views.iter_mut().for_each(|v| v.axes.push(one));
         }
         let rank = views[0].axes.len();
-        let (row_len, mid_len) = (views[0].axes[rank - 1].len, rank.checked_sub(2).map_or(0, |m| views[0].axes[m].len));
+        let (row_len, mid_len) = (
+            views[0].axes[rank - 1].len,
+            rank.checked_sub(2).map_or(0, |m| views[0].axes[m].len),
+        );
         if rank >= 2 && row_len <= 4 && mid_len >= 16 {
             // Rows too short to loop over (RoPE's pairs): compute column by column, each
             // plane of the last two axes transposed, then transpose the result back.
-            views.iter_mut().for_each(|v| v.axes.swap(rank - 2, rank - 1));
+            views
+                .iter_mut()
+                .for_each(|v| v.axes.swap(rank - 2, rank - 1));
             let srcs: Vec<&[f32]> = inp.iter().map(|(t, _)| data(t)).collect();
             let mut columns = vec![0.0f32; len];
             fill(&self.steps, &views, &srcs, None, &mut columns);
@@ -411,9 +441,6 @@ pub struct FuseElementwise;
 // ANCHOR: fuse_pass
 impl Compiler for FuseElementwise {
     fn compile<T: ToIdsMut>(&self, graph: &mut Graph, mut remap: T) {
-        if std::env::var_os("TC_NO_FUSE").is_some() {
-            return;
-        }
         let Ok(order) = petgraph::algo::toposort(&graph.graph, None) else {
             return;
         };
@@ -422,7 +449,11 @@ impl Compiler for FuseElementwise {
         let mut taken = HashSet::new();
         // First reductions, each with the chain that feeds it (if only it reads the chain).
         for &reduce in &order {
-            let op = graph.graph.node_weight(reduce).expect("node exists").as_any();
+            let op = graph
+                .graph
+                .node_weight(reduce)
+                .expect("node exists")
+                .as_any();
             let (reduction, axis) = if let Some(op::SumReduce(a)) = op.downcast_ref() {
                 (Reduction::Sum, *a)
             } else if let Some(op::MaxReduce(a)) = op.downcast_ref() {
@@ -509,7 +540,12 @@ fn grow(
 
 /// Whether `node` can be computed inside the group `members`: an elementwise op of the group's
 /// shape, kept by no one else, whose every reader is a member reading it plainly.
-fn can_join(graph: &Graph, node: NodeIndex, members: &[NodeIndex], shape: &[BigExpression]) -> bool {
+fn can_join(
+    graph: &Graph,
+    node: NodeIndex,
+    members: &[NodeIndex],
+    shape: &[BigExpression],
+) -> bool {
     if graph.no_delete.contains(&node) || graph.to_retrieve.contains(&node) {
         return false;
     }
@@ -544,7 +580,11 @@ fn program(
         let mut edges: Vec<_> = graph
             .graph
             .edges_directed(m, Direction::Incoming)
-            .filter_map(|e| e.weight().as_data().map(|(i, o, st)| (i, e.source(), o, st)))
+            .filter_map(|e| {
+                e.weight()
+                    .as_data()
+                    .map(|(i, o, st)| (i, e.source(), o, st))
+            })
             .collect();
         edges.sort_by_key(|e| e.0);
         let mut args = [Arg::Input(usize::MAX); 2];

@@ -68,7 +68,7 @@ fn program_row(
         for (j, row) in s.rows.iter().enumerate() {
             let to = &mut s.loaded[j][..n];
             match *row {
-                Row::Dense(at) => to.copy_from_slice(&srcs[j][at + start..at + start + n]),
+                Row::Dense(_) => {} // read in place below
                 Row::Splat(x) => to.fill(x),
                 Row::Strided(..) => {
                     for (k, x) in to.iter_mut().enumerate() {
@@ -77,12 +77,75 @@ fn program_row(
                 }
             }
         }
-        let loaded = &s.loaded;
-        run(steps, &|j| &loaded[j], &mut s.regs, &mut dst[start..start + n]);
+        let (rows, loaded) = (&s.rows, &s.loaded);
+        let input = |j: usize| -> &[f32] {
+            match rows[j] {
+                Row::Dense(at) => &srcs[j][at + start..at + start + n],
+                _ => &loaded[j][..n],
+            }
+        };
+        run(steps, &input, &mut s.regs, &mut dst[start..start + n]);
     }
 }
 
 // ANCHOR: fused_reduce
+/// One fused reduction's inputs, folded by [`Fold::run`] with the reduction inlined.
+struct Fold<'a> {
+    steps: &'a [(Step, [Arg; 2])],
+    views: &'a [View],
+    srcs: &'a [&'a [f32]],
+    lens: &'a [usize],
+    axis: usize,
+    total: usize,
+}
+
+impl Fold<'_> {
+    fn run(&self, out: &mut [f32], init: f32, f: impl Fn(f32, f32) -> f32 + Sync) {
+        let Fold {
+            steps,
+            views,
+            srcs,
+            lens,
+            axis,
+            total,
+        } = *self;
+        let last = lens.len() - 1;
+        let scratch = || Scratch {
+            loaded: vec![[0.0; BLOCK]; srcs.len()],
+            regs: vec![[0.0; BLOCK]; steps.len()],
+            rows: Vec::with_capacity(srcs.len()),
+        };
+        let row_len = lens[last];
+        if axis == last {
+            // Each output element folds one row of the program.
+            par_rows_work(out, 1, total, |part, first| {
+                let (mut s, mut row) = (scratch(), vec![0.0f32; row_len]);
+                let mut index = unravel(first, lens, &[last]);
+                for o in part.iter_mut() {
+                    program_row(steps, views, srcs, &index, &mut s, &mut row);
+                    *o = row.iter().fold(init, |a, &x| f(a, x));
+                    next(&mut index, lens, Some(last));
+                }
+            });
+        } else {
+            // Rows of the program fold into rows of the output, k = 0, 1, ... in order.
+            par_rows_work(out, row_len, total, |part, first| {
+                let (mut s, mut row) = (scratch(), vec![0.0f32; row_len]);
+                let mut index = unravel(first, lens, &[axis, last]);
+                for o in part.chunks_mut(row_len) {
+                    for k in 0..lens[axis] {
+                        index[axis] = k;
+                        program_row(steps, views, srcs, &index, &mut s, &mut row);
+                        o.iter_mut().zip(&row).for_each(|(o, &x)| *o = f(*o, x));
+                    }
+                    index[axis] = 0;
+                    super::next_skipping(&mut index, lens, &[axis, last]);
+                }
+            });
+        }
+    }
+}
+
 impl Operator for FusedReduce {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let mut views: Vec<View> = inp.iter().map(|(_, st)| View::of(st)).collect();
@@ -98,52 +161,30 @@ impl Operator for FusedReduce {
             axis = 0;
         }
         let lens: Vec<usize> = views[0].axes.iter().map(|a| a.len).collect();
-        let (init, f): (f32, fn(f32, f32) -> f32) = match self.reduction {
-            Reduction::Sum => (0.0, |a, b| a + b),
-            Reduction::Max => (f32::NEG_INFINITY, f32::max),
-        };
         let out_len: usize = (0..lens.len())
             .filter(|&a| a != axis)
             .map(|a| lens[a])
             .product();
+        let init = match self.reduction {
+            Reduction::Sum => 0.0,
+            Reduction::Max => f32::NEG_INFINITY,
+        };
         let mut out = vec![init; out_len];
         let total: usize = lens.iter().product();
         if total == 0 {
             return tensor(out);
         }
-        let steps = &self.steps;
-        let scratch = || Scratch {
-            loaded: vec![[0.0; BLOCK]; srcs.len()],
-            regs: vec![[0.0; BLOCK]; steps.len()],
-            rows: Vec::with_capacity(srcs.len()),
+        let fold = Fold {
+            steps: &self.steps,
+            views: &views,
+            srcs: &srcs,
+            lens: &lens,
+            axis,
+            total,
         };
-        let row_len = lens[last];
-        if axis == last {
-            // Each output element folds one row of the program.
-            par_rows_work(&mut out, 1, total, |part, first| {
-                let (mut s, mut row) = (scratch(), vec![0.0f32; row_len]);
-                let mut index = unravel(first, &lens, &[last]);
-                for o in part.iter_mut() {
-                    program_row(steps, &views, &srcs, &index, &mut s, &mut row);
-                    *o = row.iter().fold(init, |a, &x| f(a, x));
-                    next(&mut index, &lens, Some(last));
-                }
-            });
-        } else {
-            // Rows of the program fold into rows of the output, k = 0, 1, ... in order.
-            par_rows_work(&mut out, row_len, total, |part, first| {
-                let (mut s, mut row) = (scratch(), vec![0.0f32; row_len]);
-                let mut index = unravel(first, &lens, &[axis, last]);
-                for o in part.chunks_mut(row_len) {
-                    for k in 0..lens[axis] {
-                        index[axis] = k;
-                        program_row(steps, &views, &srcs, &index, &mut s, &mut row);
-                        o.iter_mut().zip(&row).for_each(|(o, &x)| *o = f(*o, x));
-                    }
-                    index[axis] = 0;
-                    super::next_skipping(&mut index, &lens, &[axis, last]);
-                }
-            });
+        match self.reduction {
+            Reduction::Sum => fold.run(&mut out, init, |a, b| a + b),
+            Reduction::Max => fold.run(&mut out, init, f32::max),
         }
         tensor(out)
     }

@@ -1,12 +1,22 @@
-//! Strided CPU kernels for luminal's view-reading primitives, swapped in by a compiler pass.
+//! The fast CPU backend: compiler passes that swap luminal's CPU ops for faster ones.
 //!
 //! luminal 0.2.0's CPU ops evaluate a symbolic index expression (and a validity expression)
-//! for every element they read. [`StridedKernels`] replaces `Add`, `Mul`, `Mod`, `LessThan`,
-//! `Contiguous`, `SumReduce` and `MaxReduce` with kernels that turn each input's view into
-//! plain integers once per call — a stride, an offset and a valid range per axis — and then
-//! run tight loops. Semantics are exactly the stock ops' (the differential tests in
-//! `tests/fast_cpu.rs` use them as the oracle), including luminal's treatment of padding and
-//! slices. This is infrastructure, not a lesson; the book's appendix explains it.
+//! for every element they read, and each op is its own pass over memory. The passes here, in
+//! the order [`crate::device::Device::Cpu`] runs them:
+//! - [`StridedMatMulPass`]: broadcast-multiply-and-sum patterns that are matrix products
+//!   (attention's batched ones) become [`StridedMatMul`], one sgemm per batch element;
+//! - [`FuseElementwise`] (`fuse.rs`, `fuse_reduce.rs`): chains of elementwise ops become one
+//!   [`FusedElementwise`] program, and a reduction with the chain feeding it one
+//!   [`FusedReduce`];
+//! - [`StridedKernels`]: every op left over gets its kernel (single elementwise ops as one-step
+//!   programs, reductions on strides, batched products through one tall sgemm).
+//!
+//! The kernels turn each input's view into plain integers once per call (a stride, an offset
+//! and a valid range per axis) and run tight loops. Semantics are the stock ops' (the
+//! differential tests in `tests/fast_cpu.rs` use them as the oracle, bit for bit), including
+//! luminal's treatment of padding and slices; the one exception is `exp2`, computed by a
+//! polynomial to about 2 ulp. This is infrastructure, not a lesson; the book's appendix A
+//! explains it.
 
 use luminal::op::{self, InputTensor, Operator};
 use luminal::prelude::*;
@@ -91,21 +101,6 @@ impl View {
 
     fn len(&self) -> usize {
         self.axes.iter().map(|a| a.len).product()
-    }
-
-    /// Buffer index of a logical multi-index, or None where the view reads padding.
-    #[inline]
-    fn at(&self, index: &[usize]) -> Option<usize> {
-        let mut i = self.base;
-        for (a, &k) in self.axes.iter().zip(index) {
-            if a.stride != 0 {
-                if k < a.lo || k >= a.hi {
-                    return None;
-                }
-                i += (k as isize + a.offset) * a.stride;
-            }
-        }
-        Some(i as usize)
     }
 }
 
@@ -482,153 +477,6 @@ impl<'v> RowWalker<'v> {
     }
 }
 
-// ANCHOR: binary
-/// `f` applied elementwise to two views of the same shape, row by row, with tight loops for
-/// the common rows (both dense, or one a broadcast value).
-#[inline(always)]
-fn binary(
-    va: &View,
-    vb: &View,
-    a: &[f32],
-    b: &[f32],
-    f: impl Fn(f32, f32) -> f32 + Sync,
-) -> Vec<f32> {
-    let len = va.len();
-    if va.plain && vb.plain {
-        let mut out = vec![0.0f32; len];
-        par_rows(&mut out, 1, |part, first| {
-            let (x, y) = (&a[first..first + part.len()], &b[first..first + part.len()]);
-            for ((o, &p), &q) in part.iter_mut().zip(x).zip(y) {
-                *o = f(p, q);
-            }
-        });
-        return out;
-    }
-    let mut out = vec![0.0f32; len];
-    let mut views = [va.clone(), vb.clone()];
-    coalesce(&mut views);
-    let [va, vb] = &views;
-    let lens: Vec<usize> = va.axes.iter().map(|x| x.len).collect();
-    let Some(last) = lens.len().checked_sub(1) else {
-        out[0] = f(
-            va.at(&[]).map_or(0.0, |i| a[i]),
-            vb.at(&[]).map_or(0.0, |i| b[i]),
-        );
-        return out;
-    };
-    let row_len = lens[last];
-    if len == 0 || row_len == 0 {
-        return out;
-    }
-    par_rows(&mut out, row_len, |part, first| {
-        let mut index = unravel(first, &lens, &[last]);
-        for chunk in part.chunks_mut(row_len) {
-            let ra = Row::of(va, a, &index, last).unwrap_or(Row::Splat(0.0));
-            let rb = Row::of(vb, b, &index, last).unwrap_or(Row::Splat(0.0));
-            match (ra, rb) {
-                (Row::Dense(x), Row::Dense(y)) => {
-                    for ((o, &p), &q) in chunk
-                        .iter_mut()
-                        .zip(&a[x..x + row_len])
-                        .zip(&b[y..y + row_len])
-                    {
-                        *o = f(p, q);
-                    }
-                }
-                (Row::Dense(x), Row::Splat(q)) => {
-                    for (o, &p) in chunk.iter_mut().zip(&a[x..x + row_len]) {
-                        *o = f(p, q);
-                    }
-                }
-                (Row::Splat(p), Row::Dense(y)) => {
-                    for (o, &q) in chunk.iter_mut().zip(&b[y..y + row_len]) {
-                        *o = f(p, q);
-                    }
-                }
-                _ => {
-                    for (i, o) in chunk.iter_mut().enumerate() {
-                        *o = f(ra.get(a, i), rb.get(b, i));
-                    }
-                }
-            }
-            next(&mut index, &lens, Some(last));
-        }
-    });
-    out
-}
-// ANCHOR_END: binary
-
-macro_rules! binary_kernel {
-    ($name:ident, $shown:literal, |$a:ident, $b:ident| $body:expr) => {
-        #[doc = concat!("`", $shown, "` on strides.")]
-        #[derive(Clone, Default, PartialEq)]
-        pub struct $name;
-        primitive_name!($name, $shown);
-        impl Operator for $name {
-            fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-                let (va, vb) = (View::of(&inp[0].1), View::of(&inp[1].1));
-                tensor(binary(
-                    &va,
-                    &vb,
-                    data(&inp[0].0),
-                    data(&inp[1].0),
-                    |$a, $b| $body,
-                ))
-            }
-        }
-    };
-}
-
-binary_kernel!(StridedAdd, "Add", |a, b| a + b);
-binary_kernel!(StridedMul, "Mul", |a, b| a * b);
-binary_kernel!(StridedMod, "Mod", |a, b| a % b);
-binary_kernel!(StridedLessThan, "LessThan", |a, b| (a < b) as u8 as f32);
-
-/// `Contiguous` on strides: materialise a view.
-#[derive(Clone, Default, PartialEq)]
-pub struct StridedContiguous;
-primitive_name!(StridedContiguous, "Contiguous");
-impl Operator for StridedContiguous {
-    fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
-        let v = View::of(&inp[0].1);
-        let src = data(&inp[0].0);
-        if v.plain {
-            return tensor(src[..v.len()].to_vec());
-        }
-        let mut out = vec![0.0f32; v.len()];
-        let mut one = [v];
-        coalesce(&mut one);
-        let [v] = one;
-        let lens: Vec<usize> = v.axes.iter().map(|x| x.len).collect();
-        let Some(last) = lens.len().checked_sub(1) else {
-            out[0] = v.at(&[]).map_or(0.0, |i| src[i]);
-            return tensor(out);
-        };
-        if lens[last] == 0 {
-            return tensor(out);
-        }
-        let row_len = lens[last];
-        par_rows(&mut out, row_len, |part, first| {
-            let mut index = unravel(first, &lens, &[last]);
-            for chunk in part.chunks_mut(row_len) {
-                match Row::of(&v, src, &index, last) {
-                    Some(Row::Dense(start)) => {
-                        chunk.copy_from_slice(&src[start..start + chunk.len()])
-                    }
-                    Some(Row::Splat(x)) => chunk.fill(x),
-                    Some(row) => chunk
-                        .iter_mut()
-                        .enumerate()
-                        .for_each(|(i, o)| *o = row.get(src, i)),
-                    None => {} // padding: zeros
-                }
-                next(&mut index, &lens, Some(last));
-            }
-        });
-        tensor(out)
-    }
-}
-
 // ANCHOR: reduce
 /// A reduction over one axis on strides; padding is skipped (not read as 0), like the stock op.
 fn reduce(
@@ -993,8 +841,9 @@ impl Compiler for StridedMatMulPass {
 }
 // ANCHOR_END: matmul_pass
 
-/// The pass: swap every view-reading primitive for its strided kernel. Node ids and edges do
-/// not change, so no handle needs remapping. Run it last (after the pattern passes).
+/// The pass: swap every remaining view-reading primitive for its kernel (single elementwise
+/// ops as one-step [`FusedElementwise`] programs, which print as the primitive). Node ids and
+/// edges do not change, so no handle needs remapping. Run it last (after the pattern passes).
 #[derive(Debug, Default)]
 pub struct StridedKernels;
 
@@ -1033,6 +882,8 @@ impl Compiler for StridedKernels {
                 single(Step::LessThan, "LessThan")
             } else if op.is::<op::Contiguous>() {
                 single(Step::Copy, "Contiguous")
+            } else if let Some(step) = plain_unary(op, &srcs) {
+                single(step, step.primitive())
             } else if let Some(op::SumReduce(d)) = op.downcast_ref::<op::SumReduce>() {
                 Some(Box::new(StridedSumReduce(*d)))
             } else if let Some(op::MaxReduce(d)) = op.downcast_ref::<op::MaxReduce>() {
@@ -1047,6 +898,24 @@ impl Compiler for StridedKernels {
     }
 }
 // ANCHOR_END: kernels_pass
+
+/// A unary op (`Exp2`, `Log2`, `Sin`, `Sqrt`, `Recip`) reading a plain view, as a step.
+/// luminal's unary ops map the buffer and ignore the view, which a one-step program agrees
+/// with only on a plain view; other views keep the stock op.
+fn plain_unary(op: &dyn std::any::Any, srcs: &[(NodeIndex, u8, ShapeTracker)]) -> Option<Step> {
+    let plain = |st: &ShapeTracker| st.is_contiguous() && !st.is_sliced() && !st.is_padded();
+    let step = [
+        (op.is::<op::Exp2>(), Step::Exp2),
+        (op.is::<op::Log2>(), Step::Log2),
+        (op.is::<op::Sin>(), Step::Sin),
+        (op.is::<op::Sqrt>(), Step::Sqrt),
+        (op.is::<op::Recip>(), Step::Recip),
+    ]
+    .into_iter()
+    .find(|(is, _)| *is)?
+    .1;
+    (srcs.len() == 1 && plain(&srcs[0].2)).then_some(step)
+}
 
 /// Time spent per op kind, filled by ops wrapped with [`ProfileOps`]: kind -> (calls, time).
 pub static PROFILE: std::sync::Mutex<
@@ -1080,9 +949,6 @@ impl Operator for Profiled {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let t = std::time::Instant::now();
         let out = self.inner.process(inp);
-        if std::env::var_os("TC_SPIKES").is_some() && t.elapsed().as_micros() > 3000 {
-            eprintln!("spike {:?} {:?}", t.elapsed(), self.inner);
-        }
         let mut p = PROFILE.lock().expect("profile lock");
         let e = p.entry(self.kind.clone()).or_default();
         e.0 += 1;

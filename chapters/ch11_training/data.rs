@@ -105,6 +105,15 @@ impl TokenSource for [u32] {
     }
 }
 
+impl TokenSource for Vec<u32> {
+    fn len(&self) -> usize {
+        <[u32]>::len(self)
+    }
+    fn token(&self, i: usize) -> u32 {
+        self[i]
+    }
+}
+
 impl TokenSource for TokenFile {
     fn len(&self) -> usize {
         self.map.len() / self.width.bytes()

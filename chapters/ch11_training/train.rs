@@ -106,15 +106,6 @@ pub enum TaskData {
     },
 }
 
-impl TokenSource for Vec<u32> {
-    fn len(&self) -> usize {
-        <[u32]>::len(self)
-    }
-    fn token(&self, i: usize) -> u32 {
-        self[i]
-    }
-}
-
 // ANCHOR: trainer
 /// A run in progress: the compiled train step, the data, the schedule and the step count.
 pub struct Trainer {
@@ -207,14 +198,7 @@ impl Trainer {
 
     /// The next training batch (advances the data RNG).
     pub fn next_batch(&mut self) -> Result<TrainBatch> {
-        let b = self.config.batch_size;
-        Ok(match (&self.config.task, &self.data) {
-            (Task::Copy(t), _) => TrainBatch::Seq2Seq(t.sample(b, &mut self.data_rng)),
-            (Task::Lm { context }, TaskData::Tokens { train, .. }) => {
-                TrainBatch::Lm(get_batch(train.as_ref(), b, *context, &mut self.data_rng)?)
-            }
-            _ => unreachable!("checked when the trainer was made"),
-        })
+        draw(&self.config, &self.data, Split::Train, &mut self.data_rng)
     }
 
     /// The learning rate of the next step: the schedule at step `steps_done + 1` (at step 0
@@ -257,16 +241,7 @@ impl Trainer {
         let mut rng = init::rng(EVAL_SEED);
         let mut total = 0.0;
         for _ in 0..batches {
-            let batch =
-                match (&self.config.task, &self.data) {
-                    (Task::Copy(t), _) => {
-                        TrainBatch::Seq2Seq(t.sample(self.config.batch_size, &mut rng))
-                    }
-                    (Task::Lm { context }, TaskData::Tokens { val, .. }) => TrainBatch::Lm(
-                        get_batch(val.as_ref(), self.config.batch_size, *context, &mut rng)?,
-                    ),
-                    _ => unreachable!("checked when the trainer was made"),
-                };
+            let batch = draw(&self.config, &self.data, Split::Val, &mut rng)?;
             total += eval.loss(&batch)?;
         }
         Ok(total / batches.max(1) as f32)
@@ -315,3 +290,31 @@ pub fn copy_score(
     })
 }
 // ANCHOR_END: exact_match
+
+/// Which token stream a batch comes from.
+#[derive(Clone, Copy)]
+enum Split {
+    Train,
+    Val,
+}
+
+/// One batch of the configured task: fresh copy-task pairs, or LM windows of the split.
+fn draw(
+    config: &TrainConfig,
+    data: &TaskData,
+    split: Split,
+    rng: &mut CourseRng,
+) -> Result<TrainBatch> {
+    let b = config.batch_size;
+    Ok(match (&config.task, data) {
+        (Task::Copy(t), _) => TrainBatch::Seq2Seq(t.sample(b, rng)),
+        (Task::Lm { context }, TaskData::Tokens { train, val }) => {
+            let tokens = match split {
+                Split::Train => train,
+                Split::Val => val,
+            };
+            TrainBatch::Lm(get_batch(tokens.as_ref(), b, *context, rng)?)
+        }
+        _ => unreachable!("checked when the trainer was made"),
+    })
+}

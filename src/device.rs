@@ -45,16 +45,19 @@ pub type CpuCompiler = (
     UnaryFusionCompiler,
 );
 
+/// luminal's clean-up and matmul passes, as the fast backend runs them first.
+pub type CleanUpAndMatMuls = (
+    ArithmeticElimination,
+    UnarySequentialElimination,
+    CSE,
+    MatMul2DFixed,
+    BatchMatMul2DCompiler,
+);
+
 /// `Device::Cpu`'s passes. luminal's `UnaryFusionCompiler` is left out: its opaque
 /// `FusedUnary` ops would break the chains that `FuseElementwise` fuses.
 pub type FastCpuCompiler = (
-    (
-        ArithmeticElimination,
-        UnarySequentialElimination,
-        CSE,
-        MatMul2DFixed,
-        BatchMatMul2DCompiler,
-    ),
+    CleanUpAndMatMuls,
     crate::fast_cpu::StridedMatMulPass,
     crate::fast_cpu::FuseElementwise,
     crate::fast_cpu::StridedKernels,
@@ -63,13 +66,7 @@ pub type FastCpuCompiler = (
 /// [`FastCpuCompiler`] without `FuseElementwise`: every elementwise op its own pass over
 /// memory. Only for measuring what fusion buys (`examples/fusion.rs`).
 pub type UnfusedCpuCompiler = (
-    (
-        ArithmeticElimination,
-        UnarySequentialElimination,
-        CSE,
-        MatMul2DFixed,
-        BatchMatMul2DCompiler,
-    ),
+    CleanUpAndMatMuls,
     crate::fast_cpu::StridedMatMulPass,
     crate::fast_cpu::StridedKernels,
 );

@@ -8,7 +8,7 @@
 //! chain's inputs and its final output touch memory.
 
 use super::fuse_reduce::{FusedReduce, Reduction};
-use super::{coalesce, data, par_rows, tensor, Row, RowWalker, View};
+use super::{coalesce, data, is_plain, par_rows, tensor, Row, RowWalker, View};
 use crate::device::inputs_of;
 use luminal::op::{self, InputTensor, Operator};
 use luminal::prelude::petgraph::{visit::EdgeRef, Direction};
@@ -73,7 +73,7 @@ pub struct FusedElementwise {
 impl FusedElementwise {
     /// A single op as a one-step program (the pass left it alone: nothing to fuse with), so
     /// that it too gets short-row handling and in-place outputs.
-    pub fn single(step: Step, shown_as: &'static str) -> Self {
+    pub fn single(step: Step) -> Self {
         let unary = matches!(
             step,
             Step::Exp2 | Step::Log2 | Step::Sin | Step::Sqrt | Step::Recip | Step::Copy
@@ -81,7 +81,7 @@ impl FusedElementwise {
         let args = [Arg::Input(0), Arg::Input(if unary { 0 } else { 1 })];
         Self {
             steps: vec![(step, args)],
-            shown_as: Some(shown_as),
+            shown_as: Some(step.primitive()),
         }
     }
 }
@@ -229,8 +229,9 @@ fn fill(
         let mut loaded = vec![[0.0f32; BLOCK]; srcs.len()];
         let mut rows: Vec<Row> = Vec::with_capacity(srcs.len());
         let mut walker = RowWalker::new(views, first / row_len);
-        let mut i = first % row_len; // where in the current row
-                                     // Output positions part[done..done + filled] have their inputs in `loaded`.
+        // Where in the current row; output positions part[done..done + filled] have their
+        // inputs in `loaded`.
+        let mut i = first % row_len;
         let (mut done, mut filled) = (0, 0);
         while done + filled < part.len() {
             rows.clear();
@@ -247,12 +248,7 @@ fn fill(
                                 loaded[j].copy_from_slice(&part[done..done + BLOCK])
                             }
                             Row::Dense(_) => {}
-                            Row::Splat(x) => loaded[j].fill(x),
-                            Row::Strided(..) => {
-                                for (k, x) in loaded[j].iter_mut().enumerate() {
-                                    *x = row.get(srcs[j], i + k);
-                                }
-                            }
+                            _ => row.read_into(srcs[j], i, &mut loaded[j]),
                         }
                     }
                     let input = |j: usize| -> &[f32] {
@@ -274,18 +270,9 @@ fn fill(
                 let at = done + filled;
                 for (j, row) in rows.iter().enumerate() {
                     let dst = &mut loaded[j][filled..filled + take];
-                    match *row {
-                        _ if reuse == Some(j) => dst.copy_from_slice(&part[at..at + take]),
-                        // (short pieces element by element: a memcpy call costs more)
-                        Row::Dense(s) if take >= 16 => {
-                            dst.copy_from_slice(&srcs[j][s + i..s + i + take])
-                        }
-                        Row::Splat(x) if take >= 16 => dst.fill(x),
-                        _ => {
-                            for (k, x) in dst.iter_mut().enumerate() {
-                                *x = row.get(srcs[j], i + k);
-                            }
-                        }
+                    match reuse {
+                        Some(r) if r == j => dst.copy_from_slice(&part[at..at + take]),
+                        _ => row.read_into(srcs[j], i, dst),
                     }
                 }
                 filled += take;
@@ -393,28 +380,17 @@ impl Operator for FusedElementwise {
 }
 // ANCHOR_END: kernel
 
-/// The step a node computes, if it is an elementwise op that can join a fused chain whose
-/// values all have the logical shape `shape`.
-fn step_of(graph: &Graph, node: NodeIndex, shape: &[BigExpression]) -> Option<Step> {
-    let op = graph.graph.node_weight(node)?.as_any();
-    let ins = inputs_of(graph, node);
-    let all_data = graph
-        .graph
-        .edges_directed(node, Direction::Incoming)
-        .chain(graph.graph.edges_directed(node, Direction::Outgoing))
-        .all(|e| e.weight().as_data().is_some());
-    let same_shape = ins.iter().all(|(_, st)| st.shape() == shape);
-    if !all_data || !same_shape {
-        return None;
-    }
-    let plain = |st: &ShapeTracker| st.is_contiguous() && !st.is_sliced() && !st.is_padded();
+/// The step an elementwise op computes, given the views it reads: binary ops need inputs of one
+/// rank (ArithmeticElimination can leave a scalar view beside a flat one, which the stock op
+/// reads by flat index), and unary ops a plain view (luminal's unary ops map over the buffer
+/// and ignore the view, which only a plain view agrees with).
+pub(super) fn elementwise_step(op: &dyn std::any::Any, views: &[ShapeTracker]) -> Option<Step> {
     let binary = [
         (op.is::<op::Add>(), Step::Add),
         (op.is::<op::Mul>(), Step::Mul),
         (op.is::<op::Mod>(), Step::Mod),
         (op.is::<op::LessThan>(), Step::LessThan),
     ];
-    // luminal's unary ops map over the buffer and ignore the view: only plain views agree.
     let unary = [
         (op.is::<op::Exp2>(), Step::Exp2),
         (op.is::<op::Log2>(), Step::Log2),
@@ -423,12 +399,32 @@ fn step_of(graph: &Graph, node: NodeIndex, shape: &[BigExpression]) -> Option<St
         (op.is::<op::Recip>(), Step::Recip),
     ];
     if let Some(&(_, s)) = binary.iter().find(|(is, _)| *is) {
-        return (ins.len() == 2 && ins[0].1.len() == ins[1].1.len()).then_some(s);
+        return (views.len() == 2 && views[0].len() == views[1].len()).then_some(s);
     }
     if let Some(&(_, s)) = unary.iter().find(|(is, _)| *is) {
-        return (ins.len() == 1 && plain(&ins[0].1)).then_some(s);
+        return (views.len() == 1 && is_plain(&views[0])).then_some(s);
     }
-    (op.is::<op::Contiguous>() && ins.len() == 1).then_some(Step::Copy)
+    (op.is::<op::Contiguous>() && views.len() == 1).then_some(Step::Copy)
+}
+
+/// The step a node computes, if it is an elementwise op that can join a fused chain whose
+/// values all have the logical shape `shape`.
+fn step_of(graph: &Graph, node: NodeIndex, shape: &[BigExpression]) -> Option<Step> {
+    let op = graph.graph.node_weight(node)?.as_any();
+    let views: Vec<ShapeTracker> = inputs_of(graph, node)
+        .into_iter()
+        .map(|(_, st)| st)
+        .collect();
+    let all_data = graph
+        .graph
+        .edges_directed(node, Direction::Incoming)
+        .chain(graph.graph.edges_directed(node, Direction::Outgoing))
+        .all(|e| e.weight().as_data().is_some());
+    let same_shape = views.iter().all(|st| st.shape() == shape);
+    if !all_data || !same_shape {
+        return None;
+    }
+    elementwise_step(op, &views)
 }
 
 /// The pass: grow a group backwards from each elementwise op, taking in every elementwise
@@ -554,11 +550,7 @@ fn can_join(
         .edges_directed(node, Direction::Outgoing)
         .all(|e| match e.weight().as_data() {
             Some((_, 0, st)) => {
-                members.contains(&e.target())
-                    && st.is_contiguous()
-                    && !st.is_sliced()
-                    && !st.is_padded()
-                    && st.shape() == shape
+                members.contains(&e.target()) && is_plain(&st) && st.shape() == shape
             }
             _ => false,
         });
@@ -567,7 +559,7 @@ fn can_join(
 
 /// A program over the group `members` (in execution order), and its inputs: every edge that
 /// enters the group from outside, with its view.
-type Inputs = Vec<(NodeIndex, u8, ShapeTracker)>;
+pub(super) type Inputs = Vec<(NodeIndex, u8, ShapeTracker)>;
 fn program(
     graph: &Graph,
     members: &[NodeIndex],
@@ -605,8 +597,9 @@ fn program(
     (steps, inputs)
 }
 
+// ANCHOR: replace
 /// Replace `nodes` (the last one's output is the result) with `op` reading `inputs`.
-fn replace<T: ToIdsMut>(
+pub(super) fn replace<T: ToIdsMut>(
     graph: &mut Graph,
     nodes: &[NodeIndex],
     op: impl Operator + 'static,
@@ -630,3 +623,4 @@ fn replace<T: ToIdsMut>(
         graph.graph.remove_node(m);
     }
 }
+// ANCHOR_END: replace

@@ -66,15 +66,8 @@ fn program_row(
     for start in (0..dst.len()).step_by(BLOCK) {
         let n = BLOCK.min(dst.len() - start);
         for (j, row) in s.rows.iter().enumerate() {
-            let to = &mut s.loaded[j][..n];
-            match *row {
-                Row::Dense(_) => {} // read in place below
-                Row::Splat(x) => to.fill(x),
-                Row::Strided(..) => {
-                    for (k, x) in to.iter_mut().enumerate() {
-                        *x = row.get(srcs[j], start + k);
-                    }
-                }
+            if !matches!(row, Row::Dense(_)) {
+                row.read_into(srcs[j], start, &mut s.loaded[j][..n]); // dense: read in place
             }
         }
         let (rows, loaded) = (&s.rows, &s.loaded);

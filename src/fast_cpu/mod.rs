@@ -23,6 +23,7 @@ use luminal::prelude::*;
 
 mod fuse;
 mod fuse_reduce;
+use fuse::elementwise_step;
 pub use fuse::{exp2, Arg, FuseElementwise, FusedElementwise, Step};
 pub use fuse_reduce::{FusedReduce, Reduction};
 
@@ -90,7 +91,7 @@ impl View {
                 }
             })
             .collect();
-        let plain = t.is_contiguous() && !t.is_sliced() && !t.is_padded();
+        let plain = is_plain(t);
         Self {
             axes,
             plain,
@@ -102,6 +103,11 @@ impl View {
     fn len(&self) -> usize {
         self.axes.iter().map(|a| a.len).product()
     }
+}
+
+/// A view that is its buffer in order: contiguous, not sliced, not padded.
+fn is_plain(t: &ShapeTracker) -> bool {
+    t.is_contiguous() && !t.is_sliced() && !t.is_padded()
 }
 
 // ANCHOR: coalesce
@@ -384,6 +390,23 @@ impl Row {
         }
     }
 
+    /// The row's elements `from .. from + dst.len()` into `dst`.
+    #[inline(always)]
+    fn read_into(&self, src: &[f32], from: usize, dst: &mut [f32]) {
+        match *self {
+            // (short pieces element by element: a memcpy or memset call costs more)
+            Row::Dense(s) if dst.len() >= 16 => {
+                dst.copy_from_slice(&src[s + from..s + from + dst.len()])
+            }
+            Row::Splat(x) if dst.len() >= 16 => dst.fill(x),
+            _ => {
+                for (k, x) in dst.iter_mut().enumerate() {
+                    *x = self.get(src, from + k);
+                }
+            }
+        }
+    }
+
     #[inline(always)]
     fn get(&self, src: &[f32], i: usize) -> f32 {
         match *self {
@@ -612,30 +635,20 @@ primitive_name!(MergedBatchMatMul, "BatchedMatMul2D");
 impl Operator for MergedBatchMatMul {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
         let resolved = "dims are resolved before execution";
-        let sa: Vec<usize> = inp[0]
-            .1
-            .shape()
-            .iter()
-            .map(|e| e.to_usize().expect(resolved))
-            .collect();
-        let sb: Vec<usize> = inp[1]
-            .1
-            .shape()
-            .iter()
-            .map(|e| e.to_usize().expect(resolved))
-            .collect();
-        let ta: Vec<usize> = inp[0]
-            .1
-            .strides()
-            .iter()
-            .map(|e| e.to_usize().expect(resolved))
-            .collect();
-        let tb: Vec<usize> = inp[1]
-            .1
-            .strides()
-            .iter()
-            .map(|e| e.to_usize().expect(resolved))
-            .collect();
+        let shape = |t: &ShapeTracker| -> Vec<usize> {
+            t.shape()
+                .iter()
+                .map(|e| e.to_usize().expect(resolved))
+                .collect()
+        };
+        let strides = |t: &ShapeTracker| -> Vec<usize> {
+            t.strides()
+                .iter()
+                .map(|e| e.to_usize().expect(resolved))
+                .collect()
+        };
+        let (sa, sb) = (shape(&inp[0].1), shape(&inp[1].1));
+        let (ta, tb) = (strides(&inp[0].1), strides(&inp[1].1));
         // A plain 2-D product (luminal's `MatMul2D`) is a batch of one.
         let (sa, ta) = if sa.len() == 2 {
             ([1, sa[0], sa[1]], [0, ta[0], ta[1]])
@@ -819,23 +832,12 @@ impl Compiler for StridedMatMulPass {
             let Some((m_axis, n_axis)) = matmul_axes(&ins[0].2, &ins[1].2) else {
                 continue;
             };
-            let new = graph
-                .add_op(StridedMatMul { m_axis, n_axis })
-                .input(ins[0].0, ins[0].1, ins[0].2)
-                .input(ins[1].0, ins[1].1, ins[1].2)
-                .finish();
-            move_outgoing_edge(sum, new, &mut graph.graph);
-            for old in [sum, mul] {
-                move_references(
-                    &mut remap,
-                    &mut graph.no_delete,
-                    &mut graph.to_retrieve,
-                    old,
-                    new,
-                );
-            }
-            graph.graph.remove_node(sum);
-            graph.graph.remove_node(mul);
+            let inputs = ins
+                .iter()
+                .map(|&(node, out, view)| (node, out, view))
+                .collect();
+            let op = StridedMatMul { m_axis, n_axis };
+            fuse::replace(graph, &[mul, sum], op, inputs, &mut remap);
         }
     }
 }
@@ -862,28 +864,10 @@ impl Compiler for StridedKernels {
                 *graph.graph.node_weight_mut(node).expect("node exists") = Box::new(PlainMatMul2D);
                 continue;
             }
-            let srcs = graph.get_sources(node);
-            if srcs.len() == 2 && srcs[0].2.len() != srcs[1].2.len() {
-                // Inputs of different ranks (ArithmeticElimination can leave a scalar view
-                // beside a flat one): the stock op reads them by flat index; keep it.
-                continue;
-            }
+            let views: Vec<ShapeTracker> = graph.get_sources(node).iter().map(|s| s.2).collect();
             let op = graph.graph.node_weight(node).expect("node exists").as_any();
-            let single = |step, name| -> Option<Box<dyn Operator>> {
-                Some(Box::new(FusedElementwise::single(step, name)))
-            };
-            let new: Option<Box<dyn Operator>> = if op.is::<op::Add>() {
-                single(Step::Add, "Add")
-            } else if op.is::<op::Mul>() {
-                single(Step::Mul, "Mul")
-            } else if op.is::<op::Mod>() {
-                single(Step::Mod, "Mod")
-            } else if op.is::<op::LessThan>() {
-                single(Step::LessThan, "LessThan")
-            } else if op.is::<op::Contiguous>() {
-                single(Step::Copy, "Contiguous")
-            } else if let Some(step) = plain_unary(op, &srcs) {
-                single(step, step.primitive())
+            let new: Option<Box<dyn Operator>> = if let Some(step) = elementwise_step(op, &views) {
+                Some(Box::new(FusedElementwise::single(step)))
             } else if let Some(op::SumReduce(d)) = op.downcast_ref::<op::SumReduce>() {
                 Some(Box::new(StridedSumReduce(*d)))
             } else if let Some(op::MaxReduce(d)) = op.downcast_ref::<op::MaxReduce>() {
@@ -898,24 +882,6 @@ impl Compiler for StridedKernels {
     }
 }
 // ANCHOR_END: kernels_pass
-
-/// A unary op (`Exp2`, `Log2`, `Sin`, `Sqrt`, `Recip`) reading a plain view, as a step.
-/// luminal's unary ops map the buffer and ignore the view, which a one-step program agrees
-/// with only on a plain view; other views keep the stock op.
-fn plain_unary(op: &dyn std::any::Any, srcs: &[(NodeIndex, u8, ShapeTracker)]) -> Option<Step> {
-    let plain = |st: &ShapeTracker| st.is_contiguous() && !st.is_sliced() && !st.is_padded();
-    let step = [
-        (op.is::<op::Exp2>(), Step::Exp2),
-        (op.is::<op::Log2>(), Step::Log2),
-        (op.is::<op::Sin>(), Step::Sin),
-        (op.is::<op::Sqrt>(), Step::Sqrt),
-        (op.is::<op::Recip>(), Step::Recip),
-    ]
-    .into_iter()
-    .find(|(is, _)| *is)?
-    .1;
-    (srcs.len() == 1 && plain(&srcs[0].2)).then_some(step)
-}
 
 /// Time spent per op kind, filled by ops wrapped with [`ProfileOps`]: kind -> (calls, time).
 pub static PROFILE: std::sync::Mutex<

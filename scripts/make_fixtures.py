@@ -7,7 +7,7 @@ Needs torch and safetensors (`python3 -m venv .venv && .venv/bin/pip install tor
 CI does not: the fixtures are committed. Regenerate only when a convention changes, and review
 the diff of tests/pytorch_fixtures.rs results.
 
-Everything here is plain PyTorch written from conventions.md (CS336 layouts), independent of
+Everything here is plain PyTorch written from the CS336 conventions the book states (layouts, names), independent of
 the Rust code: Linear y = x W^T (W: out x in, no bias); RMSNorm with eps 1e-5 inside the root;
 SwiGLU W2(SiLU(W1 x) * W3 x); RoPE on adjacent pairs (x[2k], x[2k+1]) with angle
 pos * theta^(-2k/d); attention via F.scaled_dot_product_attention with a boolean mask

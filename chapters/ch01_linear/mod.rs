@@ -74,7 +74,7 @@ impl<I: Dimension, O: Dimension> Linear<I, O> {
         })
     }
 
-    /// The init scale of conventions.md: sigma = sqrt(2 / (in + out)).
+    /// The init scale of the CS336 conventions (book chapter 1): sigma = sqrt(2 / (in + out)).
     pub fn init_sigma(&self) -> f32 {
         (2.0 / (self.in_features + self.out_features) as f32).sqrt()
     }
@@ -148,7 +148,7 @@ impl<V: Dimension, D: Dimension> Embedding<V, D> {
         })
     }
 
-    /// Fill the table from N(0, 1) truncated at +-3 (conventions.md).
+    /// Fill the table from N(0, 1) truncated at +-3 (CS336; book chapter 1).
     pub fn init(&self, rng: &mut CourseRng) -> Result<()> {
         self.load(trunc_normal(rng, self.vocab_size * self.d_model, 1.0))
     }

@@ -14,7 +14,7 @@ use crate::dims::{Batch, DModel, Seq};
 use crate::error::Result;
 use crate::tensor::{self, HostTensor};
 
-/// The epsilon of conventions.md (and of PyTorch's `nn.RMSNorm` / `nn.LayerNorm` defaults).
+/// The epsilon of the course's CS336 conventions (book chapter 2; also PyTorch's `nn.RMSNorm` / `nn.LayerNorm` defaults).
 pub const NORM_EPS: f32 = 1e-5;
 
 // ANCHOR: rms_norm_ref
@@ -67,7 +67,7 @@ impl<D: Dimension> RmsNorm<D> {
         })
     }
 
-    /// g = 1, as conventions.md prescribes.
+    /// g = 1, as the CS336 conventions prescribe (book chapter 2).
     pub fn init(&self) -> Result<()> {
         self.load(vec![1.0; self.d_model])
     }

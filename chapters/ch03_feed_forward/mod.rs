@@ -62,7 +62,7 @@ pub fn relu_ffn_ref(
 // ANCHOR_END: relu_ffn_ref
 
 // ANCHOR: default_d_ff
-/// The hidden width conventions.md suggests: about 8/3 d_model, rounded up to a multiple of 64
+/// The hidden width the CS336 conventions suggest (book chapter 3): about 8/3 d_model, rounded up to a multiple of 64
 /// (so that SwiGLU's three matrices hold about as many parameters as a 4 d_model ReLU FFN's two).
 pub fn default_d_ff(d_model: usize) -> usize {
     (8 * d_model).div_ceil(3).div_ceil(64) * 64

@@ -89,7 +89,7 @@ pub fn lm_ref(
 // ANCHOR_END: lm_ref
 
 // ANCHOR: lm
-/// A decoder-only transformer LM with the state-dict names of conventions.md.
+/// A decoder-only transformer LM with CS336's state-dict names (book chapter 6).
 pub struct TransformerLm {
     pub config: TransformerConfig,
     pub token_embeddings: Embedding<Vocab, DModel>,
@@ -131,7 +131,7 @@ impl TransformerLm {
         })
     }
 
-    /// Fresh weights from `rng` (conventions.md's inits).
+    /// Fresh weights from `rng` (the inits of book chapter 1).
     pub fn init(&self, rng: &mut CourseRng) -> Result<()> {
         self.token_embeddings.init(rng)?;
         self.layers.iter().try_for_each(|l| l.init(rng))?;

@@ -17,7 +17,7 @@ use crate::params::Param;
 use crate::tensor;
 
 // ANCHOR: config
-/// AdamW's hyperparameters (conventions.md defaults).
+/// AdamW's hyperparameters (CS336's defaults, book chapter 9).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
@@ -78,8 +78,8 @@ pub fn sgd_decaying_ref(theta: &mut [f32], grad: &[f32], lr: f32, t: u64) {
 // ANCHOR_END: sgd_ref
 
 // ANCHOR: adamw_ref
-/// One AdamW step in place (t starts at 1), with conventions.md's formulas and PyTorch's order
-/// (decoupled weight decay first, which conventions.md allows: the orders differ by O(lr^2)):
+/// One AdamW step in place (t starts at 1), with CS336's formulas and PyTorch's order
+/// (decoupled weight decay first, which CS336 allows: the orders differ by O(lr^2)):
 /// `theta -= lr * wd * theta`; `m = b1 m + (1-b1) g`; `v = b2 v + (1-b2) g^2`;
 /// `theta -= a_t m / (sqrt(v) + eps)` with `a_t = lr sqrt(1 - b2^t) / (1 - b1^t)`.
 pub fn adamw_ref(

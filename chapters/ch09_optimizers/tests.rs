@@ -118,7 +118,7 @@ impl Problem {
 
 /// 120 in-graph AdamW steps against `torch.optim.AdamW` (fixture from scripts/make_fixtures.py).
 /// Same order as PyTorch (decay first); PyTorch adds eps after dividing sqrt(v) by its bias
-/// correction, we before (conventions.md), a difference of eps (1 - sqrt(1 - b2^t)) / sqrt(v)
+/// correction, we before (CS336's formula, book chapter 9), a difference of eps (1 - sqrt(1 - b2^t)) / sqrt(v)
 /// ~ 1e-8 relative per step. f32 rounding over 120 steps of order-1 weights stays below 2e-5:
 /// 2e-5 relative to max(1, |w|). The other decay order is off by up to ~8e-4 here: the test tells them apart.
 #[test]

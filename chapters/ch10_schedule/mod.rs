@@ -14,7 +14,7 @@ use crate::ch08_autograd::Gradient;
 use crate::error::{CourseError, Result};
 
 // ANCHOR: cosine_schedule
-/// Linear warmup then cosine decay (conventions.md), for step `t`:
+/// Linear warmup then cosine decay (CS336's formula, book chapter 10), for step `t`:
 /// `t < warmup`: `lr_max * t / warmup`; `warmup <= t <= cosine_end`:
 /// `lr_min + (1 + cos(pi (t - warmup) / (cosine_end - warmup))) / 2 * (lr_max - lr_min)`;
 /// after `cosine_end`: `lr_min`.
@@ -54,7 +54,7 @@ impl CosineSchedule {
 }
 // ANCHOR_END: cosine_schedule
 
-/// The stability constant of conventions.md's clipping: scale = M / (norm + 1e-6).
+/// The stability constant of CS336's clipping (book chapter 10): scale = M / (norm + 1e-6).
 pub const CLIP_EPS: f32 = 1e-6;
 
 // ANCHOR: clip_ref

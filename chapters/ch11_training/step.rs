@@ -52,7 +52,7 @@ impl ModelConfig {
         }
     }
 
-    /// Fresh weights (conventions.md's inits) from `seed`.
+    /// Fresh weights (the inits of book chapter 1) from `seed`.
     pub fn init_weights(&self, rng: &mut CourseRng) -> Result<StateDict> {
         let mut cx = Graph::new();
         let model = Model::new(&mut cx, self)?;

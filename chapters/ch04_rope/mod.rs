@@ -17,7 +17,7 @@ use crate::dims::{Batch, DHead, Heads, MaxSeq, Pairs, Seq};
 use crate::error::{CourseError, Result};
 use crate::tensor::{self, HostTensor};
 
-/// The base of RoPE's angles in the CS336 conventions (book chapter 4; also Llama, CS336, the RoFormer paper).
+/// The base of RoPE's angles in the CS336 conventions (book chapter 4), as in Llama and the RoFormer paper.
 pub const ROPE_THETA: f32 = 10_000.0;
 
 // ANCHOR: rope_angle

@@ -215,7 +215,7 @@ fn main() -> Result<()> {
 
 fn write(dir: &Path, name: &str, svg: &str) -> Result<()> {
     let path = dir.join(format!("{name}.svg"));
-    transformer_course::files::write_atomic(&path, svg.as_bytes())?;
+    transformer_course::graph::files::write_atomic(&path, svg.as_bytes())?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use transformer_course::device;
+use transformer_course::graph::primitive;
 use transformer_course::prelude::*;
 
 fn ms(d: Duration) -> f64 {
@@ -37,7 +37,7 @@ fn main() -> Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|t| t.parse().ok());
     if let Some(t) = threads {
-        transformer_course::fast_cpu::set_threads(t); // before the first graph runs
+        transformer_course::backend::fast_cpu::set_threads(t); // before the first graph runs
     }
     let repeats = args
         .iter()
@@ -78,7 +78,7 @@ fn main() -> Result<()> {
     println!(
         "decoder-only LM, reference config, batch {batch} x seq {seq}, device {}, {} threads",
         device.name(),
-        transformer_course::fast_cpu::threads()
+        transformer_course::backend::fast_cpu::threads()
     );
     println!("| graph              | build      | nodes | compile    | nodes | run          |");
     println!("|--------------------|------------|-------|------------|-------|--------------|");
@@ -112,7 +112,7 @@ fn main() -> Result<()> {
     let (compile, compiled) = (t.elapsed(), cx.graph.node_count());
     let profile = args.iter().any(|a| a == "--profile");
     if profile {
-        cx.compile(transformer_course::fast_cpu::ProfileOps, ());
+        cx.compile(transformer_course::backend::fast_cpu::ProfileOps, ());
     }
     let mut bwd_run = None;
     let run = if run_backward {
@@ -130,11 +130,11 @@ fn main() -> Result<()> {
         ms(compile)
     );
     println!("\nforward + backward, compiled, op counts:");
-    for (kind, n) in device::op_counts(&cx) {
+    for (kind, n) in primitive::op_counts(&cx) {
         println!("  {kind:<16} {n:>5}");
     }
     if profile && run_backward {
-        let table = transformer_course::fast_cpu::PROFILE
+        let table = transformer_course::backend::fast_cpu::PROFILE
             .lock()
             .expect("profile")
             .clone();
@@ -151,7 +151,7 @@ fn main() -> Result<()> {
                 100.0 * t.as_secs_f64() / total
             );
         }
-        let nodes = transformer_course::fast_cpu::PROFILE_NODES
+        let nodes = transformer_course::backend::fast_cpu::PROFILE_NODES
             .lock()
             .expect("profile")
             .clone();
@@ -196,7 +196,10 @@ fn main() -> Result<()> {
             tokens / t.as_secs_f64()
         );
     }
-    println!(" ({} threads)", transformer_course::fast_cpu::threads());
+    println!(
+        " ({} threads)",
+        transformer_course::backend::fast_cpu::threads()
+    );
     Ok(())
 }
 

@@ -3,8 +3,9 @@
 //!
 //! cargo run --release --example fusion -- --threads 1
 use std::time::{Duration, Instant};
-use transformer_course::device::{self, FastCpuCompiler, UnfusedCpuCompiler};
-use transformer_course::fast_cpu;
+use transformer_course::backend::fast_cpu;
+use transformer_course::backend::{FastCpuCompiler, UnfusedCpuCompiler};
+use transformer_course::graph::primitive;
 use transformer_course::prelude::*;
 
 type R = Dyn<'r'>;
@@ -57,7 +58,7 @@ fn measure(case: &mut Case) -> Result<(Duration, String)> {
         case.out.drop();
     }
     times.sort();
-    let ops: Vec<String> = device::op_counts(&case.cx)
+    let ops: Vec<String> = primitive::op_counts(&case.cx)
         .into_iter()
         .filter(|(k, _)| k != "Function" && k != "Constant")
         .map(|(k, n)| format!("{n} {k}"))

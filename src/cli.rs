@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::ch11_training::*;
-use crate::device::Device;
-use crate::error::{CourseError, Result};
-use crate::init;
-use crate::plot;
+use transformer_course::backend::Device;
+use transformer_course::ch11_training::*;
+use transformer_course::graph::error::{CourseError, Result};
+use transformer_course::graph::init;
+use transformer_course::plot;
 
 /// Build and train a transformer, step by step, on luminal.
 #[derive(Parser, Debug)]
@@ -199,7 +199,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         ));
     }
     if let Some(t) = a.threads {
-        crate::fast_cpu::set_threads(t);
+        transformer_course::backend::fast_cpu::set_threads(t);
     }
     let resumed = a.resume.as_deref().map(Checkpoint::load).transpose()?;
     let mut config = match (&resumed, &a.config) {
@@ -250,7 +250,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         "training {task_name}: {} steps of batch {}, {} threads, graphs compiled in {:.1} s; output in {}",
         config.steps,
         config.batch_size,
-        crate::fast_cpu::threads(),
+        transformer_course::backend::fast_cpu::threads(),
         started.elapsed().as_secs_f64(),
         out.display()
     );
@@ -311,7 +311,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 ],
                 false,
             );
-            crate::files::write_atomic(&out.join("loss.svg"), svg.as_bytes())?;
+            transformer_course::graph::files::write_atomic(&out.join("loss.svg"), svg.as_bytes())?;
         }
     }
     eprintln!(
@@ -418,10 +418,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 /// `bench`: train-step tokens/s of the reference config on random bytes.
 pub fn bench(a: BenchArgs) -> Result<()> {
     if let Some(t) = a.threads {
-        crate::fast_cpu::set_threads(t);
+        transformer_course::backend::fast_cpu::set_threads(t);
     }
     // The reference model and batch, whatever the book LM's own settings are.
-    let model = crate::ch06_transformer::TransformerConfig::reference();
+    let model = transformer_course::ch06_transformer::TransformerConfig::reference();
     let config = TrainConfig {
         task: Task::Lm {
             context: model.context_length,
@@ -441,7 +441,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     trainer.train_step()?; // warm-up: first-run allocations
     if a.profile {
         trainer.step.profile_ops();
-        crate::fast_cpu::PROFILE
+        transformer_course::backend::fast_cpu::PROFILE
             .lock()
             .expect("profile lock")
             .clear();
@@ -460,13 +460,13 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     println!(
         "| {} | {} | {} x {context} | {compile:.1} s | {:.1} ms | {:.0} |",
         device.name(),
-        crate::fast_cpu::threads(),
+        transformer_course::backend::fast_cpu::threads(),
         config.batch_size,
         per_step * 1e3,
         tokens / per_step
     );
     if a.profile {
-        let table = crate::fast_cpu::PROFILE
+        let table = transformer_course::backend::fast_cpu::PROFILE
             .lock()
             .expect("profile lock")
             .clone();
@@ -489,7 +489,9 @@ pub fn inspect(path: &Path) -> Result<()> {
     println!("checkpoint {}", path.display());
     println!("steps done: {}", c.steps_done);
     println!("config:\n{}", c.config.to_json());
-    let count = |d: &crate::params::StateDict| d.values().map(|t| t.data.len()).sum::<usize>();
+    let count = |d: &transformer_course::graph::params::StateDict| {
+        d.values().map(|t| t.data.len()).sum::<usize>()
+    };
     println!(
         "weights: {} tensors, {} parameters; AdamW moments: {} + {} tensors",
         c.weights.len(),
@@ -504,10 +506,25 @@ pub fn inspect(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Each chapter's demo, in order: (title, result).
+fn chapter_demos() -> Vec<(&'static str, Result<String>)> {
+    use transformer_course::*;
+    vec![
+        ("0. Graphs", ch00_graphs::graphs_demo()),
+        ("1. Linear and embedding", ch01_linear::linear_demo()),
+        ("2. RMSNorm and LayerNorm", ch02_rmsnorm::norm_demo()),
+        ("3. Feed-forward (SwiGLU)", ch03_feed_forward::ffn_demo()),
+        ("4. Rotary position embedding", ch04_rope::rope_demo()),
+        ("5. Attention", ch05_attention::attention_demo()),
+        ("6. The transformer", ch06_transformer::transformer_demo()),
+        ("7. The loss", ch07_loss::loss_demo()),
+    ]
+}
+
 fn tour() -> Result<()> {
     println!("transformer-course: a tour of the chapters\n");
     let mut failed = None;
-    for (title, result) in crate::tour() {
+    for (title, result) in chapter_demos() {
         println!("== {title}");
         match result {
             Ok(text) => println!("{text}\n"),

@@ -6,21 +6,15 @@
 //! The numbered chapters (`chapters/` in the repository) are the lessons; each reads top to
 //! bottom like its book page: the math as a plain-Rust reference, then the luminal graph
 //! version, then the tests that tie them together. The modules under `src/` are
-//! infrastructure: device selection, tensor I/O, initialisation and graph pictures.
+//! infrastructure: [`graph`] (tensor I/O, dimensions, initialisation, parameters, the primitive
+//! ops, flat graph math, graph pictures), [`plot`] (charts) and [`backend`] (devices and the
+//! fast CPU passes). The command line is the crate's binary.
 
-pub mod cli;
-pub mod device;
-pub mod dims;
-pub mod error;
-pub mod fast_cpu;
-pub mod files;
-pub mod init;
-pub mod params;
+// The layers, each depending only on the ones listed before it (tests/architecture.rs checks):
+// graph helpers and plots, then the chapters (which may use `backend::Device` and nothing else
+// of the backend), then the backend. The command line is the binary (src/main.rs), not here.
+pub mod graph;
 pub mod plot;
-pub mod tensor;
-#[cfg(test)]
-pub(crate) mod testing;
-pub mod viz;
 
 #[path = "../chapters/ch00_graphs/mod.rs"]
 pub mod ch00_graphs;
@@ -47,11 +41,17 @@ pub mod ch10_schedule;
 #[path = "../chapters/ch11_training/mod.rs"]
 pub mod ch11_training;
 
-pub use error::{CourseError, Result};
+pub mod backend;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+pub use graph::error::{CourseError, Result};
 
 /// What a notebook or example usually needs: luminal's prelude, the course's infrastructure and
 /// every chapter's public items.
 pub mod prelude {
+    pub use crate::backend::Device;
     pub use crate::ch00_graphs::*;
     pub use crate::ch01_linear::*;
     pub use crate::ch02_rmsnorm::*;
@@ -64,27 +64,12 @@ pub mod prelude {
     pub use crate::ch09_optimizers::*;
     pub use crate::ch10_schedule::*;
     pub use crate::ch11_training::*;
-    pub use crate::device::Device;
-    pub use crate::dims::*;
-    pub use crate::error::{CourseError, Result};
-    pub use crate::init;
-    pub use crate::params::{self, Param, Parameters, StateDict};
+    pub use crate::graph::dims::*;
+    pub use crate::graph::error::{CourseError, Result};
+    pub use crate::graph::init;
+    pub use crate::graph::params::{self, Param, Parameters, StateDict};
+    pub use crate::graph::tensor::{self, HostTensor};
+    pub use crate::graph::viz;
     pub use crate::plot;
-    pub use crate::tensor::{self, HostTensor};
-    pub use crate::viz;
     pub use luminal::prelude::*;
-}
-
-/// Each chapter's demo, in order: (title, result). Printed by the `tour` command.
-pub fn tour() -> Vec<(&'static str, Result<String>)> {
-    vec![
-        ("0. Graphs", ch00_graphs::graphs_demo()),
-        ("1. Linear and embedding", ch01_linear::linear_demo()),
-        ("2. RMSNorm and LayerNorm", ch02_rmsnorm::norm_demo()),
-        ("3. Feed-forward (SwiGLU)", ch03_feed_forward::ffn_demo()),
-        ("4. Rotary position embedding", ch04_rope::rope_demo()),
-        ("5. Attention", ch05_attention::attention_demo()),
-        ("6. The transformer", ch06_transformer::transformer_demo()),
-        ("7. The loss", ch07_loss::loss_demo()),
-    ]
 }

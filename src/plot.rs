@@ -1,6 +1,6 @@
 //! Small, dependency-free SVG plots for the book and the notebooks: line charts (also used as
 //! scatter plots) and heat maps. [`show`] displays an SVG inline in an evcxr notebook;
-//! [`crate::files::write_atomic`] saves it for the book.
+//! [`crate::graph::files::write_atomic`] saves it for the book.
 
 use std::fmt::Write;
 

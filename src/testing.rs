@@ -39,9 +39,14 @@ pub fn weighted_sum<S: luminal::prelude::Shape>(
 ) -> luminal::prelude::GraphTensor<()> {
     use luminal::prelude::*;
     let cx = y.graph();
-    let w = crate::tensor::input::<S>(cx, "loss weights");
+    let w = crate::graph::tensor::input::<S>(cx, "loss weights");
     let n = shape.iter().product();
-    crate::tensor::set(w, shape, uniform(&mut crate::init::rng(seed), n, 1.0)).unwrap();
+    crate::graph::tensor::set(
+        w,
+        shape,
+        uniform(&mut crate::graph::init::rng(seed), n, 1.0),
+    )
+    .unwrap();
     y.graph().dyn_map.insert('@', n);
     (y * w).reshape::<(Dyn<'@'>,)>().sum_reduce::<(), Axis<0>>()
 }
@@ -50,11 +55,11 @@ pub fn weighted_sum<S: luminal::prelude::Shape>(
 /// compiled CPU graph, and fail the test naming the worst element.
 pub fn assert_gradcheck(
     cx: &mut luminal::prelude::Graph,
-    params: Vec<crate::params::Param>,
+    params: Vec<crate::graph::params::Param>,
     loss: luminal::prelude::GraphTensor<()>,
 ) {
     use crate::ch08_autograd::{GradCheck, GRADCHECK_TOLERANCE};
-    let device = Some(crate::device::Device::Cpu);
+    let device = Some(crate::backend::Device::Cpu);
     let (err, at) = GradCheck::new(cx, params, loss, device)
         .unwrap()
         .max_error()

@@ -181,3 +181,17 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
         .values()
         .all(|w| w.data.iter().all(|v| v.is_finite())));
 }
+
+#[test]
+fn the_tour_runs_every_chapter_demo() {
+    let out = course(&["tour"]);
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    for n in 0..=7 {
+        assert!(
+            all.contains(&format!("== {n}. ")),
+            "chapter {n} missing:\n{all}"
+        );
+    }
+    assert!(!all.contains("error:"), "{all}");
+}

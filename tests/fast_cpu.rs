@@ -1,4 +1,4 @@
-//! The strided CPU kernels (src/fast_cpu/mod.rs) against luminal's stock ops as the oracle:
+//! The strided CPU kernels (src/backend/fast_cpu/mod.rs) against luminal's stock ops as the oracle:
 //! random shapes (dynamic dims), random values, and every kind of view — permuted, broadcast,
 //! sliced, padded, reshaped — fed to every replaced op. The kernels read the same elements
 //! and add in the same order, so results must be bit-for-bit equal.
@@ -146,7 +146,7 @@ proptest! {
     /// computed exactly as one thread would.
     #[test]
     fn threaded_kernels_equal_the_stock_ops(case in big_case()) {
-        transformer_course::fast_cpu::set_threads(2); // before the pool starts, if it has not
+        transformer_course::backend::fast_cpu::set_threads(2); // before the pool starts, if it has not
         same_as_stock(&run(Device::Cpu, &case), &run(Device::Interpreter, &case))?;
     }
 }
@@ -290,7 +290,7 @@ proptest! {
     /// Large enough for 2 threads and for several 256-element blocks per row.
     #[test]
     fn threaded_fused_chains_equal_the_stock_ops(chain in chain_of(150..260, 150..260)) {
-        transformer_course::fast_cpu::set_threads(2);
+        transformer_course::backend::fast_cpu::set_threads(2);
         fused_as_stock(&chain)?;
     }
 }
@@ -341,7 +341,7 @@ proptest! {
                 let mut y = input.matmul(weight).retrieve();
                 device.compile(&mut cx, (&mut input, &mut weight, &mut y));
                 if device == Device::Cpu && b > 1 {
-                    let kinds = transformer_course::device::op_counts(&cx);
+                    let kinds = transformer_course::graph::primitive::op_counts(&cx);
                     assert!(kinds.iter().any(|(k, _)| k == "BatchedMatMul2D"), "{kinds:?}");
                 }
                 y
@@ -363,7 +363,7 @@ proptest! {
     /// polynomial's error bound is 2e-7, about 2 ulp) wherever the result is a normal float.
     #[test]
     fn exp2_is_within_two_ulp(x in -125.9f32..127.9) {
-        let (fast, exact) = (transformer_course::fast_cpu::exp2(x), x.exp2());
+        let (fast, exact) = (transformer_course::backend::fast_cpu::exp2(x), x.exp2());
         prop_assert!((fast - exact).abs() <= 3e-7 * exact, "exp2({}) = {} vs {}", x, fast, exact);
     }
 }
@@ -372,7 +372,7 @@ proptest! {
 /// is inf, deep underflow is 0, and integers are exact.
 #[test]
 fn exp2_edges() {
-    use transformer_course::fast_cpu::exp2;
+    use transformer_course::backend::fast_cpu::exp2;
     assert!(exp2(f32::NAN).is_nan());
     assert_eq!(exp2(f32::INFINITY), f32::INFINITY);
     assert_eq!(exp2(200.0), f32::INFINITY);

@@ -69,11 +69,3 @@ fn saving_into_an_unwritable_place_names_the_path() {
     let err = viz::save(&cx, std::path::Path::new("/proc/forbidden/affine")).unwrap_err();
     assert!(err.to_string().contains("/proc/forbidden"), "{err}");
 }
-
-#[test]
-fn the_tour_runs_every_chapter() {
-    for (title, result) in transformer_course::tour() {
-        let text = result.unwrap_or_else(|e| panic!("{title}: {e}"));
-        assert!(!text.is_empty(), "{title}");
-    }
-}

@@ -9,52 +9,16 @@
 
 use luminal::prelude::*;
 
-use crate::device::Device;
-use crate::dims::{In, Out, Rows};
-use crate::error::Result;
-use crate::tensor::{self, HostTensor};
+use crate::backend::Device;
+use crate::graph::dims::{In, Out, Rows};
+use crate::graph::error::Result;
+use crate::graph::tensor::{self, HostTensor};
 
-// ANCHOR: primitives
-/// The 12 primitive ops. Every luminal graph, however high-level the code that built it,
-/// is made of these plus two kinds of source node: `Function` (inputs) and `Constant`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Primitive {
-    // Unary, elementwise: y = f(x).
-    Log2,
-    Exp2,
-    Sin,
-    Sqrt,
-    Recip,
-    // Binary, elementwise: y = f(a, b).
-    Add,
-    Mul,
-    Mod,
-    LessThan,
-    // Reductions over one dimension.
-    SumReduce,
-    MaxReduce,
-    // Materialise a view into a fresh, row-major buffer.
-    Contiguous,
-}
-// ANCHOR_END: primitives
+/// The 12 primitive ops (defined with the graph helpers, `src/graph/primitive.rs`, because the
+/// autograd of chapter 8 and the CPU backend share the list).
+pub use crate::graph::primitive::Primitive;
 
 impl Primitive {
-    /// All 12, in the order above.
-    pub const ALL: [Primitive; 12] = [
-        Primitive::Log2,
-        Primitive::Exp2,
-        Primitive::Sin,
-        Primitive::Sqrt,
-        Primitive::Recip,
-        Primitive::Add,
-        Primitive::Mul,
-        Primitive::Mod,
-        Primitive::LessThan,
-        Primitive::SumReduce,
-        Primitive::MaxReduce,
-        Primitive::Contiguous,
-    ];
-
     // ANCHOR: primitive_ref
     /// Reference semantics as plain loops, for `a` and `b` of shape (rows, cols).
     /// Reductions reduce the last dimension; `Contiguous` is applied to the transpose of `a`

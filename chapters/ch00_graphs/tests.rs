@@ -95,7 +95,7 @@ fn a_permuted_view_reads_transposed() {
 #[test]
 fn cpu_pipeline_accelerates_2d_matmul_where_stock_does_not() {
     let count = |cx: &Graph, kind: &str| {
-        crate::device::op_counts(cx)
+        crate::graph::primitive::op_counts(cx)
             .into_iter()
             .find(|(k, _)| k == kind)
             .map_or(0, |(_, n)| n)
@@ -139,9 +139,9 @@ fn wrong_data_length_is_a_clear_error() {
 fn compiled_op_listing_snapshot() {
     let mut cx = Graph::new();
     let mut g = affine(&mut cx);
-    let before = crate::viz::op_listing(&cx);
+    let before = crate::graph::viz::op_listing(&cx);
     Device::Cpu.compile(&mut cx, g.handles());
-    let after = crate::viz::op_listing(&cx);
+    let after = crate::graph::viz::op_listing(&cx);
     insta::assert_snapshot!(format!(
         "as built:\n{before}\ncompiled for the CPU:\n{after}"
     ));
@@ -170,7 +170,7 @@ proptest! {
         interpret in any::<bool>(),
     ) {
         use rand::Rng;
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let w: Vec<f32> = (0..k * m).map(|_| rng.gen_range(-10.0..10.0)).collect();
         let c: Vec<f32> = (0..m).map(|_| rng.gen_range(-10.0..10.0)).collect();
         let mut cx = Graph::new();

@@ -10,11 +10,12 @@
 
 use luminal::prelude::*;
 
-use crate::device::Device;
-use crate::dims::{Batch, DModel, In, Out, Rows, Seq, Vocab};
-use crate::error::{CourseError, Result};
-use crate::init::{trunc_normal, CourseRng};
-use crate::tensor::{self, HostTensor};
+use crate::backend::Device;
+use crate::graph::dims::{Batch, DModel, In, Out, Rows, Seq, Vocab};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::{trunc_normal, CourseRng};
+use crate::graph::params::{Param, Parameters};
+use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: linear_ref
 /// `y = x W^T` as loops: `x` (n, d_in), `w` (d_out, d_in) -> `y` (n, d_out).
@@ -257,6 +258,36 @@ pub fn linear_demo() -> Result<String> {
          Embedding: ids [2, 0] in table [[0, 1], [10, 11], [20, 21]] -> {:?}",
         y.data, e.data
     ))
+}
+
+// The layers list their own weights (state-dict name, node, shape), and their handles survive
+// compilation: luminal's compile remaps node ids through `ToIdsMut`.
+
+impl<I: Dimension, O: Dimension> Parameters for Linear<I, O> {
+    fn params(&self) -> Vec<Param> {
+        vec![Param::of(
+            self.weight,
+            &[self.out_features, self.in_features],
+        )]
+    }
+}
+
+impl<V: Dimension, D: Dimension> Parameters for Embedding<V, D> {
+    fn params(&self) -> Vec<Param> {
+        vec![Param::of(self.weight, &[self.vocab_size, self.d_model])]
+    }
+}
+
+impl<I: Dimension, O: Dimension> ToIdsMut for Linear<I, O> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        vec![&mut self.weight.id]
+    }
+}
+
+impl<V: Dimension, D: Dimension> ToIdsMut for Embedding<V, D> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        vec![&mut self.weight.id]
+    }
 }
 
 #[cfg(test)]

@@ -75,7 +75,7 @@ fn linear_init_follows_conventions() {
     let mut cx = Graph::new();
     let layer = Linear::<In, Out>::new(&mut cx, "w", 300, 500).unwrap();
     assert_abs_diff_eq!(layer.init_sigma(), (2.0f32 / 800.0).sqrt());
-    layer.init(&mut crate::init::rng(0)).unwrap();
+    layer.init(&mut crate::graph::init::rng(0)).unwrap();
     cx.execute(); // weights are inputs: executing keeps them; read them back
     let w = tensor::read(layer.weight).unwrap();
     let sigma = layer.init_sigma();
@@ -83,7 +83,7 @@ fn linear_init_follows_conventions() {
     let std = (w.data.iter().map(|v| v * v).sum::<f32>() / w.data.len() as f32).sqrt();
     // 150000 samples: std within 2% of the truncated-normal value 0.9866 sigma.
     assert!(
-        (std / sigma - crate::init::TRUNC3_STD_FRACTION).abs() < 0.02,
+        (std / sigma - crate::graph::init::TRUNC3_STD_FRACTION).abs() < 0.02,
         "{std}"
     );
 }
@@ -100,7 +100,7 @@ fn compiled_op_listing_snapshot() {
         &mut cx,
         (&mut emb.weight, &mut head.weight, &mut ids, &mut logits),
     );
-    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+    insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
 proptest! {
@@ -110,7 +110,7 @@ proptest! {
     #[test]
     fn linear_matches_reference(n in 1usize..6, d_in in 1usize..16, d_out in 1usize..12, seed in any::<u64>()) {
         use rand::Rng;
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let x: Vec<f32> = (0..n * d_in).map(|_| rng.gen_range(-2.0..2.0)).collect();
         let w: Vec<f32> = (0..d_out * d_in).map(|_| rng.gen_range(-2.0..2.0)).collect();
         let got = run_linear(&x, &w, n, d_in, d_out, Device::Cpu).unwrap();
@@ -127,7 +127,7 @@ proptest! {
         batch in 1usize..4, seq in 1usize..6, vocab in 1usize..20, d in 1usize..8, seed in any::<u64>()
     ) {
         use rand::Rng;
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let table: Vec<f32> = (0..vocab * d).map(|_| rng.gen_range(-3.0..3.0)).collect();
         let ids: Vec<u32> = (0..batch * seq).map(|_| rng.gen_range(0..vocab as u32)).collect();
         let got = run_embedding(&ids, [batch, seq], &table, vocab, d, Device::Cpu).unwrap();
@@ -140,9 +140,9 @@ proptest! {
 /// and d loss / d table through the one-hot embedding lookup.
 #[test]
 fn gradients_match_finite_differences() {
-    use crate::params::{Param, Parameters};
+    use crate::graph::params::{Param, Parameters};
     use crate::testing::{assert_gradcheck, uniform, weighted_sum};
-    let mut rng = crate::init::rng(1);
+    let mut rng = crate::graph::init::rng(1);
     let mut cx = Graph::new();
     let lin = Linear::<In, Out>::new(&mut cx, "linear.weight", 3, 2).unwrap();
     lin.load(uniform(&mut rng, 6, 1.0)).unwrap();

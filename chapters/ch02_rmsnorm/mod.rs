@@ -9,10 +9,11 @@
 
 use luminal::prelude::*;
 
-use crate::device::Device;
-use crate::dims::{Batch, DModel, Seq};
-use crate::error::Result;
-use crate::tensor::{self, HostTensor};
+use crate::backend::Device;
+use crate::graph::dims::{Batch, DModel, Seq};
+use crate::graph::error::Result;
+use crate::graph::params::{Param, Parameters};
+use crate::graph::tensor::{self, HostTensor};
 
 /// The epsilon of the course's CS336 conventions (book chapter 2; also PyTorch's `nn.RMSNorm` / `nn.LayerNorm` defaults).
 pub const NORM_EPS: f32 = 1e-5;
@@ -196,6 +197,35 @@ pub fn norm_demo() -> Result<String> {
         "x = {x:?}: RMS = sqrt(mean(x^2)) = 3.5355\n  RMSNorm(x)   = {:.4?}\n  LayerNorm(x) = {:.4?}",
         rms.data, ln.data
     ))
+}
+
+// Each norm lists its own weights, and its handles survive compilation.
+
+impl<D: Dimension> Parameters for RmsNorm<D> {
+    fn params(&self) -> Vec<Param> {
+        vec![Param::of(self.weight, &[self.d_model])]
+    }
+}
+
+impl<D: Dimension> Parameters for LayerNorm<D> {
+    fn params(&self) -> Vec<Param> {
+        vec![
+            Param::of(self.weight, &[self.d_model]),
+            Param::of(self.bias, &[self.d_model]),
+        ]
+    }
+}
+
+impl<D: Dimension> ToIdsMut for RmsNorm<D> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        vec![&mut self.weight.id]
+    }
+}
+
+impl<D: Dimension> ToIdsMut for LayerNorm<D> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        vec![&mut self.weight.id, &mut self.bias.id]
+    }
 }
 
 #[cfg(test)]

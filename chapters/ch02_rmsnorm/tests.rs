@@ -55,7 +55,7 @@ fn compiled_op_listing_snapshot() {
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let mut y = n.forward(x).retrieve();
     Device::Cpu.compile(&mut cx, (&mut n.weight, &mut x, &mut y));
-    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+    insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
 /// Random (batch, seq, d) inputs with values in [-5, 5] and a random gain.
@@ -122,9 +122,9 @@ proptest! {
 /// Chapter 8's gradient check: d loss / d (x, g) through RMSNorm and LayerNorm.
 #[test]
 fn gradients_match_finite_differences() {
-    use crate::params::{Param, Parameters};
+    use crate::graph::params::{Param, Parameters};
     use crate::testing::{assert_gradcheck, uniform, weighted_sum};
-    let mut rng = crate::init::rng(4);
+    let mut rng = crate::graph::init::rng(4);
     for norm in [Norm::Rms, Norm::Layer] {
         let mut cx = Graph::new();
         let x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");

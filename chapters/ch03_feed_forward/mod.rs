@@ -9,12 +9,13 @@
 
 use luminal::prelude::*;
 
+use crate::backend::Device;
 use crate::ch01_linear::{linear_ref, Linear};
-use crate::device::Device;
-use crate::dims::{Batch, DFf, DModel, Seq};
-use crate::error::{CourseError, Result};
-use crate::init::CourseRng;
-use crate::tensor::{self, HostTensor};
+use crate::graph::dims::{Batch, DFf, DModel, Seq};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::CourseRng;
+use crate::graph::params::{Param, Parameters};
+use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: silu_ref
 /// SiLU (also called swish): `x * sigmoid(x) = x / (1 + e^-x)`.
@@ -250,6 +251,18 @@ pub fn ffn_demo() -> Result<String> {
         r.data,
         default_d_ff(128)
     ))
+}
+
+impl<D: Dimension, F: Dimension> Parameters for SwiGlu<D, F> {
+    fn params(&self) -> Vec<Param> {
+        [self.w1.params(), self.w2.params(), self.w3.params()].concat()
+    }
+}
+
+impl<D: Dimension, F: Dimension> Parameters for ReluFfn<D, F> {
+    fn params(&self) -> Vec<Param> {
+        [self.w1.params(), self.w2.params()].concat()
+    }
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ fn compiled_op_listing_snapshot() {
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let mut y = f.forward(x).retrieve();
     Device::Cpu.compile(&mut cx, (&mut f, &mut x, &mut y));
-    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+    insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
 proptest! {
@@ -107,7 +107,7 @@ proptest! {
     fn swiglu_matches_reference(
         b in 1usize..3, s in 1usize..4, d in 1usize..9, f in 1usize..13, seed in any::<u64>()
     ) {
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let x = uniform(&mut rng, b * s * d, 2.0);
         let (w1, w2, w3) = (uniform(&mut rng, f * d, 2.0), uniform(&mut rng, d * f, 2.0), uniform(&mut rng, f * d, 2.0));
         let got = run_ffn(Ffn::SwiGlu, &x, [b, s, d], &[&w1, &w2, &w3], f, Device::Cpu).unwrap();
@@ -119,7 +119,7 @@ proptest! {
     fn relu_ffn_matches_reference(
         b in 1usize..3, s in 1usize..4, d in 1usize..9, f in 1usize..13, seed in any::<u64>()
     ) {
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let x = uniform(&mut rng, b * s * d, 2.0);
         let (w1, w2) = (uniform(&mut rng, f * d, 2.0), uniform(&mut rng, d * f, 2.0));
         let got = run_ffn(Ffn::Relu, &x, [b, s, d], &[&w1, &w2], f, Device::Cpu).unwrap();
@@ -130,9 +130,9 @@ proptest! {
 /// Chapter 8's gradient check: d loss / d (x, W1, W2, W3) through SwiGLU.
 #[test]
 fn gradients_match_finite_differences() {
-    use crate::params::{Param, Parameters};
+    use crate::graph::params::{Param, Parameters};
     use crate::testing::{assert_gradcheck, weighted_sum};
-    let mut rng = crate::init::rng(6);
+    let mut rng = crate::graph::init::rng(6);
     let mut cx = Graph::new();
     let f = SwiGlu::<DModel, DFf>::new(&mut cx, "ffn", 3, 4).unwrap();
     f.w1.load(uniform(&mut rng, 12, 1.0)).unwrap();

@@ -12,10 +12,10 @@
 use luminal::prelude::*;
 use luminal::shape::symbolic::Expression;
 
-use crate::device::Device;
-use crate::dims::{Batch, DHead, Heads, MaxSeq, Pairs, Seq};
-use crate::error::{CourseError, Result};
-use crate::tensor::{self, HostTensor};
+use crate::backend::Device;
+use crate::graph::dims::{Batch, DHead, Heads, MaxSeq, Pairs, Seq};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::tensor::{self, HostTensor};
 
 /// The base of RoPE's angles in the CS336 conventions (book chapter 4), as in Llama and the RoFormer paper.
 pub const ROPE_THETA: f32 = 10_000.0;

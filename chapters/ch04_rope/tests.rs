@@ -54,7 +54,7 @@ fn compiled_op_listing_snapshot() {
     let mut x = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "q");
     let mut y = rope.forward(x).retrieve();
     Device::Cpu.compile(&mut cx, (&mut rope, &mut x, &mut y));
-    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+    insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
 /// Random (batch, heads, seq, d_head) with an even d_head, and values in [-3, 3].
@@ -113,7 +113,7 @@ proptest! {
     #[test]
     fn rope_dot_products_depend_only_on_relative_position(half in 1usize..5, seed in any::<u64>(), t in 1usize..4) {
         let d = 2 * half;
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let (q, k) = (uniform(&mut rng, d, 3.0), uniform(&mut rng, d, 3.0));
         let seq = 12;
         let rq = run_rope(&q.repeat(seq), [1, 1, seq, d], seq, ROPE_THETA, Device::Cpu).unwrap().data;
@@ -147,12 +147,17 @@ proptest! {
 /// Chapter 8's gradient check: d loss / d x through RoPE (slices, pads and table views).
 #[test]
 fn gradients_match_finite_differences() {
-    use crate::params::Param;
+    use crate::graph::params::Param;
     use crate::testing::{assert_gradcheck, weighted_sum};
     let mut cx = Graph::new();
     let rope = Rope::<MaxSeq, DHead>::new(&mut cx, 8, 4, ROPE_THETA).unwrap();
     let x = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "q");
-    tensor::set(x, &[1, 2, 3, 4], uniform(&mut crate::init::rng(8), 24, 2.0)).unwrap();
+    tensor::set(
+        x,
+        &[1, 2, 3, 4],
+        uniform(&mut crate::graph::init::rng(8), 24, 2.0),
+    )
+    .unwrap();
     let loss = weighted_sum(rope.forward(x), &[1, 2, 3, 4], 9);
     assert_gradcheck(&mut cx, vec![Param::of(x, &[1, 2, 3, 4])], loss);
 }

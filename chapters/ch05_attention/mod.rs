@@ -10,13 +10,13 @@
 
 use luminal::prelude::*;
 
-use crate::device::Device;
-use crate::dims::{Batch, DHead, Heads, Seq, SrcSeq};
+use crate::backend::Device;
+use crate::graph::dims::{Batch, DHead, Heads, Seq, SrcSeq};
 
 /// Width of the values in [`run_sdpa`], which may differ from the queries' and keys' (`e`).
 type DValue = Dyn<'e'>;
-use crate::error::Result;
-use crate::tensor::{self, HostTensor};
+use crate::graph::error::Result;
+use crate::graph::tensor::{self, HostTensor};
 
 pub mod multi_head;
 pub use multi_head::*;

@@ -7,13 +7,14 @@
 use luminal::prelude::*;
 
 use super::{causal_mask, key_padding_mask, scaled_dot_product_attention, sdpa_ref};
+use crate::backend::Device;
 use crate::ch01_linear::{linear_ref, Linear};
 use crate::ch04_rope::{rope_ref, Rope};
-use crate::device::Device;
-use crate::dims::{Batch, DHead, DModel, Heads, MaxSeq, Seq, SrcSeq};
-use crate::error::{CourseError, Result};
-use crate::init::CourseRng;
-use crate::tensor::{self, HostTensor};
+use crate::graph::dims::{Batch, DHead, DModel, Heads, MaxSeq, Seq, SrcSeq};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::CourseRng;
+use crate::graph::params::{Param, Parameters};
+use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: mha_ref
 /// `(b, len, d)` -> `(b * heads, len, d_head)`: head `h` takes features `h*d_head ..`.
@@ -362,4 +363,10 @@ pub fn attention_demo() -> Result<String> {
         &y.data[..2],
         &y.data[4..]
     ))
+}
+
+impl<D: Dimension> Parameters for MultiHeadAttention<D> {
+    fn params(&self) -> Vec<Param> {
+        self.projections().iter().flat_map(|p| p.params()).collect()
+    }
 }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::ch04_rope::{Rope, ROPE_THETA};
-use crate::dims::DModel;
+use crate::graph::dims::DModel;
 use crate::testing::{assert_close, uniform};
 use proptest::prelude::*;
 
@@ -27,7 +27,7 @@ fn a_row_with_every_key_masked_gives_zeros_not_nan() {
     .unwrap();
     assert_eq!(y.data, vec![0.0, 1.0, 0.0, 0.0]);
     // The same in full attention: a sequence whose keys are all padding outputs zeros.
-    let mut rng = crate::init::rng(7);
+    let mut rng = crate::graph::init::rng(7);
     let w: Vec<Vec<f32>> = (0..4).map(|_| uniform(&mut rng, 16, 1.0)).collect();
     let x = uniform(&mut rng, 2 * 3 * 4, 1.0);
     let mask = MaskSpec {
@@ -82,7 +82,7 @@ fn compiled_op_listing_snapshot() {
     let causal = causal_mask::<Seq>(&mut cx).expand::<(Batch, Seq, Seq), _>();
     let mut y = attn.attend(x, x, causal).retrieve();
     Device::Cpu.compile(&mut cx, (&mut attn, &mut x, &mut y));
-    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+    insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
 /// Random attention problems: (batch, seq, heads, d_head), weights, input, and a padding
@@ -103,7 +103,7 @@ fn case(max_seq: usize) -> impl Strategy<Value = Case> {
         |(b, s, heads, half, seed)| {
             use rand::Rng;
             let d = heads * 2 * half; // even head size, so RoPE can run too
-            let mut rng = crate::init::rng(seed);
+            let mut rng = crate::graph::init::rng(seed);
             let w = (0..4).map(|_| uniform(&mut rng, d * d, 1.0)).collect();
             let x = uniform(&mut rng, b * s * d, 2.0);
             let keep = (0..b * s)
@@ -151,7 +151,7 @@ proptest! {
     fn softmax_rows_sum_to_one_and_ignore_shifts(
         t in 1usize..9, rows in 1usize..4, seed in any::<u64>(), shift in -50.0f32..50.0
     ) {
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let x = uniform(&mut rng, rows * t, 5.0);
         let shape = [1, 1, rows, t];
         let y = run_softmax(&x, shape, None, Device::Cpu).unwrap().data;
@@ -189,7 +189,7 @@ proptest! {
     #[test]
     fn cross_attention_matches_reference(c in case(5), t in 1usize..7, seed in any::<u64>()) {
         use rand::Rng;
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let memory = uniform(&mut rng, c.b * t * c.d, 2.0);
         let keep: Vec<bool> = (0..c.b * t).map(|i| i % t == 0 || rng.gen_bool(0.6)).collect();
         let mask = MaskSpec { causal: false, key_padding: Some(keep) };
@@ -206,7 +206,7 @@ proptest! {
         let mask = MaskSpec { causal: true, key_padding: None };
         let theta = rope.then_some(ROPE_THETA);
         let mut changed = c.x.clone();
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         for bi in 0..c.b {
             let row = (bi * c.s + p) * c.d;
             changed[row..row + c.d].copy_from_slice(&uniform(&mut rng, c.d, 5.0));
@@ -224,7 +224,7 @@ proptest! {
     fn padded_keys_are_ignored(c in case(7), seed in any::<u64>()) {
         let mask = MaskSpec { causal: false, key_padding: Some(c.keep.clone()) };
         let mut changed = c.x.clone();
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         for (row, keep) in c.keep.iter().enumerate() {
             if !keep {
                 changed[row * c.d..(row + 1) * c.d].copy_from_slice(&uniform(&mut rng, c.d, 5.0));
@@ -242,7 +242,7 @@ proptest! {
 #[test]
 fn attention_weights_are_causal_rows_that_sum_to_one() {
     // A (b = 1, s = 5, d = 4, 2 heads) causal map: row i spreads weight 1 over keys 0..=i only.
-    let mut rng = crate::init::rng(11);
+    let mut rng = crate::graph::init::rng(11);
     let w: Vec<Vec<f32>> = (0..4).map(|_| uniform(&mut rng, 16, 1.0)).collect();
     let x = uniform(&mut rng, 20, 1.0);
     let mask = MaskSpec {
@@ -271,9 +271,9 @@ fn attention_weights_are_causal_rows_that_sum_to_one() {
 /// attention with RoPE and a padded key (softmax, max, masks, 4-D matmuls).
 #[test]
 fn gradients_match_finite_differences() {
-    use crate::params::{Param, Parameters};
+    use crate::graph::params::{Param, Parameters};
     use crate::testing::{assert_gradcheck, weighted_sum};
-    let mut rng = crate::init::rng(10);
+    let mut rng = crate::graph::init::rng(10);
     let mut cx = Graph::new();
     let rope = Rope::new(&mut cx, 8, 2, ROPE_THETA).unwrap();
     let attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", 4, 2, Some(rope)).unwrap();

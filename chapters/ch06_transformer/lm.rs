@@ -5,16 +5,16 @@
 use luminal::prelude::*;
 
 use super::{block_ref, validate_sizes, Block};
+use crate::backend::Device;
 use crate::ch01_linear::{embedding_ref, linear_ref, Embedding, Linear};
 use crate::ch02_rmsnorm::{rms_norm_ref, RmsNorm, NORM_EPS};
 use crate::ch04_rope::{Rope, ROPE_THETA};
 use crate::ch05_attention::causal_mask;
-use crate::device::Device;
-use crate::dims::{Batch, DHead, DModel, MaxSeq, Seq, Vocab};
-use crate::error::{CourseError, Result};
-use crate::init::CourseRng;
-use crate::params::{self, Param, Parameters, StateDict};
-use crate::tensor::{self, HostTensor};
+use crate::graph::dims::{Batch, DHead, DModel, MaxSeq, Seq, Vocab};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::CourseRng;
+use crate::graph::params::{self, Param, Parameters, StateDict};
+use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: config
 /// Everything that sizes a decoder-only LM (nanoGPT style: one struct, checked once).
@@ -217,6 +217,6 @@ pub fn run_lm(
 pub fn init_lm_weights(config: &TransformerConfig, seed: u64) -> Result<StateDict> {
     let mut cx = Graph::new();
     let model = TransformerLm::new(&mut cx, config)?;
-    model.init(&mut crate::init::rng(seed))?;
+    model.init(&mut crate::graph::init::rng(seed))?;
     params::state_dict(&cx, &model.params())
 }

@@ -15,10 +15,10 @@ use crate::ch02_rmsnorm::{rms_norm_ref, RmsNorm, NORM_EPS};
 use crate::ch03_feed_forward::{swiglu_ref, SwiGlu};
 use crate::ch04_rope::Rope;
 use crate::ch05_attention::{mha_ref, MultiHeadAttention};
-use crate::dims::{DFf, DHead, DModel, MaxSeq};
-use crate::error::{CourseError, Result};
-use crate::init::CourseRng;
-use crate::params::{Param, Parameters, StateDict};
+use crate::graph::dims::{DFf, DHead, DModel, MaxSeq};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::CourseRng;
+use crate::graph::params::{Param, Parameters, StateDict};
 
 pub mod lm;
 pub mod seq2seq;
@@ -213,7 +213,7 @@ pub fn transformer_demo() -> Result<String> {
         [1, prompt.len()],
         &dict,
         &small,
-        crate::device::Device::Cpu,
+        crate::backend::Device::Cpu,
     )?;
     let last = &logits.data[(prompt.len() - 1) * small.vocab_size..];
     let best = (0..last.len())

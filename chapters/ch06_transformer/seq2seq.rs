@@ -8,17 +8,17 @@
 use luminal::prelude::*;
 
 use super::{block_ref, validate_sizes, Block};
+use crate::backend::Device;
 use crate::ch01_linear::{embedding_ref, linear_ref, Embedding, Linear};
 use crate::ch02_rmsnorm::{rms_norm_ref, RmsNorm, NORM_EPS};
 use crate::ch03_feed_forward::{swiglu_ref, SwiGlu};
 use crate::ch04_rope::Rope;
 use crate::ch05_attention::{causal_mask, key_padding_mask, mha_ref, MultiHeadAttention};
-use crate::device::Device;
-use crate::dims::{Batch, DFf, DHead, DModel, MaxSeq, Seq, SrcSeq, Vocab};
-use crate::error::{CourseError, Result};
-use crate::init::CourseRng;
-use crate::params::{self, Param, Parameters, StateDict};
-use crate::tensor::{self, HostTensor};
+use crate::graph::dims::{Batch, DFf, DHead, DModel, MaxSeq, Seq, SrcSeq, Vocab};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::CourseRng;
+use crate::graph::params::{self, Param, Parameters, StateDict};
+use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: seq2seq_config
 /// Everything that sizes an encoder-decoder model.
@@ -427,6 +427,6 @@ pub fn run_seq2seq(
 pub fn init_seq2seq_weights(config: &Seq2SeqConfig, seed: u64) -> Result<StateDict> {
     let mut cx = Graph::new();
     let model = EncoderDecoder::new(&mut cx, config)?;
-    model.init(&mut crate::init::rng(seed))?;
+    model.init(&mut crate::graph::init::rng(seed))?;
     params::state_dict(&cx, &model.params())
 }

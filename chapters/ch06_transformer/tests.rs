@@ -1,6 +1,6 @@
 use super::*;
-use crate::device::Device;
-use crate::params::{load_state_dict, read_safetensors, write_safetensors};
+use crate::backend::Device;
+use crate::graph::params::{load_state_dict, read_safetensors, write_safetensors};
 use crate::testing::assert_close;
 use proptest::prelude::*;
 use rand::Rng;
@@ -135,11 +135,11 @@ fn a_state_dict_with_a_missing_or_misshapen_tensor_is_refused_by_name() {
 trait HostTensorExt {
     fn transposed(&self) -> Self;
 }
-impl HostTensorExt for crate::tensor::HostTensor {
+impl HostTensorExt for crate::graph::tensor::HostTensor {
     fn transposed(&self) -> Self {
         let (r, c) = (self.shape[0], self.shape[1]);
         let data = (0..r * c).map(|i| self.data[(i % r) * c + i / r]).collect();
-        crate::tensor::HostTensor::new(&[c, r], data).unwrap()
+        crate::graph::tensor::HostTensor::new(&[c, r], data).unwrap()
     }
 }
 
@@ -177,7 +177,9 @@ fn compiled_op_counts_snapshot() {
         ..tiny_lm()
     };
     let mut model = TransformerLm::new(&mut cx, &cfg).unwrap();
-    let mut idt = crate::tensor::input::<(crate::dims::Batch, crate::dims::Seq)>(&mut cx, "ids");
+    let mut idt = crate::graph::tensor::input::<(crate::graph::dims::Batch, crate::graph::dims::Seq)>(
+        &mut cx, "ids",
+    );
     let mut logits = model.forward(idt).retrieve();
     let built = cx.graph.node_count();
     Device::Cpu.compile(&mut cx, (&mut model, &mut idt, &mut logits));
@@ -214,7 +216,7 @@ proptest! {
     fn lm_matches_reference(b in 1usize..3, s in 1usize..6, heads in 1usize..3, layers in 1usize..3, seed in any::<u64>()) {
         let cfg = TransformerConfig { n_heads: heads, n_layers: layers, d_model: 4 * heads, ..tiny_lm() };
         let dict = init_lm_weights(&cfg, seed).unwrap();
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let x = ids(&mut rng, b * s, cfg.vocab_size);
         let got = run_lm(&x, [b, s], &dict, &cfg, Device::Cpu).unwrap();
         prop_assert_eq!(&got.shape, &vec![b, s, cfg.vocab_size]);
@@ -228,7 +230,7 @@ proptest! {
         let p = p % s;
         let cfg = tiny_lm();
         let dict = init_lm_weights(&cfg, seed).unwrap();
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let mut x = ids(&mut rng, s, cfg.vocab_size);
         let a = run_lm(&x, [1, s], &dict, &cfg, Device::Cpu).unwrap().data;
         x[p] = (x[p] + 1) % cfg.vocab_size as u32;
@@ -244,7 +246,7 @@ proptest! {
     fn seq2seq_matches_reference(b in 1usize..3, t in 1usize..6, s in 1usize..5, tie in any::<bool>(), cross_rope in any::<bool>(), seed in any::<u64>()) {
         let cfg = Seq2SeqConfig { cross_attention_rope: cross_rope, ..tiny_seq2seq(tie) };
         let dict = init_seq2seq_weights(&cfg, seed).unwrap();
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let src = ids(&mut rng, b * t, cfg.vocab_size);
         let keep: Vec<bool> = (0..b * t).map(|i| i % t == 0 || rng.gen_bool(0.7)).collect();
         let tgt = ids(&mut rng, b * s, cfg.vocab_size);
@@ -258,7 +260,7 @@ proptest! {
     fn seq2seq_ignores_source_padding(t in 2usize..7, seed in any::<u64>()) {
         let cfg = tiny_seq2seq(true);
         let dict = init_seq2seq_weights(&cfg, seed).unwrap();
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let mut src = ids(&mut rng, t, cfg.vocab_size);
         let keep: Vec<bool> = (0..t).map(|i| i < t / 2 + 1).collect();
         let tgt = ids(&mut rng, 3, cfg.vocab_size);
@@ -285,7 +287,7 @@ fn loading_is_all_or_nothing() {
     bad.remove("ln_final.weight");
     assert!(load_state_dict(&mut cx, &model.params(), &bad).is_err());
     assert_eq!(
-        crate::params::state_dict(&cx, &model.params()).unwrap(),
+        crate::graph::params::state_dict(&cx, &model.params()).unwrap(),
         good
     );
 }
@@ -306,8 +308,10 @@ fn lm_gradients_match_finite_differences() {
     };
     let mut cx = Graph::new();
     let model = TransformerLm::new(&mut cx, &cfg).unwrap();
-    model.init(&mut crate::init::rng(12)).unwrap();
-    let idt = crate::tensor::input::<(crate::dims::Batch, crate::dims::Seq)>(&mut cx, "ids");
+    model.init(&mut crate::graph::init::rng(12)).unwrap();
+    let idt = crate::graph::tensor::input::<(crate::graph::dims::Batch, crate::graph::dims::Seq)>(
+        &mut cx, "ids",
+    );
     model.set_ids(idt, [1, 3], &[1, 4, 2]).unwrap();
     let loss = weighted_sum(model.forward(idt), &[1, 3, 5], 13);
     assert_gradcheck(&mut cx, model.params(), loss);

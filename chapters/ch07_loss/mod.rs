@@ -10,12 +10,12 @@
 
 use luminal::prelude::*;
 
+use crate::backend::Device;
 use crate::ch01_linear::one_hot;
 use crate::ch06_transformer::{EncoderDecoder, TransformerLm};
-use crate::device::Device;
-use crate::dims::{Batch, Seq, Vocab};
-use crate::error::{CourseError, Result};
-use crate::tensor::{self, HostTensor};
+use crate::graph::dims::{Batch, Seq, Vocab};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: cross_entropy_ref
 /// Cross-entropy of one row of logits against the target index, by log-sum-exp:

@@ -119,7 +119,7 @@ fn compiled_op_listing_snapshot() {
     let mut m = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
     let mut loss = masked_mean(cross_entropy(x, t), m, Weighting::Token).retrieve();
     Device::Cpu.compile(&mut cx, (&mut x, &mut t, &mut m, &mut loss));
-    insta::assert_snapshot!(crate::viz::op_listing(&cx));
+    insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
 proptest! {
@@ -132,7 +132,7 @@ proptest! {
         sequence in any::<bool>(), seed in any::<u64>()
     ) {
         use rand::Rng;
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let logits: Vec<f32> = uniform(&mut rng, b * s * v, 3.0).iter().map(|x| x * scale).collect();
         let targets: Vec<u32> = (0..b * s).map(|_| rng.gen_range(0..v as u32)).collect();
         let mask: Vec<bool> = (0..b * s).map(|_| rng.gen_bool(0.7)).collect();
@@ -149,12 +149,17 @@ proptest! {
 /// log-sum-exp, the one-hot pick and both masked means.
 #[test]
 fn gradients_match_finite_differences() {
-    use crate::params::Param;
+    use crate::graph::params::Param;
     use crate::testing::assert_gradcheck;
     for w in [Weighting::Token, Weighting::Sequence] {
         let mut cx = Graph::new();
         let x = tensor::input::<(Batch, Seq, Vocab)>(&mut cx, "logits");
-        tensor::set(x, &[2, 3, 4], uniform(&mut crate::init::rng(14), 24, 3.0)).unwrap();
+        tensor::set(
+            x,
+            &[2, 3, 4],
+            uniform(&mut crate::graph::init::rng(14), 24, 3.0),
+        )
+        .unwrap();
         let t = tensor::input::<(Batch, Seq)>(&mut cx, "targets");
         tensor::set(t, &[2, 3], vec![0.0, 3.0, 1.0, 2.0, 2.0, 0.0]).unwrap();
         let m = tensor::input::<(Batch, Seq)>(&mut cx, "mask");

@@ -15,9 +15,9 @@ use luminal::prelude::petgraph::Direction;
 use luminal::prelude::*;
 use luminal::shape::symbolic::Expression;
 
-use crate::error::{CourseError, Result};
-use crate::params::Param;
-use crate::tensor::HostTensor;
+use crate::graph::error::{CourseError, Result};
+use crate::graph::params::Param;
+use crate::graph::tensor::HostTensor;
 
 /// The gradient of one parameter: a contiguous node in the parameter's own layout.
 #[derive(Clone, Debug)]

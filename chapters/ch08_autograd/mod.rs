@@ -9,10 +9,10 @@
 
 use luminal::prelude::*;
 
-use crate::device::Device;
-use crate::error::{CourseError, Result};
-use crate::params::Param;
-use crate::tensor::HostTensor;
+use crate::backend::Device;
+use crate::graph::error::{CourseError, Result};
+use crate::graph::params::Param;
+use crate::graph::tensor::HostTensor;
 
 pub mod backward;
 pub use backward::*;
@@ -145,7 +145,7 @@ impl<'a> GradCheck<'a> {
                 self.cx.tensors.remove(&(id, 0));
             }
         }
-        crate::tensor::execute(self.cx)?;
+        crate::graph::tensor::execute(self.cx)?;
         let t = self
             .cx
             .get_tensor_ref(self.loss, 0)

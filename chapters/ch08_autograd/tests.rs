@@ -1,6 +1,6 @@
 use super::*;
-use crate::params::Param;
-use crate::tensor;
+use crate::graph::params::Param;
+use crate::graph::tensor;
 use crate::testing::uniform;
 use approx::assert_relative_eq;
 use luminal::shape::symbolic::Expression;
@@ -36,7 +36,7 @@ where
     let p = tensor::input::<(R, C)>(&mut cx, "p");
     tensor::set(p, &shape, v).unwrap();
     let w = tensor::input::<(R, C)>(&mut cx, "w");
-    let mut rng = crate::init::rng(seed);
+    let mut rng = crate::graph::init::rng(seed);
     tensor::set(w, &shape, uniform(&mut rng, shape[0] * shape[1], 1.0)).unwrap();
     let loss = (f(p) * w).sum_reduce::<(), Axes2<0, 1>>();
     let params = vec![Param::of(p, &shape)];
@@ -159,7 +159,7 @@ proptest! {
     /// Matmul's gradient over random shapes (the pattern of every linear layer).
     #[test]
     fn matmul_gradients_match_finite_differences(n in 1usize..4, k in 1usize..5, m in 1usize..4, seed in any::<u64>()) {
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let mut cx = Graph::new();
         let a = tensor::input::<(R, C)>(&mut cx, "a");
         let b = tensor::input::<(Dyn<'o'>, C)>(&mut cx, "b");
@@ -176,7 +176,7 @@ proptest! {
 
 /// Op kinds of a compiled graph, counted.
 fn op_counts(cx: &Graph) -> String {
-    let rows = crate::device::op_counts(cx);
+    let rows = crate::graph::primitive::op_counts(cx);
     rows.iter()
         .map(|(k, n)| format!("{k:<16} {n:>3}"))
         .collect::<Vec<_>>()
@@ -188,8 +188,8 @@ fn op_counts(cx: &Graph) -> String {
 #[test]
 fn linear_backward_compiles_to_matmuls() {
     use crate::ch01_linear::Linear;
-    use crate::dims::{In, Out, Rows};
-    use crate::params::Parameters;
+    use crate::graph::dims::{In, Out, Rows};
+    use crate::graph::params::Parameters;
     let mut cx = Graph::new();
     let lin = Linear::<In, Out>::new(&mut cx, "linear.weight", 3, 2).unwrap();
     let x = tensor::input::<(Rows, In)>(&mut cx, "x");
@@ -201,7 +201,7 @@ fn linear_backward_compiles_to_matmuls() {
     let mut loss_id = loss.id;
     Device::Cpu.compile(&mut cx, (&mut grads, &mut loss_id));
     let counts = op_counts(&cx);
-    let matmuls = crate::device::op_counts(&cx)
+    let matmuls = crate::graph::primitive::op_counts(&cx)
         .into_iter()
         .find(|(k, _)| k == "MatMul2D");
     assert_eq!(matmuls.map(|m| m.1), Some(3), "{counts}");
@@ -213,8 +213,8 @@ fn linear_backward_compiles_to_matmuls() {
 fn compiled_and_uncompiled_gradients_agree() {
     use crate::ch06_transformer::{TransformerConfig, TransformerLm};
     use crate::ch07_loss::{lm_loss, Weighting};
-    use crate::dims::{Batch, Seq};
-    use crate::params::Parameters;
+    use crate::graph::dims::{Batch, Seq};
+    use crate::graph::params::Parameters;
     let cfg = TransformerConfig {
         vocab_size: 7,
         context_length: 8,
@@ -227,7 +227,7 @@ fn compiled_and_uncompiled_gradients_agree() {
     let run = |device: Option<Device>| {
         let mut cx = Graph::new();
         let model = TransformerLm::new(&mut cx, &cfg).unwrap();
-        model.init(&mut crate::init::rng(21)).unwrap();
+        model.init(&mut crate::graph::init::rng(21)).unwrap();
         let ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
         let targets = tensor::input::<(Batch, Seq)>(&mut cx, "targets");
         let mask = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
@@ -260,15 +260,15 @@ mod random_shapes {
     use crate::ch02_rmsnorm::RmsNorm;
     use crate::ch04_rope::{Rope, ROPE_THETA};
     use crate::ch05_attention::{causal_mask, masked_softmax, MultiHeadAttention};
-    use crate::dims::{Batch, DHead, DModel, Heads, MaxSeq, Seq, SrcSeq};
-    use crate::params::Parameters;
+    use crate::graph::dims::{Batch, DHead, DModel, Heads, MaxSeq, Seq, SrcSeq};
+    use crate::graph::params::Parameters;
     use crate::testing::{assert_gradcheck, weighted_sum};
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(6))]
         #[test]
         fn rms_norm(b in 1usize..3, s in 1usize..3, d in 2usize..6, seed in any::<u64>()) {
-            let mut rng = crate::init::rng(seed);
+            let mut rng = crate::graph::init::rng(seed);
             let mut cx = Graph::new();
             let n = RmsNorm::<DModel>::new(&mut cx, "ln.weight", d).unwrap();
             n.load(uniform(&mut rng, d, 2.0)).unwrap();
@@ -280,7 +280,7 @@ mod random_shapes {
 
         #[test]
         fn softmax(b in 1usize..3, s in 1usize..3, t in 1usize..5, seed in any::<u64>()) {
-            let mut rng = crate::init::rng(seed);
+            let mut rng = crate::graph::init::rng(seed);
             let mut cx = Graph::new();
             let x = tensor::input::<(Batch, Heads, Seq, SrcSeq)>(&mut cx, "scores");
             tensor::set(x, &[b, 1, s, t], uniform(&mut rng, b * s * t, 3.0)).unwrap();
@@ -295,7 +295,7 @@ mod random_shapes {
             let mut cx = Graph::new();
             let rope = Rope::<MaxSeq, DHead>::new(&mut cx, 4, d, ROPE_THETA).unwrap();
             let x = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "q");
-            tensor::set(x, &[1, h, s, d], uniform(&mut crate::init::rng(seed), h * s * d, 2.0)).unwrap();
+            tensor::set(x, &[1, h, s, d], uniform(&mut crate::graph::init::rng(seed), h * s * d, 2.0)).unwrap();
             let loss = weighted_sum(rope.forward(x), &[1, h, s, d], seed);
             assert_gradcheck(&mut cx, vec![Param::of(x, &[1, h, s, d])], loss);
         }
@@ -303,7 +303,7 @@ mod random_shapes {
         #[test]
         fn causal_attention(b in 1usize..3, s in 1usize..4, heads in 1usize..3, seed in any::<u64>()) {
             let d = 2 * heads;
-            let mut rng = crate::init::rng(seed);
+            let mut rng = crate::graph::init::rng(seed);
             let mut cx = Graph::new();
             let rope = Rope::new(&mut cx, 4, 2, ROPE_THETA).unwrap();
             let attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", d, heads, Some(rope)).unwrap();
@@ -353,8 +353,8 @@ fn an_unsupported_view_is_refused_by_name() {
 #[test]
 fn a_scaled_unary_gradient_runs_on_the_fast_cpu_backend() {
     use crate::ch01_linear::Linear;
-    use crate::dims::{In, Out, Rows};
-    use crate::params::Parameters;
+    use crate::graph::dims::{In, Out, Rows};
+    use crate::graph::params::Parameters;
     let run = |device: Option<Device>| {
         let mut cx = Graph::new();
         let lin = Linear::<In, Out>::new(&mut cx, "w", 3, 2).unwrap();

@@ -8,13 +8,13 @@
 //!
 //! Book page: [Chapter 9](../book/ch09_optimizers.html).
 
-use luminal::op::Operator;
 use luminal::prelude::*;
 
 use crate::ch08_autograd::Gradient;
-use crate::error::{CourseError, Result};
-use crate::params::Param;
-use crate::tensor;
+use crate::graph::error::{CourseError, Result};
+use crate::graph::flat::Flat;
+use crate::graph::params::Param;
+use crate::graph::tensor;
 
 // ANCHOR: config
 /// AdamW's hyperparameters (CS336's defaults, book chapter 9).
@@ -101,60 +101,6 @@ pub fn adamw_ref(
 }
 // ANCHOR_END: adamw_ref
 
-/// Flat elementwise graph ops on parameter-sized buffers of `n` values. (luminal's typed
-/// arithmetic would give results the type's symbolic shape; parameters differ in size, so the
-/// update is built from primitive ops with concrete views, as chapter 8 builds gradients.)
-struct Flat<'a> {
-    cx: &'a mut Graph,
-    n: usize,
-}
-
-impl Flat<'_> {
-    fn view(&self) -> ShapeTracker {
-        ShapeTracker::new(&[luminal::shape::symbolic::Expression::from(self.n)])
-    }
-    fn binary<O: Operator + 'static>(&mut self, op: O, a: NodeIndex, b: NodeIndex) -> NodeIndex {
-        let t = self.view();
-        self.cx.add_op(op).input(a, 0, t).input(b, 0, t).finish()
-    }
-    fn add(&mut self, a: NodeIndex, b: NodeIndex) -> NodeIndex {
-        self.binary(luminal::op::Add, a, b)
-    }
-    fn mul(&mut self, a: NodeIndex, b: NodeIndex) -> NodeIndex {
-        self.binary(luminal::op::Mul, a, b)
-    }
-    /// `a * s` for a scalar node `s`, broadcast.
-    fn scale(&mut self, a: NodeIndex, s: NodeIndex) -> NodeIndex {
-        let (t, fake) = (
-            self.view(),
-            ShapeTracker::fake(&[luminal::shape::symbolic::Expression::from(self.n)]),
-        );
-        self.cx
-            .add_op(luminal::op::Mul)
-            .input(a, 0, t)
-            .input(s, 0, fake)
-            .finish()
-    }
-    fn plus(&mut self, a: NodeIndex, s: NodeIndex) -> NodeIndex {
-        let (t, fake) = (
-            self.view(),
-            ShapeTracker::fake(&[luminal::shape::symbolic::Expression::from(self.n)]),
-        );
-        self.cx
-            .add_op(luminal::op::Add)
-            .input(a, 0, t)
-            .input(s, 0, fake)
-            .finish()
-    }
-    fn unary<O: Operator + 'static>(&mut self, op: O, a: NodeIndex) -> NodeIndex {
-        let t = self.view();
-        self.cx.add_op(op).input(a, 0, t).finish()
-    }
-    fn constant(&mut self, v: f32) -> NodeIndex {
-        self.cx.constant(v).id
-    }
-}
-
 // ANCHOR: adamw
 /// AdamW as graph ops: for every parameter, its moments `m`, `v` (graph inputs holding the
 /// state) and the new values of the parameter and the moments (graph outputs). After each
@@ -194,25 +140,21 @@ impl AdamW {
             let n = g.param.numel();
             let m = tensor::input::<()>(cx, &format!("{}.adam_m", g.param.name)).id;
             let v = tensor::input::<()>(cx, &format!("{}.adam_v", g.param.name)).id;
-            let mut f = Flat { cx, n };
-            let (b1, one_minus_b1) = (f.constant(config.beta1), f.constant(1.0 - config.beta1));
-            let (b2, one_minus_b2) = (f.constant(config.beta2), f.constant(1.0 - config.beta2));
-            let eps = f.constant(config.eps);
-            // m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
-            let (m_old, g_part) = (f.scale(m, b1), f.scale(g.grad, one_minus_b1));
-            let new_m = f.add(m_old, g_part);
-            let g2 = f.mul(g.grad, g.grad);
-            let (v_old, g2_part) = (f.scale(v, b2), f.scale(g2, one_minus_b2));
-            let new_v = f.add(v_old, g2_part);
-            // Decay first (as PyTorch): theta' = theta - lr wd theta; then theta' - a_t m / (sqrt(v) + eps)
-            let decay = f.scale(g.param.id, neg_decay.id);
-            let decayed = f.add(g.param.id, decay);
-            let root = f.unary(luminal::op::Sqrt, new_v);
-            let denom = f.plus(root, eps);
-            let inv = f.unary(luminal::op::Recip, denom);
-            let step = f.mul(new_m, inv);
-            let scaled = f.scale(step, neg_step_size.id);
-            let new_param = f.add(decayed, scaled);
+            // Every value of this parameter's update is one flat run of n numbers.
+            let flat = |cx: &mut Graph, id| Flat::new(cx, id, n);
+            let (theta, grad) = (flat(cx, g.param.id), flat(cx, g.grad));
+            let (m_t, v_t) = (flat(cx, m), flat(cx, v));
+            let (neg_decay, neg_step) = (
+                Flat::scalar(cx, neg_decay.id),
+                Flat::scalar(cx, neg_step_size.id),
+            );
+            let (b1, b2, eps) = (config.beta1, config.beta2, config.eps);
+            // The update, as adamw_ref writes it (decay first, as PyTorch):
+            let new_m = m_t * b1 + grad * (1.0 - b1);
+            let new_v = v_t * b2 + grad * grad * (1.0 - b2);
+            let decayed = theta + theta * neg_decay; // theta - lr wd theta
+            let new_theta = decayed + new_m / (new_v.sqrt() + eps) * neg_step; // - a_t m / (..)
+            let (new_param, new_m, new_v) = (new_theta.id, new_m.id, new_v.id);
             cx.keep_tensors(vec![new_param, new_m, new_v]);
             cx.set_tensor(m, 0, Tensor::new(vec![0.0; n]));
             cx.set_tensor(v, 0, Tensor::new(vec![0.0; n]));

@@ -1,6 +1,6 @@
 use super::*;
+use crate::backend::Device;
 use crate::ch08_autograd::backward;
-use crate::device::Device;
 use crate::testing::{assert_close, uniform};
 use approx::assert_relative_eq;
 use proptest::prelude::*;
@@ -125,7 +125,7 @@ impl Problem {
 fn adamw_matches_pytorch_over_120_steps() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adamw.safetensors");
-    let f = crate::params::read_safetensors(&path).unwrap();
+    let f = crate::graph::params::read_safetensors(&path).unwrap();
     let config = AdamWConfig {
         lr: 1e-2,
         weight_decay: 0.1,
@@ -155,7 +155,7 @@ proptest! {
     /// gradients (from the graph's loss), same moments, same weights. 1e-5 relative.
     #[test]
     fn graph_steps_equal_reference_steps(n in 1usize..4, rows in 1usize..4, cols in 1usize..4, seed in any::<u64>(), wd in 0.0f32..0.2) {
-        let mut rng = crate::init::rng(seed);
+        let mut rng = crate::graph::init::rng(seed);
         let (x, y, w0) = (uniform(&mut rng, n * cols, 1.0), uniform(&mut rng, n * rows, 1.0), uniform(&mut rng, rows * cols, 1.0));
         let config = AdamWConfig { lr: 0.05, weight_decay: wd, ..AdamWConfig::default() };
         let mut p = problem(&x, &y, &w0, [n, rows, cols], config);

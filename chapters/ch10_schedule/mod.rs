@@ -6,12 +6,11 @@
 //!
 //! Book page: [Chapter 10](../book/ch10_schedule.html).
 
-use luminal::op::Operator;
 use luminal::prelude::*;
-use luminal::shape::symbolic::Expression;
 
 use crate::ch08_autograd::Gradient;
-use crate::error::{CourseError, Result};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::flat::Flat;
 
 // ANCHOR: cosine_schedule
 /// Linear warmup then cosine decay (CS336's formula, book chapter 10), for step `t`:
@@ -75,12 +74,6 @@ pub fn clip_grad_norm_ref(grads: &mut [Vec<f32>], max_norm: f32) -> f32 {
 }
 // ANCHOR_END: clip_ref
 
-type View = (NodeIndex, ShapeTracker);
-
-fn binary<O: Operator + 'static>(cx: &mut Graph, op: O, a: View, b: View) -> NodeIndex {
-    cx.add_op(op).input(a.0, 0, a.1).input(b.0, 0, b.1).finish()
-}
-
 // ANCHOR: clip
 /// Global-norm clipping as graph ops: returns, for each gradient, a clipped gradient node
 /// (same layout), and the global norm node (a scalar). `scale = min(1, M / (norm + 1e-6))`,
@@ -90,59 +83,28 @@ pub fn clip_grad_norm(
     grads: &[Gradient],
     max_norm: f32,
 ) -> (Vec<Gradient>, NodeIndex) {
-    let flat = |n: usize| ShapeTracker::new(&[Expression::from(n)]);
-    let scalar = ShapeTracker::new(&[]);
-    // Sum of squares of every gradient, each reduced to a scalar, then added up.
-    let mut total: Option<NodeIndex> = None;
-    for g in grads {
-        let n = g.param.numel();
-        let sq = binary(cx, luminal::op::Mul, (g.grad, flat(n)), (g.grad, flat(n)));
-        let sum = cx
-            .add_op(luminal::op::SumReduce(0))
-            .input(sq, 0, flat(n))
-            .finish();
-        total = Some(match total {
-            Some(t) => binary(cx, luminal::op::Add, (t, scalar), (sum, scalar)),
-            None => sum,
-        });
-    }
-    let total = total.unwrap_or_else(|| cx.constant(0.0).id);
-    let norm = cx
-        .add_op(luminal::op::Sqrt)
-        .input(total, 0, scalar)
-        .finish();
-    // scale = 1 + (M < norm) * (M / (norm + eps) - 1)
-    let (m, eps, one, minus_one) = (
-        cx.constant(max_norm).id,
-        cx.constant(CLIP_EPS).id,
-        cx.constant(1.0).id,
-        cx.constant(-1.0).id,
-    );
-    let over = binary(cx, luminal::op::LessThan, (m, scalar), (norm, scalar));
-    let denom = binary(cx, luminal::op::Add, (norm, scalar), (eps, scalar));
-    let inv = cx
-        .add_op(luminal::op::Recip)
-        .input(denom, 0, scalar)
-        .finish();
-    let ratio = binary(cx, luminal::op::Mul, (m, scalar), (inv, scalar));
-    let shrink = binary(cx, luminal::op::Add, (ratio, scalar), (minus_one, scalar));
-    let gated = binary(cx, luminal::op::Mul, (over, scalar), (shrink, scalar));
-    let scale = binary(cx, luminal::op::Add, (one, scalar), (gated, scalar));
+    let flat: Vec<Flat> = grads
+        .iter()
+        .map(|g| Flat::new(cx, g.grad, g.param.numel()))
+        .collect();
+    // norm = sqrt(sum over every gradient of sum(g^2))
+    let total = flat.iter().map(|&g| (g * g).sum()).reduce(|a, b| a + b);
+    let norm = total
+        .unwrap_or_else(|| Flat::constant(cx, 0.0))
+        .sqrt()
+        .keep();
+    // scale = min(1, M / (norm + eps)) = 1 + (M < norm) * (M / (norm + eps) - 1)
+    let max = Flat::constant(cx, max_norm);
+    let scale = 1.0 + max.less_than(norm) * (max / (norm + CLIP_EPS) - 1.0);
     let clipped = grads
         .iter()
-        .map(|g| {
-            let n = g.param.numel();
-            let fake = ShapeTracker::fake(&[Expression::from(n)]);
-            let grad = binary(cx, luminal::op::Mul, (g.grad, flat(n)), (scale, fake));
-            cx.keep_tensors(grad);
-            Gradient {
-                param: g.param.clone(),
-                grad,
-            }
+        .zip(flat)
+        .map(|(g, flat)| Gradient {
+            param: g.param.clone(),
+            grad: (flat * scale).keep().id,
         })
         .collect();
-    cx.keep_tensors(norm);
-    (clipped, norm)
+    (clipped, norm.id)
 }
 // ANCHOR_END: clip
 

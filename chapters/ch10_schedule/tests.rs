@@ -1,7 +1,7 @@
 use super::*;
-use crate::device::Device;
-use crate::params::{read_safetensors, Param};
-use crate::tensor;
+use crate::backend::Device;
+use crate::graph::params::{read_safetensors, Param};
+use crate::graph::tensor;
 use crate::testing::assert_close;
 use proptest::prelude::*;
 

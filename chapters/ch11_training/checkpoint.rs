@@ -9,9 +9,9 @@ use std::path::Path;
 use rand::SeedableRng;
 
 use super::train::TrainConfig;
-use crate::error::{CourseError, Result};
-use crate::init::CourseRng;
-use crate::params::{self, StateDict};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::CourseRng;
+use crate::graph::params::{self, StateDict};
 
 /// Marks a file as this course's checkpoint (and its layout version).
 pub const FORMAT: &str = "transformer-course-checkpoint/1";

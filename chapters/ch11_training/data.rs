@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use rand::Rng;
 
-use crate::error::{CourseError, Result};
-use crate::init::CourseRng;
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::CourseRng;
 
 // ANCHOR: token_file
 /// How token ids are stored in a file: little-endian u16 (vocabularies up to 65 536) or u32.
@@ -78,7 +78,7 @@ impl TokenFile {
                 .collect(),
             TokenWidth::U32 => tokens.iter().flat_map(|&t| t.to_le_bytes()).collect(),
         };
-        crate::files::write_atomic(path, &bytes)
+        crate::graph::files::write_atomic(path, &bytes)
     }
 
     /// The file this was mapped from.

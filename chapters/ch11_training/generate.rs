@@ -7,12 +7,12 @@ use luminal::prelude::*;
 use rand::Rng;
 
 use super::step::{Model, ModelConfig};
-use crate::device::Device;
-use crate::dims::{Batch, Seq, SrcSeq, Vocab};
-use crate::error::{CourseError, Result};
-use crate::init::CourseRng;
-use crate::params::{self, Param, Parameters, StateDict};
-use crate::tensor;
+use crate::backend::Device;
+use crate::graph::dims::{Batch, Seq, SrcSeq, Vocab};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::CourseRng;
+use crate::graph::params::{self, Param, Parameters, StateDict};
+use crate::graph::tensor;
 
 // ANCHOR: sampling
 /// How to turn logits into the next token.

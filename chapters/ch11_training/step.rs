@@ -6,17 +6,17 @@
 use luminal::prelude::*;
 
 use super::data::{LmBatch, Seq2SeqBatch};
+use crate::backend::Device;
 use crate::ch06_transformer::{EncoderDecoder, Seq2SeqConfig, TransformerConfig, TransformerLm};
 use crate::ch07_loss::{lm_loss, seq2seq_loss, Weighting};
 use crate::ch08_autograd::backward;
 use crate::ch09_optimizers::{AdamW, AdamWConfig};
 use crate::ch10_schedule::clip_grad_norm;
-use crate::device::Device;
-use crate::dims::{Batch, Seq, SrcSeq};
-use crate::error::{CourseError, Result};
-use crate::init::CourseRng;
-use crate::params::{self, Param, Parameters, StateDict};
-use crate::tensor::{self, HostTensor};
+use crate::graph::dims::{Batch, Seq, SrcSeq};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::CourseRng;
+use crate::graph::params::{self, Param, Parameters, StateDict};
+use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: model
 /// Which model to train, with its sizes (stored in checkpoints as JSON).
@@ -325,9 +325,9 @@ impl TrainStep {
     }
     // ANCHOR_END: train_step
 
-    /// Time every op from now on (see `fast_cpu::PROFILE`); for benchmarks only.
+    /// Time every op from now on (see `backend::fast_cpu::PROFILE`); for benchmarks only.
     pub fn profile_ops(&mut self) {
-        self.cx.compile(crate::fast_cpu::ProfileOps, ());
+        Device::profile_ops(&mut self.cx);
     }
 
     /// The parameters, in model order (valid after compiling).

@@ -1,15 +1,15 @@
 use super::*;
+use crate::backend::Device;
 use crate::ch06_transformer::{lm_ref, TransformerLm};
 use crate::ch07_loss::{lm_loss, Weighting};
 use crate::ch08_autograd::backward;
 use crate::ch09_optimizers::adamw_ref;
 use crate::ch10_schedule::clip_grad_norm_ref;
-use crate::device::Device;
-use crate::dims::{Batch, Seq};
-use crate::error::CourseError;
-use crate::init;
-use crate::params::{Parameters, StateDict};
-use crate::tensor;
+use crate::graph::dims::{Batch, Seq};
+use crate::graph::error::CourseError;
+use crate::graph::init;
+use crate::graph::params::{Parameters, StateDict};
+use crate::graph::tensor;
 use crate::testing::assert_close;
 use luminal::prelude::*;
 use proptest::prelude::*;
@@ -349,7 +349,7 @@ fn reference_gradients(
     let mut cx = Graph::new();
     let model = TransformerLm::new(&mut cx, cfg).unwrap();
     let params = model.params();
-    crate::params::load_state_dict(&mut cx, &params, dict).unwrap();
+    crate::graph::params::load_state_dict(&mut cx, &params, dict).unwrap();
     let ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
     let targets = tensor::input::<(Batch, Seq)>(&mut cx, "targets");
     let mask = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
@@ -504,7 +504,8 @@ fn bad_checkpoints_are_named_and_refused() {
     expect_err(&bad, "garbled.safetensors");
     // A plain weights file (no course header).
     let plain = dir.join("plain.safetensors");
-    crate::params::write_safetensors(&plain, &trainer.step.weights().unwrap(), None).unwrap();
+    crate::graph::params::write_safetensors(&plain, &trainer.step.weights().unwrap(), None)
+        .unwrap();
     expect_err(&plain, "not a course checkpoint");
     // Mismatched: a checkpoint of another model size cannot be resumed into this config.
     let mut ckpt = Checkpoint::load(&good).unwrap();

@@ -6,11 +6,11 @@ use super::checkpoint::Checkpoint;
 use super::data::{get_batch, CopyTask, TokenSource};
 use super::generate::{Generator, Sampling};
 use super::step::{LossGraph, ModelConfig, StepStats, TrainBatch, TrainStep};
+use crate::backend::Device;
 use crate::ch09_optimizers::AdamWConfig;
 use crate::ch10_schedule::CosineSchedule;
-use crate::device::Device;
-use crate::error::{CourseError, Result};
-use crate::init::{self, CourseRng};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::init::{self, CourseRng};
 
 // ANCHOR: config
 /// What to learn.
@@ -161,7 +161,7 @@ impl Trainer {
 
     fn compile(
         config: &TrainConfig,
-        weights: &crate::params::StateDict,
+        weights: &crate::graph::params::StateDict,
         device: Device,
     ) -> Result<TrainStep> {
         TrainStep::new(

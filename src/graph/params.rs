@@ -12,8 +12,8 @@ use std::path::Path;
 use luminal::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::error::{CourseError, Result};
-use crate::tensor::{self, HostTensor};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::tensor::{self, HostTensor};
 
 /// The prefix `torch.compile` puts on every state-dict key; stripped on load.
 pub const COMPILED_PREFIX: &str = "_orig_mod.";
@@ -196,93 +196,12 @@ pub fn write_safetensors(
         path: path.to_path_buf(),
         problem: format!("cannot encode tensors: {e}"),
     })?;
-    crate::files::write_atomic(path, &encoded)
+    crate::graph::files::write_atomic(path, &encoded)
 }
 
 impl ToIdsMut for Param {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
         vec![&mut self.id]
-    }
-}
-
-// The chapters' layers, each listing its own weights.
-
-use crate::ch01_linear::{Embedding, Linear};
-use crate::ch02_rmsnorm::{LayerNorm, RmsNorm};
-use crate::ch03_feed_forward::{ReluFfn, SwiGlu};
-use crate::ch05_attention::MultiHeadAttention;
-
-impl<I: Dimension, O: Dimension> Parameters for Linear<I, O> {
-    fn params(&self) -> Vec<Param> {
-        vec![Param::of(
-            self.weight,
-            &[self.out_features, self.in_features],
-        )]
-    }
-}
-
-impl<V: Dimension, D: Dimension> Parameters for Embedding<V, D> {
-    fn params(&self) -> Vec<Param> {
-        vec![Param::of(self.weight, &[self.vocab_size, self.d_model])]
-    }
-}
-
-impl<D: Dimension> Parameters for RmsNorm<D> {
-    fn params(&self) -> Vec<Param> {
-        vec![Param::of(self.weight, &[self.d_model])]
-    }
-}
-
-impl<D: Dimension> Parameters for LayerNorm<D> {
-    fn params(&self) -> Vec<Param> {
-        vec![
-            Param::of(self.weight, &[self.d_model]),
-            Param::of(self.bias, &[self.d_model]),
-        ]
-    }
-}
-
-impl<D: Dimension, F: Dimension> Parameters for SwiGlu<D, F> {
-    fn params(&self) -> Vec<Param> {
-        [self.w1.params(), self.w2.params(), self.w3.params()].concat()
-    }
-}
-
-impl<D: Dimension, F: Dimension> Parameters for ReluFfn<D, F> {
-    fn params(&self) -> Vec<Param> {
-        [self.w1.params(), self.w2.params()].concat()
-    }
-}
-
-impl<D: Dimension> Parameters for MultiHeadAttention<D> {
-    fn params(&self) -> Vec<Param> {
-        self.projections().iter().flat_map(|p| p.params()).collect()
-    }
-}
-
-// Handles that survive compilation: luminal's compile remaps node ids through `ToIdsMut`.
-
-impl<I: Dimension, O: Dimension> ToIdsMut for Linear<I, O> {
-    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.weight.id]
-    }
-}
-
-impl<V: Dimension, D: Dimension> ToIdsMut for Embedding<V, D> {
-    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.weight.id]
-    }
-}
-
-impl<D: Dimension> ToIdsMut for RmsNorm<D> {
-    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.weight.id]
-    }
-}
-
-impl<D: Dimension> ToIdsMut for LayerNorm<D> {
-    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.weight.id, &mut self.bias.id]
     }
 }
 

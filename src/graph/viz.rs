@@ -11,8 +11,8 @@ use std::path::Path;
 use luminal::prelude::petgraph::Direction;
 use luminal::prelude::*;
 
-use crate::device::inputs_of;
-use crate::error::{CourseError, Result};
+use crate::graph::error::{CourseError, Result};
+use crate::graph::primitive::inputs_of;
 
 /// Nodes in a deterministic topological order: ties broken by node index.
 pub fn topo_order(cx: &Graph) -> Vec<NodeIndex> {
@@ -166,7 +166,7 @@ pub fn to_svg(cx: &Graph) -> Result<String> {
     dot_to_svg(&to_dot(cx))
 }
 
-pub use crate::files::write_atomic;
+pub use crate::graph::files::write_atomic;
 
 /// Write the graph as `<stem>.dot` and `<stem>.svg` (atomically); returns the SVG path.
 pub fn save(cx: &Graph, stem: &Path) -> Result<std::path::PathBuf> {

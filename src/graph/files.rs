@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{CourseError, Result};
+use crate::graph::error::{CourseError, Result};
 
 /// Write `contents` to `path` atomically: a temporary file in the same folder, flushed to disk,
 /// then renamed over `path`. A reader (or a crash) never sees half a file, and an existing file

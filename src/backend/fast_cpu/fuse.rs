@@ -9,8 +9,8 @@
 
 use super::fuse_reduce::{FusedReduce, Reduction};
 use super::{coalesce, data, is_plain, par_rows, tensor, Row, RowWalker, View};
-use crate::device::inputs_of;
-use luminal::op::{self, InputTensor, Operator};
+use crate::graph::primitive::{inputs_of, reduce_axis, Primitive};
+use luminal::op::{InputTensor, Operator};
 use luminal::prelude::petgraph::{visit::EdgeRef, Direction};
 use luminal::prelude::*;
 use luminal::shape::symbolic::BigExpression;
@@ -384,33 +384,35 @@ impl Operator for FusedElementwise {
 /// rank (ArithmeticElimination can leave a scalar view beside a flat one, which the stock op
 /// reads by flat index), and unary ops a plain view (luminal's unary ops map over the buffer
 /// and ignore the view, which only a plain view agrees with).
-pub(super) fn elementwise_step(op: &dyn std::any::Any, views: &[ShapeTracker]) -> Option<Step> {
-    let binary = [
-        (op.is::<op::Add>(), Step::Add),
-        (op.is::<op::Mul>(), Step::Mul),
-        (op.is::<op::Mod>(), Step::Mod),
-        (op.is::<op::LessThan>(), Step::LessThan),
-    ];
-    let unary = [
-        (op.is::<op::Exp2>(), Step::Exp2),
-        (op.is::<op::Log2>(), Step::Log2),
-        (op.is::<op::Sin>(), Step::Sin),
-        (op.is::<op::Sqrt>(), Step::Sqrt),
-        (op.is::<op::Recip>(), Step::Recip),
-    ];
-    if let Some(&(_, s)) = binary.iter().find(|(is, _)| *is) {
-        return (views.len() == 2 && views[0].len() == views[1].len()).then_some(s);
-    }
-    if let Some(&(_, s)) = unary.iter().find(|(is, _)| *is) {
-        return (views.len() == 1 && is_plain(&views[0])).then_some(s);
-    }
-    (op.is::<op::Contiguous>() && views.len() == 1).then_some(Step::Copy)
+pub(super) fn elementwise_step(op: &dyn Operator, views: &[ShapeTracker]) -> Option<Step> {
+    let primitive = Primitive::of(op)?;
+    let step = match primitive {
+        Primitive::Add => Step::Add,
+        Primitive::Mul => Step::Mul,
+        Primitive::Mod => Step::Mod,
+        Primitive::LessThan => Step::LessThan,
+        Primitive::Exp2 => Step::Exp2,
+        Primitive::Log2 => Step::Log2,
+        Primitive::Sin => Step::Sin,
+        Primitive::Sqrt => Step::Sqrt,
+        Primitive::Recip => Step::Recip,
+        Primitive::Contiguous => Step::Copy,
+        Primitive::SumReduce | Primitive::MaxReduce => return None,
+    };
+    let fits = if primitive.is_binary() {
+        views.len() == 2 && views[0].len() == views[1].len()
+    } else if primitive.is_unary() {
+        views.len() == 1 && is_plain(&views[0])
+    } else {
+        views.len() == 1 // Contiguous
+    };
+    fits.then_some(step)
 }
 
 /// The step a node computes, if it is an elementwise op that can join a fused chain whose
 /// values all have the logical shape `shape`.
 fn step_of(graph: &Graph, node: NodeIndex, shape: &[BigExpression]) -> Option<Step> {
-    let op = graph.graph.node_weight(node)?.as_any();
+    let op = graph.graph.node_weight(node)?.as_ref();
     let views: Vec<ShapeTracker> = inputs_of(graph, node)
         .into_iter()
         .map(|(_, st)| st)
@@ -449,13 +451,11 @@ impl Compiler for FuseElementwise {
                 .graph
                 .node_weight(reduce)
                 .expect("node exists")
-                .as_any();
-            let (reduction, axis) = if let Some(op::SumReduce(a)) = op.downcast_ref() {
-                (Reduction::Sum, *a)
-            } else if let Some(op::MaxReduce(a)) = op.downcast_ref() {
-                (Reduction::Max, *a)
-            } else {
-                continue;
+                .as_ref();
+            let (reduction, axis) = match (Primitive::of(op), reduce_axis(op)) {
+                (Some(Primitive::SumReduce), Some(a)) => (Reduction::Sum, a),
+                (Some(Primitive::MaxReduce), Some(a)) => (Reduction::Max, a),
+                _ => continue,
             };
             let ins = inputs_of(graph, reduce);
             let Some(&(src, st)) = ins.first() else {

@@ -10,7 +10,7 @@ use std::fmt;
 
 use luminal::prelude::*;
 
-use crate::error::{CourseError, Result};
+use crate::graph::error::{CourseError, Result};
 
 /// Suffix that marks input nodes created by [`input`], so [`check_ready`] can find unset ones.
 const INPUT_SUFFIX: &str = " (input)";

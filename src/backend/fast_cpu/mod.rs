@@ -2,7 +2,7 @@
 //!
 //! luminal 0.2.0's CPU ops evaluate a symbolic index expression (and a validity expression)
 //! for every element they read, and each op is its own pass over memory. The passes here, in
-//! the order [`crate::device::Device::Cpu`] runs them:
+//! the order [`crate::backend::Device::Cpu`] runs them:
 //! - [`StridedMatMulPass`]: broadcast-multiply-and-sum patterns that are matrix products
 //!   (attention's batched ones) become [`StridedMatMul`], one sgemm per batch element;
 //! - [`FuseElementwise`] (`fuse.rs`, `fuse_reduce.rs`): chains of elementwise ops become one
@@ -23,6 +23,7 @@ use luminal::prelude::*;
 
 mod fuse;
 mod fuse_reduce;
+use crate::graph::primitive::{reduce_axis, Primitive};
 use fuse::elementwise_step;
 pub use fuse::{exp2, Arg, FuseElementwise, FusedElementwise, Step};
 pub use fuse_reduce::{FusedReduce, Reduction};
@@ -265,7 +266,7 @@ fn pool() -> &'static rayon::ThreadPool {
 /// megabytes. glibc hands blocks above 128 KiB back to the OS (`munmap`, heap trimming), so the
 /// next step page-faults every page in again, at about a microsecond per 4 KiB page in a VM:
 /// measured, 10–15 % of a reference-model training step. Raising the mmap and trim thresholds
-/// keeps the pages mapped. Called once by [`crate::device::Device::compile`] for the CPU;
+/// keeps the pages mapped. Called once by [`crate::backend::Device::compile`] for the CPU;
 /// a no-op off glibc.
 pub fn keep_freed_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -865,15 +866,15 @@ impl Compiler for StridedKernels {
                 continue;
             }
             let views: Vec<ShapeTracker> = graph.get_sources(node).iter().map(|s| s.2).collect();
-            let op = graph.graph.node_weight(node).expect("node exists").as_any();
+            let op = graph.graph.node_weight(node).expect("node exists").as_ref();
             let new: Option<Box<dyn Operator>> = if let Some(step) = elementwise_step(op, &views) {
                 Some(Box::new(FusedElementwise::single(step)))
-            } else if let Some(op::SumReduce(d)) = op.downcast_ref::<op::SumReduce>() {
-                Some(Box::new(StridedSumReduce(*d)))
-            } else if let Some(op::MaxReduce(d)) = op.downcast_ref::<op::MaxReduce>() {
-                Some(Box::new(StridedMaxReduce(*d)))
             } else {
-                None
+                match (Primitive::of(op), reduce_axis(op)) {
+                    (Some(Primitive::SumReduce), Some(d)) => Some(Box::new(StridedSumReduce(d))),
+                    (Some(Primitive::MaxReduce), Some(d)) => Some(Box::new(StridedMaxReduce(d))),
+                    _ => None,
+                }
             };
             if let Some(new) = new {
                 *graph.graph.node_weight_mut(node).expect("node exists") = new;
@@ -940,7 +941,7 @@ impl Compiler for ProfileOps {
             if op.as_any().is::<luminal::op::Function>() {
                 continue; // inputs stay recognisable (optimisers keep their values by type)
             }
-            let kind = crate::device::op_kind(graph, node);
+            let kind = crate::graph::primitive::op_kind(graph, node);
             let slot = graph.graph.node_weight_mut(node).expect("node exists");
             let inner = std::mem::replace(slot, Box::new(luminal::op::Contiguous));
             *slot = Box::new(Profiled {

@@ -3,20 +3,25 @@
 //!
 //! Every node writes one contiguous buffer; every edge reads it through a view (a
 //! `ShapeTracker`: permute, broadcast, slice, pad, reshape). The gradient of a node is kept
-//! as a flat buffer in the node's own layout. For each edge, an op's rule gives the gradient
-//! with respect to the *view* the op read, and [`undo_view`] pulls it back to the buffer.
+//! as a flat buffer in the node's own layout. For each edge, an op's rule ([`rule`], one match
+//! arm per primitive) gives the gradient with respect to the *view* the op read, and
+//! [`undo_view`] pulls it back to the buffer: one small pullback per kind of view (unpermute,
+//! sum over broadcast, unslice, unpad). Two optimisations, kept apart from the rules, make the
+//! result compile to matrix products: merging broadcast dims and lazy broadcast gradients.
 //! Book page: [Chapter 8](../book/ch08_autograd.html).
 
 use std::collections::{HashMap, HashSet};
 
-use luminal::op::{self, Operator};
+use luminal::op;
 use luminal::prelude::petgraph::visit::EdgeRef;
 use luminal::prelude::petgraph::Direction;
 use luminal::prelude::*;
 use luminal::shape::symbolic::Expression;
 
 use crate::graph::error::{CourseError, Result};
+use crate::graph::flat::{apply, Flat};
 use crate::graph::params::Param;
+use crate::graph::primitive::{reduce_axis, Primitive};
 use crate::graph::tensor::HostTensor;
 
 /// The gradient of one parameter: a contiguous node in the parameter's own layout.
@@ -49,6 +54,9 @@ impl Gradient {
 /// A factor of a product, read through a view whose logical shape is the op's input shape.
 type Factor = (NodeIndex, ShapeTracker);
 
+/// An op's input: (source node, input order, the view the op reads it through).
+type Input = (NodeIndex, u8, ShapeTracker);
+
 /// The gradient of a node's output: `len` elements in the node's buffer order, either a
 /// contiguous node (`view: None`) or a view of some node (e.g. a broadcast) whose logical
 /// shape is exactly the node's output shape.
@@ -63,25 +71,14 @@ impl Grad {
     /// The gradient as a contiguous node (materialising a view).
     fn materialise(&self, cx: &mut Graph) -> NodeIndex {
         match self.view {
-            Some(t) => unary(cx, op::Contiguous, (self.id, t)),
+            Some(t) => apply(cx, op::Contiguous, &[(self.id, t)]),
             None => self.id,
         }
     }
-}
 
-/// The logical output shape of a node, when its op determines one (binary ops, reductions,
-/// Contiguous); `None` for inputs and unary ops (whose buffers have no shape of their own).
-fn output_dims(cx: &Graph, node: NodeIndex) -> Option<Vec<Expression>> {
-    let ins = inputs(cx, node);
-    let first = ins.first()?;
-    let mut dims = logical_dims(&first.2);
-    match Kind::of(cx, node) {
-        Kind::Add | Kind::Mul | Kind::Mod | Kind::LessThan | Kind::Contiguous => Some(dims),
-        Kind::SumReduce(d) | Kind::MaxReduce(d) => {
-            dims.remove(d);
-            Some(dims)
-        }
-        _ => None,
+    /// The gradient read in the node's output shape `dims`.
+    fn as_view(&self, dims: &[Expression]) -> Factor {
+        (self.id, self.view.unwrap_or_else(|| contiguous(dims)))
     }
 }
 
@@ -114,17 +111,294 @@ fn flat(n: Expression) -> ShapeTracker {
     ShapeTracker::new(&[n])
 }
 
-fn binary<O: Operator + 'static>(cx: &mut Graph, op: O, a: Factor, b: Factor) -> NodeIndex {
-    cx.add_op(op).input(a.0, 0, a.1).input(b.0, 0, b.1).finish()
-}
-
-fn unary<O: Operator + 'static>(cx: &mut Graph, op: O, a: Factor) -> NodeIndex {
-    cx.add_op(op).input(a.0, 0, a.1).finish()
-}
-
 /// A scalar constant read as a broadcast over `dims`.
 fn constant(cx: &mut Graph, v: f32, dims: &[Expression]) -> Factor {
     (cx.constant(v).id, ShapeTracker::fake(dims))
+}
+
+fn is_sliced(view: &ShapeTracker, p: usize) -> bool {
+    view.slices[p].0 != 0.into() || view.slices[p].1 != i32::MAX.into()
+}
+
+fn is_padded(view: &ShapeTracker, p: usize) -> bool {
+    view.padding[p].0 != 0.into() || view.padding[p].1 != 0.into()
+}
+
+// ANCHOR: rules
+/// One op's backward rule: from the node's gradient `g`, the gradient with respect to each
+/// active input's buffer. One arm per primitive, as in the book's table.
+fn rule(
+    cx: &mut Graph,
+    node: NodeIndex,
+    op: Primitive,
+    g: &Grad,
+    ins: &[Input],
+    active: &HashSet<NodeIndex>,
+) -> Result<Vec<(NodeIndex, Factor)>> {
+    use std::f32::consts::{FRAC_PI_2, LN_2, LOG2_E};
+    use Primitive::*;
+    // Unary ops map their input's *buffer* element by element, whatever view the edge carries:
+    // the gradient is elementwise in buffer order, with no view to undo (section 3).
+    if op.is_unary() {
+        let len = g.len;
+        let g_buffer = g.materialise(cx);
+        let g = Flat::new(cx, g_buffer, len);
+        let (x, y) = (Flat::new(cx, ins[0].0, len), Flat::new(cx, node, len));
+        let dx = match op {
+            Log2 => g * x.recip() * LOG2_E,   // d log2(x) = 1 / (x ln 2)
+            Exp2 => g * y * LN_2,             // d 2^x = 2^x ln 2 = y ln 2
+            Sin => g * (x + FRAC_PI_2).sin(), // d sin(x) = cos(x) = sin(x + pi/2)
+            Sqrt => g * y.recip() * 0.5,      // d sqrt(x) = 1 / (2 sqrt(x)) = 1 / (2y)
+            Recip => g * y * y * -1.0,        // d (1/x) = -1/x^2 = -y^2
+            _ => unreachable!("the five unary ops"),
+        };
+        return Ok(vec![(ins[0].0, (dx.id, flat(len)))]);
+    }
+
+    // The other ops read their inputs through views of one logical shape, `dims`.
+    check_views(node, op, ins, active)?;
+    let dims = logical_dims(&ins[0].2);
+    let is_active = |i: usize| active.contains(&ins[i].0);
+    let pull = |cx: &mut Graph, factors: Vec<Factor>, i: usize| {
+        (ins[i].0, undo_view(cx, factors, &ins[i].2))
+    };
+    let input = |i: usize| (ins[i].0, ins[i].2);
+    let mut out = Vec::new();
+    match op {
+        // y = a + b: G to each input. A copy of a view: G.
+        Add | Contiguous => {
+            for i in (0..ins.len()).filter(|&i| is_active(i)) {
+                out.push(pull(cx, vec![g.as_view(&dims)], i));
+            }
+        }
+        // y = a b: G b to a, G a to b.
+        Mul => {
+            for i in (0..2).filter(|&i| is_active(i)) {
+                out.push(pull(cx, vec![g.as_view(&dims), input(1 - i)], i));
+            }
+        }
+        // Every element along d fed the sum: each gets the sum's gradient, broadcast back.
+        SumReduce => {
+            let d = reduce_axis(op_at(cx, node)).expect("a reduction");
+            out.push(pull(cx, vec![broadcast_back(g, &dims, d)], 0));
+        }
+        // Only the maximal elements fed the max: G (1 - [x < max]). Ties each get G.
+        MaxReduce => {
+            let d = reduce_axis(op_at(cx, node)).expect("a reduction");
+            let max = broadcast_back(&contiguous_grad(node, &dims, d), &dims, d);
+            let below = apply(cx, op::LessThan, &[input(0), max]);
+            let is_max = one_minus(cx, below, &dims);
+            let factors = vec![broadcast_back(g, &dims, d), (is_max, contiguous(&dims))];
+            out.push(pull(cx, factors, 0));
+        }
+        // Piecewise constant: zero gradient almost everywhere. Nothing flows.
+        LessThan => {}
+        // a mod b = a - b floor(a / b): slope 1 in a; in b it jumps, so it is refused.
+        Mod => {
+            if is_active(1) {
+                return Err(CourseError::Autograd(format!(
+                    "node {node:?} (Mod): Mod is not differentiable with respect to its divisor"
+                )));
+            }
+            if is_active(0) {
+                out.push(pull(cx, vec![g.as_view(&dims)], 0));
+            }
+        }
+        Log2 | Exp2 | Sin | Sqrt | Recip => unreachable!("handled above"),
+    }
+    Ok(out)
+}
+// ANCHOR_END: rules
+
+fn op_at(cx: &Graph, node: NodeIndex) -> &dyn luminal::op::Operator {
+    cx.graph.node_weight(node).expect("node exists").as_ref()
+}
+
+/// A reduction's output, as a gradient-like handle (to read it broadcast back).
+fn contiguous_grad(node: NodeIndex, dims: &[Expression], d: usize) -> Grad {
+    let mut reduced = dims.to_vec();
+    reduced.remove(d);
+    let len = reduced.iter().fold(Expression::from(1), |a, &b| a * b);
+    Grad {
+        id: node,
+        view: None,
+        len,
+    }
+}
+
+/// A reduction's gradient `g` (of the reduced shape) read back over the input's `dims`:
+/// broadcast along the reduced axis `d`. A lazy gradient view is broadcast further.
+fn broadcast_back(g: &Grad, dims: &[Expression], d: usize) -> Factor {
+    let mut reduced = dims.to_vec();
+    reduced.remove(d);
+    let mut t = g.view.unwrap_or_else(|| contiguous(&reduced));
+    t.expand(d, dims[d]);
+    (g.id, t)
+}
+
+/// `1 - a` for a contiguous node `a` of shape `dims`, as `a * -1 + 1`.
+fn one_minus(cx: &mut Graph, a: NodeIndex, dims: &[Expression]) -> NodeIndex {
+    let minus = constant(cx, -1.0, dims);
+    let neg = apply(cx, op::Mul, &[(a, contiguous(dims)), minus]);
+    let one = constant(cx, 1.0, dims);
+    apply(cx, op::Add, &[(neg, contiguous(dims)), one])
+}
+
+/// Views that [`undo_view`] cannot pull back exactly are refused rather than differentiated
+/// wrongly: a broadcast dim that is also sliced or padded, or a dim both sliced (from a start
+/// past 0) and padded (luminal 0.2.0 indexes those inconsistently).
+fn check_views(
+    node: NodeIndex,
+    op: Primitive,
+    ins: &[Input],
+    active: &HashSet<NodeIndex>,
+) -> Result<()> {
+    for (i, (src, _, view)) in ins.iter().enumerate() {
+        if !active.contains(src) {
+            continue;
+        }
+        for p in 0..view.dims.len() {
+            let why = if view.fake[p] && (is_sliced(view, p) || is_padded(view, p)) {
+                "a broadcast dim that is also sliced or padded"
+            } else if is_padded(view, p) && view.slices[p].0 != 0.into() {
+                "a dim both padded and sliced from a start past 0"
+            } else {
+                continue;
+            };
+            return Err(CourseError::Autograd(format!(
+                "node {node:?} ({op:?}), input {i}: {why} ({view:?})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+// ANCHOR: undo_view
+/// Pull the gradient with respect to a view back to the buffer behind it.
+///
+/// `factors` multiply to the gradient w.r.t. the view (all of the view's logical shape).
+/// Each kind of view has its own pullback, applied in this order:
+/// 1. [`unpermute`]: read the factors with the buffer's real dims first, in buffer order, and the
+///    broadcast dims last, and multiply them, so the product is laid out like the buffer;
+/// 2. [`sum_broadcast`]: sum over the trailing broadcast dims (a broadcast copied a value; its
+///    copies' gradients add up);
+/// 3. [`unslice`] and [`unpad`]: a slice becomes a zero pad, a pad becomes a slice.
+///
+/// Returns the gradient in the buffer's layout: a contiguous node, or (when the view was the
+/// identity) the single factor as it was, still a lazy view such as a broadcast.
+fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> Factor {
+    let real: Vec<usize> = (0..view.len()).filter(|&p| !view.fake[p]).collect();
+    let (g, dims) = unpermute(cx, factors, view, real.len());
+    let (mut g, dims) = sum_broadcast(cx, g, dims, real.len());
+    let (sliced, padded) = (
+        real.iter().any(|&p| is_sliced(view, p)),
+        real.iter().any(|&p| is_padded(view, p)),
+    );
+    // Padding must apply to a real buffer: a still-lazy broadcast would repeat its value into
+    // the padding.
+    if (sliced || padded) && g.1 != contiguous(&dims) {
+        g = (apply(cx, op::Contiguous, &[g]), contiguous(&dims));
+    }
+    if sliced {
+        g = unslice(cx, g, view, &real);
+    }
+    if padded {
+        g = unpad(cx, g, view, &real);
+    }
+    g
+}
+
+/// Step 1, permute: the factors read in buffer order (real dims first, broadcast dims last),
+/// multiplied. Returns the product and its logical dims.
+fn unpermute(
+    cx: &mut Graph,
+    factors: Vec<Factor>,
+    view: &ShapeTracker,
+    n_real: usize,
+) -> (Factor, Vec<Expression>) {
+    let n = view.len();
+    let axis_of = |p: usize| {
+        (0..n)
+            .find(|&a| view.indexes[a] == p)
+            .expect("a permutation")
+    };
+    let order = (0..n)
+        .filter(|&p| !view.fake[p])
+        .chain((0..n).filter(|&p| view.fake[p]));
+    let perm: Vec<usize> = order.map(axis_of).collect();
+    let logical = logical_dims(view);
+    let mut dims: Vec<Expression> = perm.iter().map(|&a| logical[a]).collect();
+    let mut factors: Vec<Factor> = factors
+        .into_iter()
+        .map(|(id, mut t)| {
+            t.permute(&perm);
+            (id, t)
+        })
+        .collect();
+    if let Some(merged) = merge_broadcast_dims(&factors, n - n_real) {
+        factors = merged;
+        let tail = dims.split_off(n_real);
+        dims.push(tail.into_iter().fold(Expression::from(1), |a, b| a * b));
+    }
+    let mut factors = factors.into_iter();
+    let mut g = factors.next().expect("at least one factor");
+    for f in factors {
+        g = (apply(cx, op::Mul, &[g, f]), contiguous(&dims));
+    }
+    (g, dims)
+}
+
+/// Step 2, broadcast: sum the trailing broadcast dims, down to the buffer's `n_real` dims.
+fn sum_broadcast(
+    cx: &mut Graph,
+    mut g: Factor,
+    mut dims: Vec<Expression>,
+    n_real: usize,
+) -> (Factor, Vec<Expression>) {
+    while dims.len() > n_real {
+        let id = apply(cx, op::SumReduce(dims.len() - 1), &[g]);
+        dims.pop();
+        g = (id, contiguous(&dims));
+    }
+    (g, dims)
+}
+
+/// Step 3a, slice: the elements a slice cut off did not affect the loss; pad with zeros.
+fn unslice(cx: &mut Graph, mut g: Factor, view: &ShapeTracker, real: &[usize]) -> Factor {
+    let full = |p: usize| view.dims[p] + view.padding[p].0 + view.padding[p].1;
+    let pads: Vec<(Expression, Expression)> = real
+        .iter()
+        .map(|&p| (view.slices[p].0, full(p) - full(p).min(view.slices[p].1)))
+        .collect();
+    g.1.pad(&pads);
+    let dims: Vec<Expression> = real.iter().map(|&p| full(p)).collect();
+    (apply(cx, op::Contiguous, &[g]), contiguous(&dims))
+}
+
+/// Step 3b, pad: the padding came from no element; slice it off.
+fn unpad(cx: &mut Graph, mut g: Factor, view: &ShapeTracker, real: &[usize]) -> Factor {
+    let cuts: Vec<(Expression, Expression)> = real
+        .iter()
+        .map(|&p| (view.padding[p].0, view.padding[p].0 + view.dims[p]))
+        .collect();
+    g.1.slice(&cuts);
+    let dims: Vec<Expression> = real.iter().map(|&p| view.dims[p]).collect();
+    (apply(cx, op::Contiguous, &[g]), contiguous(&dims))
+}
+// ANCHOR_END: undo_view
+
+/// **Optimisation, not a rule.** Merge the last `k >= 2` (broadcast) axes of every factor into
+/// one, when each factor allows it (they are consecutive dims of its buffer, all real or all
+/// broadcast, none sliced or padded): then one `SumReduce` sums them, and a weight's gradient
+/// is a plain 2-D matmul (section 3) instead of a matmul and a second reduction.
+fn merge_broadcast_dims(factors: &[Factor], k: usize) -> Option<Vec<Factor>> {
+    if k < 2 {
+        return None;
+    }
+    factors
+        .iter()
+        .map(|(id, t)| merge_trailing(t, k).map(|m| (*id, m)))
+        .collect()
 }
 
 /// Merge the last `k` logical axes of a view into one, if they are consecutive dims of its
@@ -135,11 +409,7 @@ fn merge_trailing(t: &ShapeTracker, k: usize) -> Option<ShapeTracker> {
     let p0 = axes[0];
     let consecutive = axes.iter().enumerate().all(|(j, &p)| p == p0 + j);
     let uniform = axes.iter().all(|&p| t.fake[p] == t.fake[p0]);
-    let plain = axes.iter().all(|&p| {
-        t.slices[p].0 == 0.into()
-            && t.slices[p].1 == i32::MAX.into()
-            && t.padding[p] == (0.into(), 0.into())
-    });
+    let plain = axes.iter().all(|&p| !is_sliced(t, p) && !is_padded(t, p));
     if !(consecutive && uniform && plain) {
         return None;
     }
@@ -160,134 +430,42 @@ fn merge_trailing(t: &ShapeTracker, k: usize) -> Option<ShapeTracker> {
     Some(m)
 }
 
-// ANCHOR: undo_view
-/// Pull the gradient with respect to a view back to the buffer behind it.
-///
-/// `factors` multiply to the gradient w.r.t. the view (all of the view's logical shape).
-/// 1. Permute so the buffer's real dims come first, in buffer order, and broadcast dims last;
-///    the factors are multiplied in that order, so their product is contiguous.
-/// 2. Sum over the trailing broadcast dims (a broadcast copied a value; its copies' gradients
-///    add up). For a linear layer this is exactly `Mul -> SumReduce(last)`: a matmul.
-/// 3. A slice becomes a zero pad, a pad becomes a slice.
-///
-/// Returns the gradient in the buffer's layout: a contiguous node, or (when the view was the
-/// identity) the single factor as it was, still a lazy view such as a broadcast: kept lazy,
-/// a broadcast gradient lets the next `Mul` + `SumReduce` pair match the matmul pattern.
-fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> Factor {
-    let n = view.len();
-    let axis_of = |p: usize| {
-        (0..n)
-            .find(|&a| view.indexes[a] == p)
-            .expect("a permutation")
+/// **Optimisation, not a rule.** Store a rule's result for `src`: contiguous as it is; a view
+/// with exactly `src`'s output shape stays a lazy view (a broadcast gradient lets the next
+/// `Mul` + `SumReduce` pair match the matmul pattern, and costs no node); any other view is
+/// materialised.
+fn as_grad(cx: &mut Graph, src: NodeIndex, (id, t): Factor, len: Expression) -> Grad {
+    let dims = logical_dims(&t);
+    let view = if t == contiguous(&dims) {
+        None
+    } else if output_dims(cx, src).as_ref() == Some(&dims) {
+        Some(t)
+    } else {
+        return Grad {
+            id: apply(cx, op::Contiguous, &[(id, t)]),
+            view: None,
+            len,
+        };
     };
-    let real: Vec<usize> = (0..n).filter(|&p| !view.fake[p]).collect();
-    let order: Vec<usize> = real
-        .iter()
-        .copied()
-        .chain((0..n).filter(|&p| view.fake[p]))
-        .collect();
-    let perm: Vec<usize> = order.iter().map(|&p| axis_of(p)).collect();
-    let dims = logical_dims(view);
-    let mut ordered_dims: Vec<Expression> = perm.iter().map(|&a| dims[a]).collect();
-
-    // Step 1: the product, computed in buffer order.
-    let mut factors: Vec<Factor> = factors
-        .into_iter()
-        .map(|(id, mut t)| {
-            t.permute(&perm);
-            (id, t)
-        })
-        .collect();
-    // Several broadcast dims (e.g. batch and sequence for a weight's gradient) merged into
-    // one when every factor allows it: one SumReduce, and the product is a plain matmul.
-    let k = n - real.len();
-    if k >= 2 {
-        let merged: Option<Vec<Factor>> = factors
-            .iter()
-            .map(|(id, t)| merge_trailing(t, k).map(|m| (*id, m)))
-            .collect();
-        if let Some(merged) = merged {
-            factors = merged;
-            let tail = ordered_dims.split_off(real.len());
-            ordered_dims.push(tail.into_iter().fold(Expression::from(1), |a, b| a * b));
-        }
-    }
-    let mut factors = factors.into_iter();
-    let mut g = factors.next().expect("at least one factor");
-    for f in factors {
-        let id = binary(cx, op::Mul, g, f);
-        g = (id, contiguous(&ordered_dims));
-    }
-    // Step 2: sum the broadcast copies.
-    while ordered_dims.len() > real.len() {
-        let last = ordered_dims.len() - 1;
-        let id = unary(cx, op::SumReduce(last), g);
-        ordered_dims.pop();
-        g = (id, contiguous(&ordered_dims));
-    }
-
-    // Step 3: a slice is undone by zero padding, a pad by slicing. Padding must apply to a
-    // real buffer: a still-lazy broadcast would repeat its value into the padding.
-    let (sliced_any, padded_any) = (
-        real.iter()
-            .any(|&p| view.slices[p].0 != 0.into() || view.slices[p].1 != i32::MAX.into()),
-        real.iter()
-            .any(|&p| view.padding[p].0 != 0.into() || view.padding[p].1 != 0.into()),
-    );
-    if (sliced_any || padded_any) && g.1 != contiguous(&ordered_dims) {
-        g = (unary(cx, op::Contiguous, g), contiguous(&ordered_dims));
-    }
-    if sliced_any {
-        let pads: Vec<(Expression, Expression)> = real
-            .iter()
-            .map(|&p| {
-                let padded = view.dims[p] + view.padding[p].0 + view.padding[p].1;
-                (view.slices[p].0, padded - padded.min(view.slices[p].1))
-            })
-            .collect();
-        g.1.pad(&pads);
-        ordered_dims = real
-            .iter()
-            .map(|&p| view.dims[p] + view.padding[p].0 + view.padding[p].1)
-            .collect();
-        g = (unary(cx, op::Contiguous, g), contiguous(&ordered_dims));
-    }
-    if padded_any {
-        let cuts: Vec<(Expression, Expression)> = real
-            .iter()
-            .map(|&p| (view.padding[p].0, view.padding[p].0 + view.dims[p]))
-            .collect();
-        g.1.slice(&cuts);
-        ordered_dims = real.iter().map(|&p| view.dims[p]).collect();
-        g = (unary(cx, op::Contiguous, g), contiguous(&ordered_dims));
-    }
-    g
+    Grad { id, view, len }
 }
-// ANCHOR_END: undo_view
 
-/// Views that [`undo_view`] cannot pull back exactly are refused rather than differentiated
-/// wrongly: a broadcast dim that is also sliced or padded, or a dim both sliced (from a start
-/// past 0) and padded (luminal 0.2.0 indexes those inconsistently).
-fn check_view(view: &ShapeTracker) -> std::result::Result<(), String> {
-    for p in 0..view.dims.len() {
-        let sliced = view.slices[p].0 != 0.into() || view.slices[p].1 != i32::MAX.into();
-        let padded = view.padding[p].0 != 0.into() || view.padding[p].1 != 0.into();
-        if view.fake[p] && (sliced || padded) {
-            return Err(format!(
-                "a broadcast dim that is also sliced or padded ({view:?})"
-            ));
-        }
-        if padded && view.slices[p].0 != 0.into() {
-            return Err(format!(
-                "a dim both padded and sliced from a start past 0 ({view:?})"
-            ));
-        }
+/// The logical output shape of a node, when its op determines one (binary ops, reductions,
+/// Contiguous); `None` for inputs and unary ops (whose buffers have no shape of their own).
+fn output_dims(cx: &Graph, node: NodeIndex) -> Option<Vec<Expression>> {
+    let ins = inputs(cx, node);
+    let first = ins.first()?;
+    let mut dims = logical_dims(&first.2);
+    let op = Primitive::at(cx, node)?;
+    if op.is_binary() || op == Primitive::Contiguous {
+        return Some(dims);
     }
-    Ok(())
+    dims.remove(reduce_axis(op_at(cx, node))?);
+    Some(dims)
 }
 
 /// The node's inputs: (source, input order, view), sorted by input order.
-fn inputs(cx: &Graph, node: NodeIndex) -> Vec<(NodeIndex, u8, ShapeTracker)> {
+fn inputs(cx: &Graph, node: NodeIndex) -> Vec<Input> {
     let mut v: Vec<_> = cx
         .graph
         .edges_directed(node, Direction::Incoming)
@@ -315,6 +493,7 @@ pub fn backward(cx: &mut Graph, params: &[Param], loss: NodeIndex) -> Result<Vec
         .filter(|n| active.contains(n))
         .collect();
 
+    // dL/dL = 1, then every node newest first: its rule, each input's share added up.
     let mut grads: HashMap<NodeIndex, Grad> = HashMap::new();
     let seed = Grad {
         id: cx.constant(1.0).id,
@@ -330,38 +509,28 @@ pub fn backward(cx: &mut Graph, params: &[Param], loss: NodeIndex) -> Result<Vec
         if ins.iter().all(|(src, _, _)| !active.contains(src)) {
             continue; // a leaf (a parameter) or a node fed only by constants
         }
-        for (src, (id, t)) in rules(cx, node, &g, &ins, &active)? {
+        let op = Primitive::at(cx, node).ok_or_else(|| {
+            CourseError::Autograd(format!(
+                "node {node:?} ({:?}) is not one of luminal's primitive ops, so it has no \
+                 backward rule (a compiler pass replaced it?): differentiate the primitive graph \
+                 before compiling it",
+                op_at(cx, node)
+            ))
+        })?;
+        for (src, share) in rule(cx, node, op, &g, &ins, &active)? {
             let len = buffer_len(&ins.iter().find(|i| i.0 == src).expect("an input").2);
-            let dims = logical_dims(&t);
-            let grad = if t == contiguous(&dims) {
-                Grad {
-                    id,
-                    view: None,
-                    len,
-                }
-            } else if output_dims(cx, src).as_ref() == Some(&dims) {
-                Grad {
-                    id,
-                    view: Some(t),
-                    len,
-                } // stays a lazy view
-            } else {
-                Grad {
-                    id: unary(cx, op::Contiguous, (id, t)),
-                    view: None,
-                    len,
-                }
-            };
-            let total = match grads.get(&src).cloned() {
+            let share = as_grad(cx, src, share, len);
+            let total = match grads.remove(&src) {
                 Some(prev) => {
-                    let (a, b) = (prev.materialise(cx), grad.materialise(cx));
+                    let (a, b) = (prev.materialise(cx), share.materialise(cx));
+                    let sum = apply(cx, op::Add, &[(a, flat(len)), (b, flat(len))]);
                     Grad {
-                        id: binary(cx, op::Add, (a, flat(len)), (b, flat(len))),
+                        id: sum,
                         view: None,
                         len,
                     }
                 }
-                None => grad,
+                None => share,
             };
             grads.insert(src, total);
         }
@@ -376,7 +545,7 @@ pub fn backward(cx: &mut Graph, params: &[Param], loss: NodeIndex) -> Result<Vec
             other => {
                 let v = if other.is_some() { 1.0 } else { 0.0 };
                 let c = constant(cx, v, &dims);
-                unary(cx, op::Contiguous, c)
+                apply(cx, op::Contiguous, &[c])
             }
         };
         cx.keep_tensors(grad);
@@ -410,196 +579,3 @@ fn reachable(cx: &Graph, from: &[NodeIndex], dir: Direction) -> HashSet<NodeInde
     }
     seen
 }
-
-/// The op of a node, as far as the backward rules care.
-#[derive(Clone, Debug, PartialEq)]
-enum Kind {
-    Log2,
-    Exp2,
-    Sin,
-    Sqrt,
-    Recip,
-    Add,
-    Mul,
-    Mod,
-    LessThan,
-    Contiguous,
-    SumReduce(usize),
-    MaxReduce(usize),
-    Other(String),
-}
-
-impl Kind {
-    fn of(cx: &Graph, node: NodeIndex) -> Self {
-        let op = cx.graph.node_weight(node).expect("node exists");
-        let any = op.as_any();
-        let simple = [
-            (any.is::<op::Log2>(), Kind::Log2),
-            (any.is::<op::Exp2>(), Kind::Exp2),
-            (any.is::<op::Sin>(), Kind::Sin),
-            (any.is::<op::Sqrt>(), Kind::Sqrt),
-            (any.is::<op::Recip>(), Kind::Recip),
-            (any.is::<op::Add>(), Kind::Add),
-            (any.is::<op::Mul>(), Kind::Mul),
-            (any.is::<op::Mod>(), Kind::Mod),
-            (any.is::<op::LessThan>(), Kind::LessThan),
-            (any.is::<op::Contiguous>(), Kind::Contiguous),
-        ];
-        if let Some((_, k)) = simple.into_iter().find(|(is, _)| *is) {
-            return k;
-        }
-        if let Some(op::SumReduce(d)) = any.downcast_ref::<op::SumReduce>() {
-            return Kind::SumReduce(*d);
-        }
-        if let Some(op::MaxReduce(d)) = any.downcast_ref::<op::MaxReduce>() {
-            return Kind::MaxReduce(*d);
-        }
-        Kind::Other(format!("{op:?}"))
-    }
-}
-
-// ANCHOR: rules
-/// One op's backward rule: the flat gradient contribution to each active input.
-/// `g` is the node's own flat gradient, `len` its number of elements.
-fn rules(
-    cx: &mut Graph,
-    node: NodeIndex,
-    g: &Grad,
-    ins: &[(NodeIndex, u8, ShapeTracker)],
-    active: &HashSet<NodeIndex>,
-) -> Result<Vec<(NodeIndex, Factor)>> {
-    let kind = Kind::of(cx, node);
-    let mut out = Vec::new();
-    let is_active = |i: usize| active.contains(&ins[i].0);
-
-    // Unary ops map the source's buffer elementwise, whatever view the edge carries: their
-    // gradient is elementwise in buffer order, no view to undo.
-    let len = g.len;
-    let (x, y) = ((ins[0].0, flat(len)), (node, flat(len)));
-    let unary_op = matches!(
-        kind,
-        Kind::Log2 | Kind::Exp2 | Kind::Sin | Kind::Sqrt | Kind::Recip
-    );
-    let gf = (if unary_op { g.materialise(cx) } else { g.id }, flat(len));
-    let unary_grad = if kind == Kind::Log2 {
-        // d log2(x) = 1 / (x ln 2)
-        let r = unary(cx, op::Recip, x);
-        let c = constant(cx, std::f32::consts::LOG2_E, &[len]);
-        Some(vec![gf, (r, flat(len)), c])
-    } else if kind == Kind::Exp2 {
-        // d 2^x = 2^x ln 2
-        Some(vec![gf, y, constant(cx, std::f32::consts::LN_2, &[len])])
-    } else if kind == Kind::Sin {
-        // d sin(x) = cos(x) = sin(x + pi/2)
-        let shift = constant(cx, std::f32::consts::FRAC_PI_2, &[len]);
-        let moved = binary(cx, op::Add, x, shift);
-        let cos = unary(cx, op::Sin, (moved, flat(len)));
-        Some(vec![gf, (cos, flat(len))])
-    } else if kind == Kind::Sqrt {
-        // d sqrt(x) = 1 / (2 sqrt(x))
-        let r = unary(cx, op::Recip, y);
-        Some(vec![gf, (r, flat(len)), constant(cx, 0.5, &[len])])
-    } else if kind == Kind::Recip {
-        // d (1/x) = -1/x^2 = -y^2
-        Some(vec![gf, y, y, constant(cx, -1.0, &[len])])
-    } else {
-        None
-    };
-    if let Some(factors) = unary_grad {
-        if is_active(0) {
-            let mut f = factors.into_iter();
-            let mut acc = f.next().expect("a factor");
-            for next in f {
-                acc = (binary(cx, op::Mul, acc, next), flat(len));
-            }
-            out.push((ins[0].0, acc));
-        }
-        return Ok(out);
-    }
-
-    // The other ops read their inputs through views of the same logical shape.
-    for (i, (src, _, view)) in ins.iter().enumerate() {
-        if active.contains(src) {
-            check_view(view).map_err(|why| {
-                CourseError::Autograd(format!("node {node:?} ({kind:?}), input {i}: {why}"))
-            })?;
-        }
-    }
-    let view_dims = logical_dims(&ins[0].2);
-    let g_view: Factor = (g.id, g.view.unwrap_or_else(|| contiguous(&view_dims)));
-    match kind {
-        Kind::Add | Kind::Contiguous => {
-            for (i, (src, _, view)) in ins.iter().enumerate() {
-                if is_active(i) {
-                    out.push((*src, undo_view(cx, vec![g_view], view)));
-                }
-            }
-        }
-        Kind::Mul => {
-            for i in 0..2 {
-                if is_active(i) {
-                    let other = (ins[1 - i].0, ins[1 - i].2);
-                    out.push((ins[i].0, undo_view(cx, vec![g_view, other], &ins[i].2)));
-                }
-            }
-        }
-        Kind::SumReduce(d) => {
-            // Every input element along d fed the sum: each gets the sum's gradient.
-            let mut reduced = view_dims.clone();
-            reduced.remove(d);
-            // A lazy gradient view already has the reduced shape: broadcast it further.
-            let mut t = g.view.unwrap_or_else(|| contiguous(&reduced));
-            t.expand(d, view_dims[d]);
-            out.push((ins[0].0, undo_view(cx, vec![(g.id, t)], &ins[0].2)));
-        }
-        Kind::MaxReduce(d) => {
-            // Only the maximal elements fed the max: mask = 1 - (x < max). Ties each get G.
-            let mut reduced = view_dims.clone();
-            reduced.remove(d);
-            let mut t = contiguous(&reduced);
-            t.expand(d, view_dims[d]);
-            let mut gt = g.view.unwrap_or_else(|| contiguous(&reduced));
-            gt.expand(d, view_dims[d]);
-            let x = (ins[0].0, ins[0].2);
-            let below = binary(cx, op::LessThan, x, (node, t));
-            let minus = constant(cx, -1.0, &view_dims);
-            let neg = binary(cx, op::Mul, (below, contiguous(&view_dims)), minus);
-            let one = constant(cx, 1.0, &view_dims);
-            let is_max = binary(cx, op::Add, (neg, contiguous(&view_dims)), one);
-            out.push((
-                ins[0].0,
-                undo_view(
-                    cx,
-                    vec![(g.id, gt), (is_max, contiguous(&view_dims))],
-                    &ins[0].2,
-                ),
-            ));
-        }
-        Kind::LessThan => {
-            // Piecewise constant: zero gradient almost everywhere. Nothing flows.
-        }
-        Kind::Mod => {
-            // a mod b = a - b floor(a / b): slope 1 in a; in b it jumps, so we refuse it.
-            if is_active(1) {
-                return Err(CourseError::Autograd(format!(
-                    "node {node:?} (Mod): Mod is not differentiable with respect to its divisor"
-                )));
-            }
-            if is_active(0) {
-                out.push((ins[0].0, undo_view(cx, vec![g_view], &ins[0].2)));
-            }
-        }
-        Kind::Log2 | Kind::Exp2 | Kind::Sin | Kind::Sqrt | Kind::Recip => {
-            unreachable!("handled above")
-        }
-        Kind::Other(name) => {
-            return Err(CourseError::Autograd(format!(
-                "node {node:?} ({name}) is not one of luminal's primitive ops, so it has no \
-                 backward rule (a compiler pass replaced it?): differentiate the primitive graph \
-                 before compiling it"
-            )));
-        }
-    }
-    Ok(out)
-}
-// ANCHOR_END: rules

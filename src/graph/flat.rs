@@ -134,6 +134,11 @@ impl Flat {
         self.unary(op::Sqrt)
     }
 
+    /// Elementwise sine.
+    pub fn sin(self) -> Self {
+        self.unary(op::Sin)
+    }
+
     /// Elementwise `1 / x`.
     pub fn recip(self) -> Self {
         self.unary(op::Recip)

@@ -217,7 +217,7 @@ def main():
                 "out.loss": loss, **grads}, cfg)
 
     # The encoder-decoder, tied embeddings, with source padding.
-    cfg = dict(vocab_size=18, max_seq_len=16, d_model=16, n_heads=2, n_encoder_layers=2,
+    cfg = dict(vocab_size=18, context_length=16, d_model=16, n_heads=2, n_encoder_layers=2,
                n_decoder_layers=2, d_ff=48, rope_theta=THETA, tie_embeddings=True)
     w = {"token_embeddings.weight": torch.randn(18, 16)}
     for i in range(2):

@@ -127,7 +127,7 @@ fn lm_config() -> TransformerConfig {
 fn seq2seq_config() -> Seq2SeqConfig {
     Seq2SeqConfig {
         vocab_size: 18,
-        max_seq_len: 16,
+        context_length: 16,
         d_model: 16,
         n_heads: 2,
         n_encoder_layers: 2,

@@ -28,7 +28,7 @@ pub struct Seq2SeqConfig {
     /// One vocabulary shared by source and target (and one embedding table).
     pub vocab_size: usize,
     /// The longest source or target sequence.
-    pub max_seq_len: usize,
+    pub context_length: usize,
     pub d_model: usize,
     pub n_heads: usize,
     pub n_encoder_layers: usize,
@@ -50,7 +50,7 @@ impl Seq2SeqConfig {
     pub fn validate(&self) -> Result<()> {
         let sizes = [
             ("vocab_size", self.vocab_size),
-            ("max_seq_len", self.max_seq_len),
+            ("context_length", self.context_length),
             ("d_model", self.d_model),
             ("n_heads", self.n_heads),
             ("n_encoder_layers", self.n_encoder_layers),
@@ -252,7 +252,7 @@ impl EncoderDecoder {
         config.validate()?;
         let c = config;
         let sizes = [c.d_model, c.n_heads, c.d_ff];
-        let rope = Rope::new(cx, c.max_seq_len, c.d_model / c.n_heads, c.rope_theta)?;
+        let rope = Rope::new(cx, c.context_length, c.d_model / c.n_heads, c.rope_theta)?;
         let token_embeddings =
             Embedding::new(cx, "token_embeddings.weight", c.vocab_size, c.d_model)?;
         let encoder = (0..c.n_encoder_layers)
@@ -337,17 +337,20 @@ impl EncoderDecoder {
         self.lm_head.forward(self.decoder_norm.forward(x))
     }
 
-    /// Feed ids (b, len) into `ids`, refusing sequences longer than `max_seq_len`.
+    /// Feed ids (b, len) into `ids`, refusing sequences longer than `context_length`.
     pub fn set_ids<B: Dimension, L: Dimension>(
         &self,
         ids: GraphTensor<(B, L)>,
         [b, len]: [usize; 2],
         values: &[u32],
     ) -> Result<()> {
-        if len > self.config.max_seq_len {
+        if len > self.config.context_length {
             return Err(CourseError::OutOfRange {
                 what: format!("a sequence of {len} tokens"),
-                problem: format!("the model's max_seq_len is {}", self.config.max_seq_len),
+                problem: format!(
+                    "the model's context_length is {}",
+                    self.config.context_length
+                ),
             });
         }
         self.token_embeddings.set_ids(ids, [b, len], values)

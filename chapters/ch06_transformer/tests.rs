@@ -20,7 +20,7 @@ fn tiny_lm() -> TransformerConfig {
 fn tiny_seq2seq(tie_embeddings: bool) -> Seq2SeqConfig {
     Seq2SeqConfig {
         vocab_size: 9,
-        max_seq_len: 8,
+        context_length: 8,
         d_model: 8,
         n_heads: 2,
         n_encoder_layers: 2,

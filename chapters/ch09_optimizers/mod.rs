@@ -17,11 +17,11 @@ use crate::graph::params::Param;
 use crate::graph::tensor;
 
 // ANCHOR: config
-/// AdamW's hyperparameters (CS336's defaults, book chapter 9).
+/// AdamW's hyperparameters (CS336's defaults, book chapter 9). The learning rate is not one of
+/// them: it changes every step (chapter 10's schedule) and is passed to each step.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
-    pub lr: f32,
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
@@ -31,7 +31,6 @@ pub struct AdamWConfig {
 impl Default for AdamWConfig {
     fn default() -> Self {
         Self {
-            lr: 1e-3,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -41,16 +40,15 @@ impl Default for AdamWConfig {
 }
 
 impl AdamWConfig {
-    /// Betas in [0, 1), positive eps, non-negative lr and decay.
+    /// Betas in [0, 1), positive eps, non-negative decay.
     pub fn validate(&self) -> Result<()> {
         let ok = (0.0..1.0).contains(&self.beta1)
             && (0.0..1.0).contains(&self.beta2)
             && self.eps > 0.0
-            && self.lr >= 0.0
             && self.weight_decay >= 0.0;
         if !ok {
             return Err(CourseError::Config(format!(
-                "AdamW needs 0 <= beta1, beta2 < 1, eps > 0, lr >= 0 and weight_decay >= 0; got {self:?}"
+                "AdamW needs 0 <= beta1, beta2 < 1, eps > 0 and weight_decay >= 0; got {self:?}"
             )));
         }
         Ok(())

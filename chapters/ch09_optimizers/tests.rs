@@ -24,12 +24,11 @@ fn first_adamw_step_moves_each_weight_by_about_lr() {
     // v = 0.001 g^2, a_1 = lr sqrt(0.001) / 0.1, so the step is
     // a_1 * 0.1 g / (sqrt(0.001) |g| + eps) = lr * sign(g) (up to eps): 0.999 - 0.01 = 0.989.
     let c = AdamWConfig {
-        lr: 0.01,
         weight_decay: 0.1,
         ..AdamWConfig::default()
     };
     let (mut theta, mut m, mut v) = ([1.0f32], [0.0f32], [0.0f32]);
-    adamw_ref(&mut theta, &[4.0], &mut m, &mut v, 1, c.lr, &c);
+    adamw_ref(&mut theta, &[4.0], &mut m, &mut v, 1, 0.01, &c);
     assert_relative_eq!(theta[0], 0.989, max_relative = 1e-6);
     assert_relative_eq!(m[0], 0.4, max_relative = 1e-6);
     // 1 - 0.999 is not exact in f32 (0.0010000467): 1e-4.
@@ -126,11 +125,13 @@ fn adamw_matches_pytorch_over_120_steps() {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/adamw.safetensors");
     let f = crate::graph::params::read_safetensors(&path).unwrap();
-    let config = AdamWConfig {
-        lr: 1e-2,
-        weight_decay: 0.1,
-        ..AdamWConfig::default()
-    };
+    let (lr, config) = (
+        1e-2,
+        AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        },
+    );
     let mut p = problem(
         &f["in.x"].data,
         &f["in.y"].data,
@@ -138,7 +139,7 @@ fn adamw_matches_pytorch_over_120_steps() {
         [8, 3, 4],
         config,
     );
-    let losses: Vec<f32> = (0..120).map(|_| p.step(config.lr)).collect();
+    let losses: Vec<f32> = (0..120).map(|_| p.step(lr)).collect();
     assert_close(&losses, &f["out.losses"].data, 2e-5).unwrap();
     assert_close(&p.read(p.w.id), &f["out.w"].data, 2e-5).unwrap();
     assert!(
@@ -157,7 +158,7 @@ proptest! {
     fn graph_steps_equal_reference_steps(n in 1usize..4, rows in 1usize..4, cols in 1usize..4, seed in any::<u64>(), wd in 0.0f32..0.2) {
         let mut rng = crate::graph::init::rng(seed);
         let (x, y, w0) = (uniform(&mut rng, n * cols, 1.0), uniform(&mut rng, n * rows, 1.0), uniform(&mut rng, rows * cols, 1.0));
-        let config = AdamWConfig { lr: 0.05, weight_decay: wd, ..AdamWConfig::default() };
+        let (lr, config) = (0.05, AdamWConfig { weight_decay: wd, ..AdamWConfig::default() });
         let mut p = problem(&x, &y, &w0, [n, rows, cols], config);
         let (mut theta, mut m, mut v) = (w0.clone(), vec![0.0; w0.len()], vec![0.0; w0.len()]);
         for t in 1..=3u64 {
@@ -172,8 +173,8 @@ proptest! {
                     }
                 }
             }
-            adamw_ref(&mut theta, &g, &mut m, &mut v, t, config.lr, &config);
-            p.step(config.lr);
+            adamw_ref(&mut theta, &g, &mut m, &mut v, t, lr, &config);
+            p.step(lr);
             assert_close(&p.read(p.w.id), &theta, 1e-5)?;
             assert_close(&p.read(p.opt.slots[0].m), &m, 1e-5)?;
         }

@@ -37,7 +37,7 @@ pub fn copy_task_config() -> TrainConfig {
     TrainConfig {
         model: ModelConfig::Seq2Seq(Seq2SeqConfig {
             vocab_size: task.vocab_size(),
-            max_seq_len: task.target_len(),
+            context_length: task.target_len(),
             d_model: 64,
             n_heads: 4,
             n_encoder_layers: 2,
@@ -52,7 +52,6 @@ pub fn copy_task_config() -> TrainConfig {
         batch_size: 32,
         steps,
         adamw: AdamWConfig {
-            lr: 3e-3,
             weight_decay: 0.01,
             ..AdamWConfig::default()
         },
@@ -84,7 +83,6 @@ pub fn book_lm_config() -> TrainConfig {
         batch_size: 16,
         steps,
         adamw: AdamWConfig {
-            lr: 2e-3,
             weight_decay: 0.1,
             ..AdamWConfig::default()
         },

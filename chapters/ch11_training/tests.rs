@@ -32,10 +32,7 @@ fn tiny_run(steps: u64) -> TrainConfig {
         task: Task::Lm { context: 6 },
         batch_size: 3,
         steps,
-        adamw: AdamWConfig {
-            lr: 1e-2,
-            ..AdamWConfig::default()
-        },
+        adamw: AdamWConfig::default(),
         schedule: CosineSchedule {
             lr_max: 1e-2,
             lr_min: 1e-3,
@@ -388,7 +385,6 @@ fn train_steps_equal_gradients_then_clip_then_adamw() {
     let model = ModelConfig::Lm(cfg.clone());
     let mut dict = model.init_weights(&mut init::rng(1)).unwrap();
     let adamw = AdamWConfig {
-        lr: 0.02,
         weight_decay: 0.1,
         ..AdamWConfig::default()
     };

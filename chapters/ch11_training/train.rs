@@ -59,10 +59,10 @@ impl TrainConfig {
                 if t.data_tokens == 0 || t.source_len == 0 {
                     return bad("the copy task needs data_tokens and source_len >= 1".into());
                 }
-                if m.vocab_size < t.vocab_size() || m.max_seq_len < t.target_len() {
+                if m.vocab_size < t.vocab_size() || m.context_length < t.target_len() {
                     return bad(format!(
-                        "the copy task needs vocab_size >= {} and max_seq_len >= {}; the model has {} and {}",
-                        t.vocab_size(), t.target_len(), m.vocab_size, m.max_seq_len
+                        "the copy task needs vocab_size >= {} and context_length >= {}; the model has {} and {}",
+                        t.vocab_size(), t.target_len(), m.vocab_size, m.context_length
                     ));
                 }
             }

@@ -24,6 +24,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() -> Result<()> {
+    transformer_course::backend::fast_cpu::keep_freed_memory(); // as the train and bench commands
     let args: Vec<String> = std::env::args().skip(1).collect();
     let run_backward = args.iter().any(|a| a == "--run-backward");
     let device = if args.iter().any(|a| a == "--stock") {

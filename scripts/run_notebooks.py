@@ -4,7 +4,7 @@
 usage: python3 scripts/run_notebooks.py [--write] [NOTEBOOK.ipynb ...]
 
 Runs notebooks/*.ipynb in sorted order (or the ones given), one at a time, each in its own
-folder (so `:dep transformer-course = { path = ".." }` finds the crate). Exit status 1 names the
+folder (so `:dep transformer-course = { path = "..", default-features = false }` finds the crate). Exit status 1 names the
 notebook and cell of the first failure: a cell error (e.g. a compile error) or a panic. A cell
 tagged `raises-exception` may fail on purpose. `--write` saves the outputs into the .ipynb files.
 

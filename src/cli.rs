@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use transformer_course::backend::Device;
 use transformer_course::ch11_training::*;
 use transformer_course::graph::error::{CourseError, Result};
+use transformer_course::graph::files::write_atomic;
 use transformer_course::graph::init;
 use transformer_course::plot;
 
@@ -198,6 +200,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             "--eval-every and --checkpoint-every must be at least 1".into(),
         ));
     }
+    transformer_course::backend::fast_cpu::keep_freed_memory();
     if let Some(t) = a.threads {
         transformer_course::backend::fast_cpu::set_threads(t);
     }
@@ -259,60 +262,80 @@ pub fn train(a: TrainArgs) -> Result<()> {
         Task::Lm { context } => config.batch_size * context,
     } as f64;
     let (mut losses, mut evals) = (Vec::new(), Vec::new());
+    // On a terminal, a progress bar with the latest numbers; in a log, a line every 50 steps.
     let tty = std::io::stderr().is_terminal();
-    let t0 = Instant::now();
-    let first = trainer.steps_done;
-    while trainer.steps_done < config.steps {
-        let stats = match trainer.train_step() {
-            Ok(s) => s,
-            Err(e @ CourseError::NonFinite(_)) => {
-                eprintln!();
-                eprintln!("stopping: {e}");
-                if ckpt_path.exists() {
-                    eprintln!("the last good checkpoint is kept: {}", ckpt_path.display());
-                }
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        let done = trainer.steps_done;
-        losses.push((done as f32, stats.loss));
-        let rate = (done - first) as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
-        let line = format!(
-            "step {done:>6}/{} loss {:.4} lr {:.2e} |g| {:.3} {:>7.0} tok/s",
-            config.steps, stats.loss, stats.lr, stats.grad_norm, rate
-        );
+    let bar = if tty {
+        ProgressBar::new(config.steps)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("[{bar:20}] {msg} [{elapsed_precise}, eta {eta_precise}]")
+            .expect("a valid template")
+            .progress_chars("#>."),
+    );
+    bar.set_position(trainer.steps_done);
+    let say = |line: String| {
         if tty {
-            eprint!("\r{}{line}", progress_bar(done, config.steps));
-        } else if done % 50 == 0 || done == 1 {
+            bar.println(line);
+        } else {
             eprintln!("{line}");
         }
-        let last = done == config.steps;
-        if done % a.eval_every == 0 || last {
-            let eval = trainer.eval_loss(4)?;
-            evals.push((done as f32, eval));
-            let weights = trainer.step.weights()?;
-            generator.load(&weights)?;
-            let sample = show_sample(&mut generator, &config, if last { 256 } else { 64 })?;
-            if tty {
-                eprintln!();
+    };
+    let options = RunOptions {
+        eval_every: a.eval_every,
+        eval_batches: 4,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_path: Some(ckpt_path.clone()),
+    };
+    let (t0, first) = (Instant::now(), trainer.steps_done);
+    let result = trainer.run(&options, |trainer, event| {
+        match event {
+            Event::Step { step, stats } => {
+                losses.push((step as f32, stats.loss));
+                let rate = (step - first) as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
+                let line = format!(
+                    "step {step:>6}/{} loss {:.4} lr {:.2e} |g| {:.3} {rate:>7.0} tok/s",
+                    config.steps, stats.loss, stats.lr, stats.grad_norm
+                );
+                bar.set_position(step);
+                if tty {
+                    bar.set_message(line);
+                } else if step % 50 == 0 || step == 1 {
+                    eprintln!("{line}");
+                }
             }
-            eprintln!("  eval loss {eval:.4} | {sample}");
+            Event::Eval { step, loss } => {
+                evals.push((step as f32, loss));
+                generator.load(&trainer.step.weights()?)?;
+                let n = if step == config.steps { 256 } else { 64 };
+                let sample = show_sample(&mut generator, &config, n)?;
+                say(format!("  step {step}: eval loss {loss:.4} | {sample}"));
+            }
+            Event::Saved { .. } => {
+                let svg = plot::line_chart_log_y(
+                    &format!("{task_name}: loss"),
+                    "step",
+                    "cross-entropy (log scale)",
+                    &[
+                        plot::Series::line("train (batch)", losses.clone()),
+                        plot::Series::dots("eval", evals.clone()),
+                    ],
+                );
+                write_atomic(&out.join("loss.svg"), svg.as_bytes())?;
+            }
         }
-        if done % a.checkpoint_every == 0 || last {
-            trainer.checkpoint()?.save(&ckpt_path)?;
-            let svg = plot::line_chart(
-                &format!("{task_name}: loss"),
-                "step",
-                "cross-entropy",
-                &[
-                    plot::Series::line("train (batch)", losses.clone()),
-                    plot::Series::dots("eval", evals.clone()),
-                ],
-                false,
-            );
-            transformer_course::graph::files::write_atomic(&out.join("loss.svg"), svg.as_bytes())?;
+        Ok(())
+    });
+    bar.finish_and_clear();
+    if let Err(e) = result {
+        if matches!(e, CourseError::NonFinite(_)) {
+            eprintln!("stopping: {e}");
+            if ckpt_path.exists() {
+                eprintln!("the last good checkpoint is kept: {}", ckpt_path.display());
+            }
         }
+        return Err(e);
     }
     eprintln!(
         "done: {} steps in {:.1} s; checkpoint {}, loss curve {}",
@@ -325,11 +348,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
         show_copies(&mut generator, task, 3)?;
     }
     Ok(())
-}
-
-fn progress_bar(done: u64, total: u64) -> String {
-    let filled = (20 * done / total.max(1)) as usize;
-    format!("[{}{}] ", "#".repeat(filled), ".".repeat(20 - filled))
 }
 
 /// A one-line sample: the copy task's exact-match score, or an LM continuation.
@@ -417,6 +435,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 
 /// `bench`: train-step tokens/s of the reference config on random bytes.
 pub fn bench(a: BenchArgs) -> Result<()> {
+    transformer_course::backend::fast_cpu::keep_freed_memory();
     if let Some(t) = a.threads {
         transformer_course::backend::fast_cpu::set_threads(t);
     }
@@ -518,6 +537,10 @@ fn chapter_demos() -> Vec<(&'static str, Result<String>)> {
         ("5. Attention", ch05_attention::attention_demo()),
         ("6. The transformer", ch06_transformer::transformer_demo()),
         ("7. The loss", ch07_loss::loss_demo()),
+        ("8. Autograd", ch08_autograd::autograd_demo()),
+        ("9. Optimisers", ch09_optimizers::optimizer_demo()),
+        ("10. Schedule and clipping", ch10_schedule::schedule_demo()),
+        ("11. Training", ch11_training::training_demo()),
     ]
 }
 

@@ -10,6 +10,8 @@
 //! ops, flat graph math, graph pictures), [`plot`] (charts) and [`backend`] (devices and the
 //! fast CPU passes). The command line is the crate's binary.
 
+#![warn(missing_docs)]
+
 // The layers, each depending only on the ones listed before it (tests/architecture.rs checks):
 // graph helpers and plots, then the chapters (which may use `backend::Device` and nothing else
 // of the backend), then the backend. The command line is the binary (src/main.rs), not here.

@@ -187,7 +187,7 @@ fn the_tour_runs_every_chapter_demo() {
     let out = course(&["tour"]);
     let all = text(&out);
     assert!(out.status.success(), "{all}");
-    for n in 0..=7 {
+    for n in 0..=11 {
         assert!(
             all.contains(&format!("== {n}. ")),
             "chapter {n} missing:\n{all}"

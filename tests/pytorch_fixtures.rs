@@ -360,7 +360,7 @@ fn encoder_decoder_gradients_match_pytorch() {
         f.input("tgt").shape[1],
     );
     let mut cx = Graph::new();
-    let model = EncoderDecoder::new(&mut cx, &cfg).unwrap();
+    let model = Seq2Seq::new(&mut cx, &cfg).unwrap();
     params::load_state_dict(&mut cx, &model.params(), &f.weights).unwrap();
     let src = tensor::input::<(Batch, SrcSeq)>(&mut cx, "src");
     let keep = tensor::input::<(Batch, SrcSeq)>(&mut cx, "src_keep");

@@ -130,9 +130,13 @@ pub fn matmul_ref(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32
 // ANCHOR: affine
 /// The handles of a small graph `y = x W + c`: (n, k) x (k, m) + a (m,) row broadcast.
 pub struct Affine {
+    /// Input `x` (n, k).
     pub x: GraphTensor<(Rows, In)>,
+    /// Input weight `W` (k, m).
     pub w: GraphTensor<(In, Out)>,
+    /// Input bias `c` (m,), broadcast over the rows of `x W`.
     pub c: GraphTensor<(Out,)>,
+    /// Output `y = x W + c` (n, m), marked for retrieval.
     pub y: GraphTensor<(Rows, Out)>,
 }
 

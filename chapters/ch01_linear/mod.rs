@@ -53,7 +53,9 @@ pub fn embedding_ref(ids: &[u32], table: &[f32], d: usize) -> Vec<f32> {
 pub struct Linear<I: Dimension, O: Dimension> {
     /// Weight (out_features, in_features), a graph input kept across executions.
     pub weight: GraphTensor<(O, I)>,
+    /// Number of input features (the size of `I`).
     pub in_features: usize,
+    /// Number of output features (the size of `O`).
     pub out_features: usize,
 }
 
@@ -131,8 +133,11 @@ pub fn one_hot<B: Dimension, S: Dimension, V: Dimension>(
 /// A token embedding table of shape (vocab, d_model).
 #[derive(Clone, Copy)]
 pub struct Embedding<V: Dimension = Vocab, D: Dimension = DModel> {
+    /// (vocab, d_model) table: row `id` is the embedding of token `id`.
     pub weight: GraphTensor<(V, D)>,
+    /// Number of tokens in the vocabulary (rows of the table).
     pub vocab_size: usize,
+    /// Embedding width (columns of the table).
     pub d_model: usize,
 }
 

@@ -51,8 +51,11 @@ pub fn layer_norm_ref(x: &[f32], gamma: &[f32], beta: &[f32], d: usize, eps: f32
 /// RMSNorm over the last dimension with a learned gain `weight` (d_model,), initialised to 1.
 #[derive(Clone, Copy)]
 pub struct RmsNorm<D: Dimension = DModel> {
+    /// Learned gain `g` (d_model,).
     pub weight: GraphTensor<(D,)>,
+    /// Size of the normalised (last) dimension.
     pub d_model: usize,
+    /// Added to the mean square inside the root; [`NORM_EPS`].
     pub eps: f32,
 }
 
@@ -94,9 +97,13 @@ impl<B: Dimension, S: Dimension, D: Dimension> Module<GraphTensor<(B, S, D)>> fo
 /// LayerNorm over the last dimension with gain `weight` (init 1) and `bias` (init 0).
 #[derive(Clone, Copy)]
 pub struct LayerNorm<D: Dimension = DModel> {
+    /// Learned gain `gamma` (d_model,).
     pub weight: GraphTensor<(D,)>,
+    /// Learned bias `beta` (d_model,).
     pub bias: GraphTensor<(D,)>,
+    /// Size of the normalised (last) dimension.
     pub d_model: usize,
+    /// Added to the variance inside the root; [`NORM_EPS`].
     pub eps: f32,
 }
 
@@ -147,7 +154,9 @@ impl<B: Dimension, S: Dimension, D: Dimension> Module<GraphTensor<(B, S, D)>> fo
 /// Which normalisation to run in [`run_norm`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Norm {
+    /// [`RmsNorm`]: scale only.
     Rms,
+    /// [`LayerNorm`]: subtract the mean, scale, add a bias.
     Layer,
 }
 

@@ -142,7 +142,9 @@ impl<B: Dimension, S: Dimension, D: Dimension, F: Dimension> Module<GraphTensor<
 /// every layer of this course).
 #[derive(Clone, Copy)]
 pub struct ReluFfn<D: Dimension = DModel, F: Dimension = DFf> {
+    /// (d_ff, d_model): up to the hidden width, before the ReLU.
     pub w1: Linear<D, F>,
+    /// (d_model, d_ff): back down to the residual width.
     pub w2: Linear<F, D>,
 }
 
@@ -175,7 +177,9 @@ impl<B: Dimension, S: Dimension, D: Dimension, F: Dimension> Module<GraphTensor<
 /// Which feed-forward network [`run_ffn`] builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ffn {
+    /// [`SwiGlu`]: weights w1, w2, w3.
     SwiGlu,
+    /// [`ReluFfn`]: weights w1, w2.
     Relu,
 }
 

@@ -109,8 +109,11 @@ pub struct Rope<M: Dimension = MaxSeq, K: Dimension = DHead> {
     pub cos: GraphTensor<(M, K)>,
     /// (max_seq_len, d_head) sines.
     pub sin: GraphTensor<(M, K)>,
+    /// Number of positions the tables cover (rows).
     pub max_seq_len: usize,
+    /// Width of one attention head (columns); even, since features rotate in pairs.
     pub d_head: usize,
+    /// Base of the angles `pos * theta^(-2k/d_head)`; usually [`ROPE_THETA`].
     pub theta: f32,
 }
 
@@ -123,9 +126,9 @@ impl<M: Dimension, K: Dimension> Rope<M, K> {
                  got d_head = {d_head}"
             )));
         }
-        if max_seq_len == 0 || theta <= 1.0 {
+        if max_seq_len == 0 || !(theta > 1.0 && theta.is_finite()) {
             return Err(CourseError::Config(format!(
-                "RoPE needs max_seq_len > 0 and theta > 1; got {max_seq_len} and {theta}"
+                "RoPE needs max_seq_len > 0 and a finite theta > 1; got {max_seq_len} and {theta}"
             )));
         }
         tensor::bind_dim::<M>(cx, max_seq_len, "rope tables")?;

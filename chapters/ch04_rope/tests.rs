@@ -45,6 +45,13 @@ fn odd_head_size_and_long_sequences_are_refused() {
     assert!(err.to_string().contains("d_head = 5"), "{err}");
     let err = run_rope(&[0.0; 40], [1, 1, 10, 4], 8, ROPE_THETA, Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("max_seq_len = 8"), "{err}");
+    // A theta that is not a finite number > 1 would give NaN or constant angles.
+    for theta in [f32::NAN, f32::INFINITY, 1.0, -3.0] {
+        let err = Rope::<MaxSeq, DHead>::new(&mut Graph::new(), 16, 4, theta)
+            .err()
+            .unwrap_or_else(|| panic!("theta {theta} accepted"));
+        assert!(err.to_string().contains("finite theta > 1"), "{err}");
+    }
 }
 
 #[test]

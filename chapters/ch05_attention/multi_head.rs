@@ -70,11 +70,17 @@ pub fn mha_ref(
 /// `output_proj`, each (d_model, d_model), rows grouped by head.
 #[derive(Clone, Copy)]
 pub struct MultiHeadAttention<D: Dimension = DModel> {
+    /// (d_model, d_model): input to queries.
     pub q_proj: Linear<D, D>,
+    /// (d_model, d_model): memory to keys.
     pub k_proj: Linear<D, D>,
+    /// (d_model, d_model): memory to values.
     pub v_proj: Linear<D, D>,
+    /// (d_model, d_model): concatenated heads back to the residual stream.
     pub output_proj: Linear<D, D>,
+    /// Number of heads; d_model must divide by it.
     pub n_heads: usize,
+    /// Model width; each head gets `d_model / n_heads` features.
     pub d_model: usize,
     /// Rotates queries and keys by position (decoder and encoder self-attention); `None` for
     /// cross-attention, whose queries and keys live in different sequences.

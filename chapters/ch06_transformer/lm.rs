@@ -21,13 +21,19 @@ use crate::graph::tensor::{self, HostTensor};
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TransformerConfig {
+    /// Number of token ids (rows of the embedding, columns of the logits).
     pub vocab_size: usize,
     /// The longest sequence the model accepts (rows of the RoPE tables).
     pub context_length: usize,
+    /// Width of the residual stream.
     pub d_model: usize,
+    /// Number of transformer blocks.
     pub n_layers: usize,
+    /// Attention heads per block; d_model must divide by it.
     pub n_heads: usize,
+    /// Hidden width of each SwiGLU feed-forward network.
     pub d_ff: usize,
+    /// RoPE base, usually [`ROPE_THETA`].
     pub rope_theta: f32,
 }
 
@@ -91,12 +97,17 @@ pub fn lm_ref(
 // ANCHOR: lm
 /// A decoder-only transformer LM with CS336's state-dict names (book chapter 6).
 pub struct TransformerLm {
+    /// The sizes the model was built with.
     pub config: TransformerConfig,
+    /// (vocab, d_model) token embedding table.
     pub token_embeddings: Embedding<Vocab, DModel>,
     /// One set of RoPE tables, shared by every block.
     pub rope: Rope<MaxSeq, DHead>,
+    /// The `n_layers` causal blocks, `layers.{i}`.
     pub layers: Vec<Block>,
+    /// Norm after the last block.
     pub ln_final: RmsNorm<DModel>,
+    /// (vocab, d_model): residual stream to next-token logits.
     pub lm_head: Linear<DModel, Vocab>,
 }
 

@@ -46,9 +46,9 @@ fn validate_sizes(
             d_model / n_heads
         )));
     }
-    if theta.is_nan() || theta <= 1.0 {
+    if !(theta > 1.0 && theta.is_finite()) {
         return Err(CourseError::Config(format!(
-            "rope_theta ({theta}) must be > 1"
+            "rope_theta ({theta}) must be a finite number > 1"
         )));
     }
     Ok(())
@@ -101,9 +101,13 @@ pub fn block_ref(
 /// A pre-norm transformer block: `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`.
 #[derive(Clone, Copy)]
 pub struct Block {
+    /// Norm before attention (`{name}.ln1.weight`).
     pub ln1: RmsNorm<DModel>,
+    /// Self-attention (`{name}.attn`), masked by the `allowed` given to `forward`.
     pub attn: MultiHeadAttention<DModel>,
+    /// Norm before the feed-forward network (`{name}.ln2.weight`).
     pub ln2: RmsNorm<DModel>,
+    /// SwiGLU feed-forward network (`{name}.ffn`).
     pub ffn: SwiGlu<DModel, DFf>,
 }
 

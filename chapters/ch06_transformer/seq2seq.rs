@@ -29,11 +29,17 @@ pub struct Seq2SeqConfig {
     pub vocab_size: usize,
     /// The longest source or target sequence.
     pub context_length: usize,
+    /// Width of the residual stream (encoder and decoder).
     pub d_model: usize,
+    /// Attention heads per layer; d_model must divide by it.
     pub n_heads: usize,
+    /// Number of encoder blocks.
     pub n_encoder_layers: usize,
+    /// Number of decoder blocks.
     pub n_decoder_layers: usize,
+    /// Hidden width of each SwiGLU feed-forward network.
     pub d_ff: usize,
+    /// RoPE base, usually [`ROPE_THETA`](crate::ch04_rope::ROPE_THETA).
     pub rope_theta: f32,
     /// Use the token embedding table as the output projection too (no `lm_head.weight`).
     pub tie_embeddings: bool,
@@ -68,11 +74,17 @@ impl Seq2SeqConfig {
 /// feed-forward; each on a normalised copy of the residual stream.
 #[derive(Clone, Copy)]
 pub struct DecoderBlock {
+    /// Norm before self-attention.
     pub ln1: RmsNorm<DModel>,
+    /// Causal self-attention over the target, with RoPE.
     pub self_attn: MultiHeadAttention<DModel>,
+    /// Norm before cross-attention.
     pub ln2: RmsNorm<DModel>,
+    /// Queries from the target, keys and values from the encoder's output.
     pub cross_attn: MultiHeadAttention<DModel>,
+    /// Norm before the feed-forward network.
     pub ln3: RmsNorm<DModel>,
+    /// SwiGLU feed-forward network.
     pub ffn: SwiGlu<DModel, DFf>,
 }
 
@@ -234,19 +246,26 @@ pub fn seq2seq_ref(
 
 // ANCHOR: seq2seq
 /// An encoder-decoder transformer sharing one token embedding table.
-pub struct EncoderDecoder {
+pub struct Seq2Seq {
+    /// The sizes the model was built with.
     pub config: Seq2SeqConfig,
+    /// (vocab, d_model) table shared by source and target.
     pub token_embeddings: Embedding<Vocab, DModel>,
+    /// One set of RoPE tables, shared by every attention that rotates.
     pub rope: Rope<MaxSeq, DHead>,
+    /// The `n_encoder_layers` blocks, `encoder.layers.{i}`.
     pub encoder: Vec<Block>,
+    /// Norm after the last encoder block (`encoder.ln_final`).
     pub encoder_norm: RmsNorm<DModel>,
+    /// The `n_decoder_layers` blocks, `decoder.layers.{i}`.
     pub decoder: Vec<DecoderBlock>,
+    /// Norm after the last decoder block (`decoder.ln_final`).
     pub decoder_norm: RmsNorm<DModel>,
     /// The output projection; with tied embeddings its weight *is* the embedding table.
     pub lm_head: Linear<DModel, Vocab>,
 }
 
-impl EncoderDecoder {
+impl Seq2Seq {
     /// Check the config and add every weight to `cx`.
     pub fn new(cx: &mut Graph, config: &Seq2SeqConfig) -> Result<Self> {
         config.validate()?;
@@ -358,7 +377,7 @@ impl EncoderDecoder {
 }
 // ANCHOR_END: seq2seq
 
-impl Parameters for EncoderDecoder {
+impl Parameters for Seq2Seq {
     fn params(&self) -> Vec<Param> {
         let mut p = self.token_embeddings.params();
         p.extend(self.encoder.iter().flat_map(|l| l.params()));
@@ -372,7 +391,7 @@ impl Parameters for EncoderDecoder {
     }
 }
 
-impl ToIdsMut for EncoderDecoder {
+impl ToIdsMut for Seq2Seq {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
         let mut ids = self.token_embeddings.to_ids_mut();
         ids.extend(self.rope.to_ids_mut());
@@ -405,7 +424,7 @@ pub fn run_seq2seq(
         });
     }
     let mut cx = Graph::new();
-    let mut model = EncoderDecoder::new(&mut cx, config)?;
+    let mut model = Seq2Seq::new(&mut cx, config)?;
     params::load_state_dict(&mut cx, &model.params(), dict)?;
     let mut src_t = tensor::input::<(Batch, SrcSeq)>(&mut cx, "src");
     let mut keep_t = tensor::input::<(Batch, SrcSeq)>(&mut cx, "src_keep");
@@ -429,7 +448,7 @@ pub fn run_seq2seq(
 /// A state dict of freshly initialised weights for `config` (seeded).
 pub fn init_seq2seq_weights(config: &Seq2SeqConfig, seed: u64) -> Result<StateDict> {
     let mut cx = Graph::new();
-    let model = EncoderDecoder::new(&mut cx, config)?;
+    let model = Seq2Seq::new(&mut cx, config)?;
     model.init(&mut crate::graph::init::rng(seed))?;
     params::state_dict(&cx, &model.params())
 }

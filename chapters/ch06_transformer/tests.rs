@@ -160,11 +160,11 @@ fn safetensors_round_trip_gives_the_same_logits() {
 #[test]
 fn tied_embeddings_share_one_table() {
     let mut cx = Graph::new();
-    let model = EncoderDecoder::new(&mut cx, &tiny_seq2seq(true)).unwrap();
+    let model = Seq2Seq::new(&mut cx, &tiny_seq2seq(true)).unwrap();
     assert_eq!(model.lm_head.weight.id, model.token_embeddings.weight.id);
     assert!(model.params().iter().all(|p| p.name != "lm_head.weight"));
     let mut cx2 = Graph::new(); // a model's tensors point into their graph: keep it alive
-    let untied = EncoderDecoder::new(&mut cx2, &tiny_seq2seq(false)).unwrap();
+    let untied = Seq2Seq::new(&mut cx2, &tiny_seq2seq(false)).unwrap();
     assert_eq!(untied.num_params(), model.num_params() + 9 * 8);
 }
 

@@ -12,7 +12,7 @@ use luminal::prelude::*;
 
 use crate::backend::Device;
 use crate::ch01_linear::one_hot;
-use crate::ch06_transformer::{EncoderDecoder, TransformerLm};
+use crate::ch06_transformer::{Seq2Seq, TransformerLm};
 use crate::graph::dims::{Batch, Seq, Vocab};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::tensor::{self, HostTensor};
@@ -142,7 +142,7 @@ pub fn lm_loss<B: Dimension, S: Dimension>(
 /// `tgt_out` (b, s), padding masked by `tgt_mask`; the source `src` (b, t) with `src_keep`.
 #[allow(clippy::too_many_arguments)]
 pub fn seq2seq_loss<B: Dimension, T: Dimension, S: Dimension>(
-    model: &EncoderDecoder,
+    model: &Seq2Seq,
     src: GraphTensor<(B, T)>,
     src_keep: GraphTensor<(B, T)>,
     tgt_in: GraphTensor<(B, S)>,

@@ -3,9 +3,9 @@
 //!
 //! Every node writes one contiguous buffer; every edge reads it through a view (a
 //! `ShapeTracker`: permute, broadcast, slice, pad, reshape). The gradient of a node is kept
-//! as a flat buffer in the node's own layout. For each edge, an op's rule ([`rule`], one match
+//! as a flat buffer in the node's own layout. For each edge, an op's rule (`rule`, one match
 //! arm per primitive) gives the gradient with respect to the *view* the op read, and
-//! [`undo_view`] pulls it back to the buffer: one small pullback per kind of view (unpermute,
+//! `undo_view` pulls it back to the buffer: one small pullback per kind of view (unpermute,
 //! sum over broadcast, unslice, unpad). Two optimisations, kept apart from the rules, make the
 //! result compile to matrix products: merging broadcast dims and lazy broadcast gradients.
 //! Book page: [Chapter 8](../book/ch08_autograd.html).
@@ -27,6 +27,7 @@ use crate::graph::tensor::HostTensor;
 /// The gradient of one parameter: a contiguous node in the parameter's own layout.
 #[derive(Clone, Debug)]
 pub struct Gradient {
+    /// The parameter this gradient is for.
     pub param: Param,
     /// The node holding d loss / d param after `execute()`.
     pub grad: NodeIndex,

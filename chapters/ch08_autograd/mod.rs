@@ -2,7 +2,7 @@
 //!
 //! Training needs the gradient of the loss with respect to every parameter. luminal 0.2.0 has
 //! no autograd, so we build it: first on scalars ([`Scalar`], micrograd-sized, to see the idea),
-//! then on luminal's primitive graph ([`backward`]), where each op's rule adds gradient nodes
+//! then on luminal's primitive graph ([`backward`](mod@backward)), where each op's rule adds gradient nodes
 //! to the same graph. [`GradCheck`] checks any gradient against central finite differences.
 //!
 //! Book page: [Chapter 8](../book/ch08_autograd.html).
@@ -85,7 +85,7 @@ pub const GRADCHECK_STEP: f32 = 1e-2;
 /// Wrong rules give errors of order 1; f32 finite differences stay below ~1e-3.
 pub const GRADCHECK_TOLERANCE: f32 = 1e-2;
 
-/// Gradients of a graph's scalar loss, computed by [`backward`] and checked against
+/// Gradients of a graph's scalar loss, computed by [`backward`](fn@backward) and checked against
 /// central differences `(L(p + h) - L(p - h)) / 2h`, one parameter element at a time.
 pub struct GradCheck<'a> {
     cx: &'a mut Graph,
@@ -158,16 +158,14 @@ impl<'a> GradCheck<'a> {
             .map_or(f32::NAN, |v| v[0]))
     }
 
-    fn values(&self, p: usize) -> Vec<f32> {
-        let t = self
-            .cx
+    fn values(&self, p: usize) -> Result<Vec<f32>> {
+        self.cx
             .get_tensor_ref(self.params[p].id, 0)
-            .expect("parameter set");
-        t.data
-            .as_any()
-            .downcast_ref::<Vec<f32>>()
-            .expect("f32 data")
-            .clone()
+            .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
+            .cloned()
+            .ok_or_else(|| CourseError::NotComputed {
+                what: format!("the values of parameter '{}'", self.params[p].name),
+            })
     }
 
     fn set(&mut self, p: usize, v: Vec<f32>) {
@@ -179,7 +177,7 @@ impl<'a> GradCheck<'a> {
         let (_, analytic) = self.run()?;
         let mut worst = (0.0f32, String::new());
         for (p, grad) in analytic.iter().enumerate() {
-            let original = self.values(p);
+            let original = self.values(p)?;
             for i in 0..original.len() {
                 let mut v = original.clone();
                 v[i] = original[i] + GRADCHECK_STEP;
@@ -207,6 +205,34 @@ impl<'a> GradCheck<'a> {
     }
 }
 // ANCHOR_END: gradcheck
+
+/// A one-paragraph tour of this chapter, printed by `cargo run --release -- tour`.
+pub fn autograd_demo() -> Result<String> {
+    // On scalars: f = a b + e^a at a = 1, b = 2; df/da = b + e^a, df/db = a.
+    let mut t = Tape::default();
+    let (a, b) = (t.leaf(1.0), t.leaf(2.0));
+    let (ab, ea) = (t.mul(a, b), t.exp(a));
+    let f = t.add(ab, ea);
+    let g = t.grad(f);
+    // On a graph: L = sum(x sin x), dL/dx = sin x + x cos x, checked by finite differences.
+    let mut cx = Graph::new();
+    let x = crate::graph::tensor::input::<(crate::graph::dims::In,)>(&mut cx, "x");
+    crate::graph::tensor::set(x, &[3], vec![0.5, -1.0, 2.0])?;
+    let loss = (x * x.sin()).sum_reduce::<(), luminal::prelude::Axis<0>>();
+    let params = vec![Param::of(x, &[3])];
+    let mut check = GradCheck::new(&mut cx, params, loss, Some(Device::Cpu))?;
+    let (_, grads) = check.run()?;
+    let (err, _) = check.max_error()?;
+    Ok(format!(
+        "tape: f = ab + e^a at (1, 2) = {:.4}; df/da = {:.4} (b + e), df/db = {:.4} (a)\n\
+         graph: L = sum(x sin x) at x = [0.5, -1, 2]: dL/dx = {:.4?} (sin x + x cos x); \
+         worst normalised error against finite differences {err:.1e}",
+        t.value(f),
+        g[a.0],
+        g[b.0],
+        grads[0].data
+    ))
+}
 
 #[cfg(test)]
 mod tests;

@@ -22,9 +22,13 @@ use crate::graph::tensor;
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
+    /// Decay of the running mean of the gradient, `m` (default 0.9).
     pub beta1: f32,
+    /// Decay of the running mean of the squared gradient, `v` (default 0.999).
     pub beta2: f32,
+    /// Added to `sqrt(v)` so the step never divides by zero (default 1e-8).
     pub eps: f32,
+    /// Decoupled decay: each step scales the parameter by `1 - lr * weight_decay` (default 0.01).
     pub weight_decay: f32,
 }
 
@@ -104,11 +108,13 @@ pub fn adamw_ref(
 /// state) and the new values of the parameter and the moments (graph outputs). After each
 /// execution the new values are moved into the inputs ([`AdamW::advance`]).
 pub struct AdamW {
+    /// The hyperparameters the graph was built with.
     pub config: AdamWConfig,
     /// Per parameter: (param, m, v, new param, new m, new v) node ids.
     pub slots: Vec<AdamWSlot>,
     /// Scalar inputs fed every step: `-a_t` and `-lr * weight_decay` (so a schedule can move lr).
     pub neg_step_size: NodeIndex,
+    /// `-lr * weight_decay`; see `neg_step_size`.
     pub neg_decay: NodeIndex,
     /// The step count t of the next step (starts at 1).
     pub t: u64,
@@ -117,13 +123,19 @@ pub struct AdamW {
 /// One parameter's nodes in [`AdamW`].
 #[derive(Clone, Debug)]
 pub struct AdamWSlot {
+    /// The parameter (its input node holds the current values).
     pub param: Param,
     /// The gradient node (kept by chapter 8's `backward`, so dropped before every step).
     pub grad: NodeIndex,
+    /// Input holding the first moment `m`, same size as the parameter, zero at the start.
     pub m: NodeIndex,
+    /// Input holding the second moment `v`, same size as the parameter, zero at the start.
     pub v: NodeIndex,
+    /// Output: the parameter after this step.
     pub new_param: NodeIndex,
+    /// Output: `m` after this step.
     pub new_m: NodeIndex,
+    /// Output: `v` after this step.
     pub new_v: NodeIndex,
 }
 
@@ -239,6 +251,22 @@ impl ToIdsMut for AdamW {
     }
 }
 // ANCHOR_END: adamw
+
+/// A one-paragraph tour of this chapter, printed by `cargo run --release -- tour`.
+pub fn optimizer_demo() -> Result<String> {
+    // One AdamW step from m = v = 0 on three weights of 1 with very different gradients.
+    let (lr, c) = (0.01, AdamWConfig::default());
+    let grads = [4.0, 0.001, -4.0];
+    let (mut theta, mut m, mut v) = (vec![1.0f32; 3], vec![0.0; 3], vec![0.0; 3]);
+    adamw_ref(&mut theta, &grads, &mut m, &mut v, 1, lr, &c);
+    let mut sgd = vec![1.0f32; 3];
+    sgd_ref(&mut sgd, &grads, lr);
+    Ok(format!(
+        "gradients {grads:?} at weights 1, lr {lr}: SGD moves them to {sgd:.4?}; AdamW's first \
+         step to {theta:.4?} (decay 1 -> {:.4}, then about lr * sign(g), whatever |g| is)",
+        1.0 - lr * c.weight_decay
+    ))
+}
 
 #[cfg(test)]
 mod tests;

@@ -20,9 +20,13 @@ use crate::graph::flat::Flat;
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CosineSchedule {
+    /// Peak learning rate, reached at the end of warmup.
     pub lr_max: f32,
+    /// Floor learning rate, from `cosine_end` on.
     pub lr_min: f32,
+    /// Number of warmup steps (linear from 0 to `lr_max`).
     pub warmup: u64,
+    /// Step at which the cosine reaches `lr_min`.
     pub cosine_end: u64,
 }
 
@@ -107,6 +111,31 @@ pub fn clip_grad_norm(
     (clipped, norm.id)
 }
 // ANCHOR_END: clip
+
+/// A one-paragraph tour of this chapter, printed by `cargo run --release -- tour`.
+pub fn schedule_demo() -> Result<String> {
+    let s = CosineSchedule {
+        lr_max: 3e-3,
+        lr_min: 3e-4,
+        warmup: 50,
+        cosine_end: 600,
+    };
+    s.validate()?;
+    let lrs: Vec<String> = [0, 25, 50, 325, 600, 700]
+        .iter()
+        .map(|&t| format!("{t}: {:.2e}", s.lr(t)))
+        .collect();
+    let mut grads = vec![vec![3.0, 4.0], vec![12.0]];
+    let norm = clip_grad_norm_ref(&mut grads, 1.0);
+    Ok(format!(
+        "warmup 50, cosine to 600: lr at step {}\n\
+         clipping gradients [3, 4] and [12] to norm 1: norm was {norm} (= sqrt(9 + 16 + 144)), \
+         now {:.4?} and {:.4?}",
+        lrs.join(", "),
+        grads[0],
+        grads[1]
+    ))
+}
 
 #[cfg(test)]
 mod tests;

@@ -8,13 +8,13 @@ use std::path::Path;
 
 use rand::SeedableRng;
 
-use super::train::TrainConfig;
+use super::config::TrainConfig;
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
 use crate::graph::params::{self, StateDict};
 
 /// Marks a file as this course's checkpoint (and its layout version).
-pub const FORMAT: &str = "transformer-course-checkpoint/1";
+pub const FORMAT: &str = "transformer-course-checkpoint/2";
 const M_PREFIX: &str = "optimizer.adam_m.";
 const V_PREFIX: &str = "optimizer.adam_v.";
 
@@ -23,11 +23,15 @@ const V_PREFIX: &str = "optimizer.adam_v.";
 /// Resuming from it continues bit-identically.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
+    /// Model weights by state-dict name.
     pub weights: StateDict,
+    /// AdamW's first moments, keyed like `weights`.
     pub adam_m: StateDict,
+    /// AdamW's second moments, keyed like `weights`.
     pub adam_v: StateDict,
     /// Optimiser steps completed (the next step is `steps_done + 1` in AdamW's count).
     pub steps_done: u64,
+    /// The run's settings, so a resume needs nothing else.
     pub config: TrainConfig,
     /// The data sampler's RNG, mid-stream.
     pub data_rng: CourseRng,

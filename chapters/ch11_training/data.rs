@@ -14,7 +14,9 @@ use crate::graph::init::CourseRng;
 /// How token ids are stored in a file: little-endian u16 (vocabularies up to 65 536) or u32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TokenWidth {
+    /// Two bytes per id: ids up to 65 535.
     U16,
+    /// Four bytes per id.
     U32,
 }
 
@@ -89,8 +91,11 @@ impl TokenFile {
 
 /// Anything that holds a sequence of token ids: a slice in memory or a mapped file.
 pub trait TokenSource {
+    /// Number of tokens.
     fn len(&self) -> usize;
+    /// Token `i`, for `i < len()`.
     fn token(&self, i: usize) -> u32;
+    /// True if there are no tokens.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -163,9 +168,13 @@ impl<T: TokenSource> TokenSource for TokenRange<T> {
 /// `targets` are the inputs shifted left by one (the next token at every position).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LmBatch {
+    /// (batch, context) token ids the model reads.
     pub inputs: Vec<u32>,
+    /// (batch, context) next tokens to predict: `inputs` shifted left by one.
     pub targets: Vec<u32>,
+    /// Number of rows (sequences).
     pub batch: usize,
+    /// Tokens per row.
     pub context: usize,
     /// Where each row starts in the data.
     pub starts: Vec<usize>,
@@ -207,8 +216,10 @@ pub fn get_batch(
 pub struct ByteTokenizer;
 
 impl ByteTokenizer {
+    /// One token per byte value.
     pub const VOCAB_SIZE: usize = 256;
 
+    /// Text to ids: its UTF-8 bytes.
     pub fn encode(text: &str) -> Vec<u32> {
         text.bytes().map(u32::from).collect()
     }
@@ -249,7 +260,9 @@ pub fn book_corpus() -> String {
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CopyTask {
+    /// Number of distinct data tokens (ids `SPECIALS ..`).
     pub data_tokens: usize,
+    /// Tokens per source sequence.
     pub source_len: usize,
 }
 
@@ -257,15 +270,22 @@ pub struct CopyTask {
 /// targets `tgt_out` (batch, s), the target sequence shifted by one (teacher forcing).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Seq2SeqBatch {
+    /// (batch, source_len) source ids, for the encoder.
     pub src: Vec<u32>,
+    /// (batch, 2 * source_len) decoder input: `START, source, source` without its last token.
     pub tgt_in: Vec<u32>,
+    /// (batch, 2 * source_len) targets: the same sequence without `START`.
     pub tgt_out: Vec<u32>,
+    /// Number of rows (sequences).
     pub batch: usize,
 }
 
 impl CopyTask {
+    /// Start-of-target id: the decoder's first input.
     pub const START: u32 = 0;
+    /// End-of-sequence id (reserved; the copy task's targets have a fixed length).
     pub const END: u32 = 1;
+    /// Number of special ids before the data tokens.
     pub const SPECIALS: usize = 2;
 
     /// 16 data tokens, sources of 32.
@@ -276,6 +296,7 @@ impl CopyTask {
         }
     }
 
+    /// Ids the model must know: the specials and the data tokens.
     pub fn vocab_size(&self) -> usize {
         self.data_tokens + Self::SPECIALS
     }
@@ -320,3 +341,16 @@ impl CopyTask {
     }
 }
 // ANCHOR_END: copy_task
+
+/// The data a task trains and evaluates on.
+pub enum TaskData {
+    /// Fresh samples every batch (training) or from a fixed seed (evaluation).
+    Copy,
+    /// Token streams: training batches from `train`, evaluation batches from `val`.
+    Tokens {
+        /// Tokens to sample training batches from.
+        train: Box<dyn TokenSource>,
+        /// Held-out tokens for evaluation.
+        val: Box<dyn TokenSource>,
+    },
+}

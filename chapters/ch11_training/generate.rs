@@ -6,7 +6,8 @@
 use luminal::prelude::*;
 use rand::Rng;
 
-use super::step::{Model, ModelConfig};
+use super::config::ModelConfig;
+use super::step::Model;
 use crate::backend::Device;
 use crate::graph::dims::{Batch, Seq, SrcSeq, Vocab};
 use crate::graph::error::{CourseError, Result};
@@ -27,6 +28,7 @@ pub struct Sampling {
 }
 
 impl Sampling {
+    /// Always the most likely token (temperature 0, no top-k or top-p).
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,
@@ -49,8 +51,11 @@ impl Sampling {
     }
 
     /// The distribution this sampling draws from: `(token, probability)`, most likely first,
-    /// after temperature, top-k and top-p (renormalised).
+    /// after temperature, top-k and top-p (renormalised). Empty when `logits` is.
     pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        if logits.is_empty() {
+            return vec![];
+        }
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
         // Most likely first; ties keep the lower id first (a stable sort).
         order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
@@ -84,18 +89,23 @@ impl Sampling {
         probs
     }
 
-    /// Draw the next token from `logits` (one row).
-    pub fn sample(&self, logits: &[f32], rng: &mut CourseRng) -> u32 {
+    /// Draw the next token from `logits` (one row); an error if there are no logits.
+    pub fn sample(&self, logits: &[f32], rng: &mut CourseRng) -> Result<u32> {
         let probs = self.distribution(logits);
+        let Some(&(last, _)) = probs.last() else {
+            return Err(CourseError::Config(
+                "cannot sample from an empty row of logits".into(),
+            ));
+        };
         let u: f32 = rng.gen();
         let mut sum = 0.0;
         for &(token, p) in &probs {
             sum += p;
             if u < sum {
-                return token;
+                return Ok(token);
             }
         }
-        probs.last().expect("at least one token").0 // rounding left u >= sum
+        Ok(last) // rounding left u >= sum
     }
 }
 // ANCHOR_END: sampling
@@ -116,6 +126,7 @@ pub struct Generator {
 }
 
 impl Generator {
+    /// Build the model's forward pass for `config` and compile it for `device`; load weights next.
     pub fn new(config: &ModelConfig, device: Device) -> Result<Self> {
         let mut cx = Box::new(Graph::new());
         let mut model = Model::new(&mut cx, config)?;
@@ -156,6 +167,7 @@ impl Generator {
         })
     }
 
+    /// Load the weights to generate with (e.g. a checkpoint's); every parameter must be present.
     pub fn load(&mut self, weights: &StateDict) -> Result<()> {
         params::load_state_dict(&mut self.cx, &self.params, weights)
     }
@@ -202,7 +214,7 @@ impl Generator {
         for _ in 0..max_new {
             let window = &seq[seq.len().saturating_sub(context)..];
             let logits = self.last_logits(window, [1, window.len()])?;
-            let next = sampling.sample(&logits[0], rng);
+            let next = sampling.sample(&logits[0], rng)?;
             seq.push(next);
             if Some(next) == stop {
                 break;
@@ -238,7 +250,7 @@ impl Generator {
             let ids: Vec<u32> = rows.iter().flatten().copied().collect();
             let logits = self.last_logits(&ids, [batch, step])?;
             for (row, l) in rows.iter_mut().zip(&logits) {
-                row.push(sampling.sample(l, rng));
+                row.push(sampling.sample(l, rng)?);
             }
         }
         Ok(rows.into_iter().flat_map(|r| r[1..].to_vec()).collect())

@@ -5,9 +5,10 @@
 
 use luminal::prelude::*;
 
+use super::config::ModelConfig;
 use super::data::{LmBatch, Seq2SeqBatch};
 use crate::backend::Device;
-use crate::ch06_transformer::{EncoderDecoder, Seq2SeqConfig, TransformerConfig, TransformerLm};
+use crate::ch06_transformer::{Seq2Seq, TransformerLm};
 use crate::ch07_loss::{lm_loss, seq2seq_loss, Weighting};
 use crate::ch08_autograd::backward;
 use crate::ch09_optimizers::{AdamW, AdamWConfig};
@@ -19,39 +20,17 @@ use crate::graph::params::{self, Param, Parameters, StateDict};
 use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: model
-/// Which model to train, with its sizes (stored in checkpoints as JSON).
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelConfig {
-    /// Decoder-only language model (chapter 6).
-    Lm(TransformerConfig),
-    /// Encoder-decoder (chapter 6), e.g. for the copy task.
-    Seq2Seq(Seq2SeqConfig),
-}
-
 /// Either model, built in a graph. (A few kB of graph handles each; one per graph, so boxing
 /// the larger variant would buy nothing.)
 #[allow(clippy::large_enum_variant)]
 pub enum Model {
+    /// The decoder-only language model.
     Lm(TransformerLm),
-    Seq2Seq(EncoderDecoder),
+    /// The encoder-decoder.
+    Seq2Seq(Seq2Seq),
 }
 
 impl ModelConfig {
-    pub fn vocab_size(&self) -> usize {
-        match self {
-            ModelConfig::Lm(c) => c.vocab_size,
-            ModelConfig::Seq2Seq(c) => c.vocab_size,
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            ModelConfig::Lm(c) => c.validate(),
-            ModelConfig::Seq2Seq(c) => c.validate(),
-        }
-    }
-
     /// Fresh weights (the inits of book chapter 1) from `seed`.
     pub fn init_weights(&self, rng: &mut CourseRng) -> Result<StateDict> {
         let mut cx = Graph::new();
@@ -65,10 +44,11 @@ impl ModelConfig {
 }
 
 impl Model {
+    /// Add the model `config` describes to `cx` (weights not yet set).
     pub fn new(cx: &mut Graph, config: &ModelConfig) -> Result<Self> {
         Ok(match config {
             ModelConfig::Lm(c) => Model::Lm(TransformerLm::new(cx, c)?),
-            ModelConfig::Seq2Seq(c) => Model::Seq2Seq(EncoderDecoder::new(cx, c)?),
+            ModelConfig::Seq2Seq(c) => Model::Seq2Seq(Seq2Seq::new(cx, c)?),
         })
     }
 }
@@ -95,7 +75,9 @@ impl ToIdsMut for Model {
 /// A batch for either model.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TrainBatch {
+    /// For the language model.
     Lm(LmBatch),
+    /// For the encoder-decoder.
     Seq2Seq(Seq2SeqBatch),
 }
 
@@ -237,7 +219,9 @@ pub(super) fn scalar(cx: &Graph, id: NodeIndex, what: &str) -> Result<f32> {
 /// the learning rate used.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
+    /// Mean token cross-entropy on the batch, before the update.
     pub loss: f32,
+    /// Global L2 norm of all gradients, before clipping.
     pub grad_norm: f32,
     /// The learning rate the step used.
     pub lr: f32,
@@ -398,6 +382,7 @@ pub struct LossGraph {
 }
 
 impl LossGraph {
+    /// Build the forward pass and loss for `config` and compile it for `device`.
     pub fn new(config: &ModelConfig, device: Device) -> Result<Self> {
         let mut cx = Box::new(Graph::new());
         let mut model = Model::new(&mut cx, config)?;
@@ -414,6 +399,7 @@ impl LossGraph {
         })
     }
 
+    /// Load the weights to evaluate; every parameter must be present.
     pub fn load(&mut self, weights: &StateDict) -> Result<()> {
         params::load_state_dict(&mut self.cx, &self.params, weights)
     }

@@ -1,10 +1,10 @@
 use super::*;
 use crate::backend::Device;
-use crate::ch06_transformer::{lm_ref, TransformerLm};
+use crate::ch06_transformer::{lm_ref, TransformerConfig, TransformerLm};
 use crate::ch07_loss::{lm_loss, Weighting};
 use crate::ch08_autograd::backward;
-use crate::ch09_optimizers::adamw_ref;
-use crate::ch10_schedule::clip_grad_norm_ref;
+use crate::ch09_optimizers::{adamw_ref, AdamWConfig};
+use crate::ch10_schedule::{clip_grad_norm_ref, CosineSchedule};
 use crate::graph::dims::{Batch, Seq};
 use crate::graph::error::CourseError;
 use crate::graph::init;
@@ -211,13 +211,17 @@ proptest! {
 fn sampling_on_hand_values() {
     let logits = [1.0f32, 3.0, 2.0, 0.0];
     let mut rng = init::rng(0);
-    assert_eq!(Sampling::greedy().sample(&logits, &mut rng), 1);
+    assert_eq!(Sampling::greedy().sample(&logits, &mut rng).unwrap(), 1);
     let top1 = Sampling {
         temperature: 1.0,
         top_k: Some(1),
         top_p: None,
     };
-    assert_eq!(top1.sample(&logits, &mut rng), 1);
+    assert_eq!(top1.sample(&logits, &mut rng).unwrap(), 1);
+    // No logits: an empty distribution and an error, not a panic.
+    assert!(top1.distribution(&[]).is_empty());
+    let err = top1.sample(&[], &mut rng).unwrap_err().to_string();
+    assert!(err.contains("empty row of logits"), "{err}");
     // Temperature 1 is the softmax: p(1) = e^3 / (e^0 + e^1 + e^2 + e^3).
     let full = Sampling {
         temperature: 1.0,
@@ -268,7 +272,7 @@ fn samples_follow_the_distribution() {
     let mut counts = [0usize; 4];
     let mut rng = init::rng(5);
     for _ in 0..20_000 {
-        counts[s.sample(&logits, &mut rng) as usize] += 1;
+        counts[s.sample(&logits, &mut rng).unwrap() as usize] += 1;
     }
     assert_eq!(counts[1], 0, "token 1 is outside the top 3");
     for (token, p) in dist {

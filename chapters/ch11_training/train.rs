@@ -3,116 +3,26 @@
 //! Book page: [Chapter 11](../book/ch11_training.html#the-loop).
 
 use super::checkpoint::Checkpoint;
-use super::data::{get_batch, CopyTask, TokenSource};
+use super::config::{Task, TrainConfig};
+use super::data::{get_batch, CopyTask, TaskData};
 use super::generate::{Generator, Sampling};
-use super::step::{LossGraph, ModelConfig, StepStats, TrainBatch, TrainStep};
+use super::step::{LossGraph, StepStats, TrainBatch, TrainStep};
 use crate::backend::Device;
-use crate::ch09_optimizers::AdamWConfig;
-use crate::ch10_schedule::CosineSchedule;
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::{self, CourseRng};
-
-// ANCHOR: config
-/// What to learn.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// The copy task, with the encoder-decoder.
-    Copy(CopyTask),
-    /// Next-token prediction on a token stream, windows of `context` tokens.
-    Lm { context: usize },
-}
-
-/// One run's settings: model, task, optimiser, schedule, sizes and seed. Saved in checkpoints.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainConfig {
-    pub model: ModelConfig,
-    pub task: Task,
-    pub batch_size: usize,
-    pub steps: u64,
-    pub adamw: AdamWConfig,
-    pub schedule: CosineSchedule,
-    pub max_grad_norm: f32,
-    /// Seeds the weights (`seed`) and the data sampler (`seed + 1`).
-    pub seed: u64,
-}
-
-impl TrainConfig {
-    /// Every part valid, and the task fits the model.
-    pub fn validate(&self) -> Result<()> {
-        self.model.validate()?;
-        self.adamw.validate()?;
-        self.schedule.validate()?;
-        let bad = |m: String| Err(CourseError::Config(m));
-        if self.batch_size == 0 || self.steps == 0 {
-            return bad("batch_size and steps must be at least 1".into());
-        }
-        if !(self.max_grad_norm > 0.0 && self.max_grad_norm.is_finite()) {
-            return bad(format!(
-                "max_grad_norm must be > 0, got {}",
-                self.max_grad_norm
-            ));
-        }
-        match (&self.task, &self.model) {
-            (Task::Copy(t), ModelConfig::Seq2Seq(m)) => {
-                if t.data_tokens == 0 || t.source_len == 0 {
-                    return bad("the copy task needs data_tokens and source_len >= 1".into());
-                }
-                if m.vocab_size < t.vocab_size() || m.context_length < t.target_len() {
-                    return bad(format!(
-                        "the copy task needs vocab_size >= {} and context_length >= {}; the model has {} and {}",
-                        t.vocab_size(), t.target_len(), m.vocab_size, m.context_length
-                    ));
-                }
-            }
-            (Task::Lm { context }, ModelConfig::Lm(m)) => {
-                if *context == 0 || *context > m.context_length {
-                    return bad(format!(
-                        "context {context} must be in 1..={} (the model's context_length)",
-                        m.context_length
-                    ));
-                }
-            }
-            _ => {
-                return bad("task 'copy' needs model 'seq2seq', task 'lm' needs model 'lm'".into())
-            }
-        }
-        Ok(())
-    }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a config always serialises")
-    }
-
-    /// Parse and validate.
-    pub fn from_json(text: &str) -> Result<Self> {
-        let config: Self = serde_json::from_str(text)
-            .map_err(|e| CourseError::Config(format!("cannot parse the config JSON: {e}")))?;
-        config.validate()?;
-        Ok(config)
-    }
-}
-// ANCHOR_END: config
-
-/// The data a task trains and evaluates on.
-pub enum TaskData {
-    /// Fresh samples every batch (training) or from a fixed seed (evaluation).
-    Copy,
-    /// Token streams: training batches from `train`, evaluation batches from `val`.
-    Tokens {
-        train: Box<dyn TokenSource>,
-        val: Box<dyn TokenSource>,
-    },
-}
 
 // ANCHOR: trainer
 /// A run in progress: the compiled train step, the data, the schedule and the step count.
 pub struct Trainer {
+    /// The run's settings.
     pub config: TrainConfig,
+    /// The compiled train step, holding the weights and AdamW's state.
     pub step: TrainStep,
+    /// Where training (and evaluation) batches come from.
     pub data: TaskData,
+    /// Draws the training batches; saved in checkpoints so a resume draws the same ones.
     pub data_rng: CourseRng,
+    /// Optimiser steps taken so far.
     pub steps_done: u64,
     eval: Option<LossGraph>,
     device: Device,
@@ -248,6 +158,86 @@ impl Trainer {
     }
 }
 
+// ANCHOR: run
+/// When [`Trainer::run`] evaluates and saves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunOptions {
+    /// Evaluate every this many steps, and after the last step.
+    pub eval_every: u64,
+    /// Held-out batches averaged per evaluation.
+    pub eval_batches: usize,
+    /// Save a checkpoint every this many steps, and after the last step.
+    pub checkpoint_every: u64,
+    /// Where checkpoints go (`None`: never saved).
+    pub checkpoint_path: Option<std::path::PathBuf>,
+}
+
+/// What happened in a run, as [`Trainer::run`] reports it, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Step `step` (counted from 1) was taken.
+    Step {
+        /// Steps taken, this one included.
+        step: u64,
+        /// Its loss, gradient norm and learning rate.
+        stats: StepStats,
+    },
+    /// The held-out loss after `step` steps.
+    Eval {
+        /// Steps taken before the evaluation.
+        step: u64,
+        /// Mean token cross-entropy over the held-out batches.
+        loss: f32,
+    },
+    /// The checkpoint after `step` steps was written to `path`.
+    Saved {
+        /// Steps taken when it was written.
+        step: u64,
+        /// The checkpoint file.
+        path: std::path::PathBuf,
+    },
+}
+
+impl Trainer {
+    /// Train until `config.steps`: after each step, evaluate and save when due, and tell
+    /// `on_event` about each of these. The callback gets the trainer too (to read its weights,
+    /// say), and stops the run early by returning an error, which `run` returns.
+    ///
+    /// A non-finite loss, gradient norm or weight stops the run with
+    /// [`CourseError::NonFinite`] before anything of that step is saved: the last checkpoint
+    /// written stays the last good one.
+    pub fn run(
+        &mut self,
+        options: &RunOptions,
+        mut on_event: impl FnMut(&mut Trainer, Event) -> Result<()>,
+    ) -> Result<()> {
+        if options.eval_every == 0 || options.checkpoint_every == 0 {
+            return Err(CourseError::Config(
+                "eval_every and checkpoint_every must be at least 1".into(),
+            ));
+        }
+        while self.steps_done < self.config.steps {
+            let stats = self.train_step()?;
+            let step = self.steps_done;
+            on_event(self, Event::Step { step, stats })?;
+            let last = step == self.config.steps;
+            if step % options.eval_every == 0 || last {
+                let loss = self.eval_loss(options.eval_batches)?;
+                on_event(self, Event::Eval { step, loss })?;
+            }
+            if let Some(path) = &options.checkpoint_path {
+                if step % options.checkpoint_every == 0 || last {
+                    self.checkpoint()?.save(path)?;
+                    let path = path.clone();
+                    on_event(self, Event::Saved { step, path })?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+// ANCHOR_END: run
+
 /// Seeds the held-out batches (a stream the training sampler never uses).
 pub const EVAL_SEED: u64 = 0xE7A1;
 
@@ -256,7 +246,9 @@ pub const EVAL_SEED: u64 = 0xE7A1;
 /// (as x-transformers' example counts them) and the fraction of sources copied exactly.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CopyScore {
+    /// Generated tokens that differ from the source, over all `n` sources.
     pub wrong_tokens: usize,
+    /// Fraction of sources copied without a single wrong token, in [0, 1].
     pub exact: f32,
 }
 

@@ -1,5 +1,5 @@
 //! The backend: where a graph runs. One call compiles it for the CPU or (with `--features cuda`)
-//! for CUDA; the passes and kernels behind it live in [`passes`] and [`fast_cpu`].
+//! for CUDA; the passes and kernels behind it live in `passes` and [`fast_cpu`].
 //!
 //! Chapters never name a compiler; they call [`Device::compile`]. The CPU pipeline is
 //! luminal's generic passes plus matmul passes, with three 0.2.0 bugs kept out:
@@ -39,10 +39,7 @@ impl Device {
     /// compiling (inputs, weights, outputs): passes replace nodes, and the handles follow.
     pub fn compile<T: ToIdsMut>(self, cx: &mut Graph, remap: T) {
         match self {
-            Device::Cpu => {
-                fast_cpu::keep_freed_memory();
-                cx.compile(FastCpuCompiler::default(), remap)
-            }
+            Device::Cpu => cx.compile(FastCpuCompiler::default(), remap),
             Device::CpuStock => cx.compile(CpuCompiler::default(), remap),
             Device::Interpreter => cx.compile((), remap),
             #[cfg(feature = "cuda")]

@@ -24,8 +24,11 @@ pub type StateDict = BTreeMap<String, HostTensor>;
 /// One parameter of a model: its state-dict name, its graph input node and its shape.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Param {
+    /// State-dict key, e.g. `layers.0.attn.q_proj.weight`.
     pub name: String,
+    /// The graph input node that holds the parameter's values.
     pub id: NodeIndex,
+    /// Concrete shape, e.g. `[d_model, d_model]`.
     pub shape: Vec<usize>,
 }
 

@@ -20,14 +20,23 @@ use std::collections::{HashMap, HashSet};
 /// What one step of a fused program computes (luminal's elementwise primitives).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Step {
+    /// `a + b`.
     Add,
+    /// `a * b`.
     Mul,
+    /// `a % b` (remainder, sign of `a`).
     Mod,
+    /// `a < b` as 1.0 or 0.0.
     LessThan,
+    /// `2^a`.
     Exp2,
+    /// `log2(a)`.
     Log2,
+    /// `sin(a)`.
     Sin,
+    /// `sqrt(a)`.
     Sqrt,
+    /// `1 / a`.
     Recip,
     /// `Contiguous`: the value itself (the view was applied when it was read).
     Copy,
@@ -159,23 +168,33 @@ fn run_step(step: Step, a: &[f32], b: &[f32], dst: &mut [f32]) {
 }
 // ANCHOR_END: apply
 
-/// Run the program over one block: `inputs` hold the block's input values, `out.len()` of
+/// Runs the program over one block: `inputs` hold the block's input values, `out.len()` of
 /// them each; every step writes its own register.
-pub(super) fn run<'a>(
+pub(super) type Kernel =
+    for<'a> fn(&[(Step, [Arg; 2])], &dyn Fn(usize) -> &'a [f32], &mut [[f32; BLOCK]], &mut [f32]);
+
+/// The block kernel for this CPU, chosen once per op (not per block): AVX2 when the CPU has it.
+pub(super) fn kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        return run_avx2_detected;
+    }
+    run_any
+}
+
+/// [`run_avx2`] behind a safe signature; [`kernel`] returns it only on a CPU with AVX2.
+#[cfg(target_arch = "x86_64")]
+fn run_avx2_detected<'a>(
     steps: &[(Step, [Arg; 2])],
     inputs: &dyn Fn(usize) -> &'a [f32],
     regs: &mut [[f32; BLOCK]],
     out: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked above).
-        return unsafe { run_avx2(steps, inputs, regs, out) };
-    }
-    run_any(steps, inputs, regs, out)
+    // SAFETY: `kernel` hands out this function only after detecting AVX2.
+    unsafe { run_avx2(steps, inputs, regs, out) }
 }
 
-/// [`run`] compiled for AVX2: 8 floats per instruction instead of SSE2's 4. Same operations
+/// [`run_any`] compiled for AVX2: 8 floats per instruction instead of SSE2's 4. Same operations
 /// in the same order (Rust never fuses a multiply and an add), so the same results.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -222,6 +241,7 @@ fn fill(
     reuse: Option<usize>,
     out: &mut [f32],
 ) {
+    let run = kernel();
     let row_len = views[0].axes.last().map_or(1, |a| a.len);
     // Threads take runs of elements, not of rows: coalescing often leaves one long row.
     par_rows(out, 1, |part, first| {

@@ -3,7 +3,7 @@
 //! weight gradient of a norm (`sum over tokens of x·g`), softmax's backward pass
 //! (`sum(dP·P)`) are such pairs.
 
-use super::fuse::{run, Arg, Step, BLOCK};
+use super::fuse::{kernel, Arg, Kernel, Step, BLOCK};
 use super::{data, next, par_rows_work, tensor, unravel, Row, View};
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
@@ -11,7 +11,9 @@ use luminal::prelude::*;
 /// Which reduction a [`FusedReduce`] applies.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Reduction {
+    /// Add the values (`SumReduce`).
     Sum,
+    /// Keep the largest value (`MaxReduce`).
     Max,
 }
 
@@ -22,7 +24,9 @@ pub enum Reduction {
 pub struct FusedReduce {
     /// The elementwise program (as in [`super::FusedElementwise`]).
     pub steps: Vec<(Step, [Arg; 2])>,
+    /// Sum or max.
     pub reduction: Reduction,
+    /// The dimension of the program's output that is reduced away.
     pub axis: usize,
 }
 
@@ -41,6 +45,8 @@ impl std::fmt::Debug for FusedReduce {
 
 /// Scratch space for computing one row of the program.
 struct Scratch {
+    /// The block kernel, chosen once per op.
+    run: Kernel,
     loaded: Vec<[f32; BLOCK]>,
     regs: Vec<[f32; BLOCK]>,
     rows: Vec<Row>,
@@ -77,7 +83,7 @@ fn program_row(
                 _ => &loaded[j][..n],
             }
         };
-        run(steps, &input, &mut s.regs, &mut dst[start..start + n]);
+        (s.run)(steps, &input, &mut s.regs, &mut dst[start..start + n]);
     }
 }
 
@@ -103,7 +109,9 @@ impl Fold<'_> {
             total,
         } = *self;
         let last = lens.len() - 1;
+        let run = kernel();
         let scratch = || Scratch {
+            run,
             loaded: vec![[0.0; BLOCK]; srcs.len()],
             regs: vec![[0.0; BLOCK]; steps.len()],
             rows: Vec::with_capacity(srcs.len()),

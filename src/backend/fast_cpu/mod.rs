@@ -266,8 +266,9 @@ fn pool() -> &'static rayon::ThreadPool {
 /// megabytes. glibc hands blocks above 128 KiB back to the OS (`munmap`, heap trimming), so the
 /// next step page-faults every page in again, at about a microsecond per 4 KiB page in a VM:
 /// measured, 10–15 % of a reference-model training step. Raising the mmap and trim thresholds
-/// keeps the pages mapped. Called once by [`crate::backend::Device::compile`] for the CPU;
-/// a no-op off glibc.
+/// keeps the pages mapped. Opt-in, because it changes the whole process's allocator: the
+/// command line's `train` and `bench` call it, the library never does by itself. Calling it
+/// again does nothing; a no-op off glibc.
 pub fn keep_freed_memory() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -602,13 +603,18 @@ impl std::fmt::Debug for StridedMatMul {
 /// A matrix product's output buffer of `len` elements, written by `write` (sgemm calls with
 /// β = 0, which overwrite C without reading it: no need to zero it first, which was a pass
 /// over memory per product). With `k = 0` there is nothing to write: zeros.
-fn sgemm_output(len: usize, k: usize, write: impl FnOnce(*mut f32)) -> Vec<f32> {
+///
+/// # Safety
+///
+/// When `k > 0`, `write` must store all `len` elements behind the pointer it is given (which
+/// points at `len` uninitialised `f32`s); the vector is returned as fully initialised.
+unsafe fn sgemm_output(len: usize, k: usize, write: impl FnOnce(*mut f32)) -> Vec<f32> {
     if k == 0 {
         return vec![0.0; len];
     }
     let mut c: Vec<f32> = Vec::with_capacity(len);
     write(c.as_mut_ptr());
-    // SAFETY: `write` stored all `len` elements (every caller's sgemm calls cover C).
+    // SAFETY: the caller's `write` stored all `len` elements (this function's contract).
     unsafe { c.set_len(len) };
     c
 }
@@ -663,7 +669,7 @@ impl Operator for MergedBatchMatMul {
         // Rows of consecutive batch entries follow each other in memory: one tall matrix.
         let merged = batch <= 1 || a0 as isize == m as isize * a1;
         let (runs, rows) = if merged { (1, batch * m) } else { (batch, m) };
-        let c = sgemm_output(batch * m * cols, k, |c| {
+        let write = |c: *mut f32| {
             for i in 0..runs {
                 // SAFETY: the strides and sizes come from the input views, which address only
                 // elements of `a` and `b`; `c` holds `batch * m * cols` elements, row-major.
@@ -686,7 +692,10 @@ impl Operator for MergedBatchMatMul {
                     );
                 }
             }
-        });
+        };
+        // SAFETY: the `runs` sgemm calls write rows `i * m ..` of `rows` rows each, together
+        // all `batch * m` rows of `cols` columns: every element of C.
+        let c = unsafe { sgemm_output(batch * m * cols, k, write) };
         tensor(c)
     }
 }

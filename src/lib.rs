@@ -68,8 +68,10 @@ pub mod prelude {
     pub use crate::ch11_training::*;
     pub use crate::graph::dims::*;
     pub use crate::graph::error::{CourseError, Result};
+    pub use crate::graph::flat::Flat;
     pub use crate::graph::init;
     pub use crate::graph::params::{self, Param, Parameters, StateDict};
+    pub use crate::graph::primitive::{self, op_counts};
     pub use crate::graph::tensor::{self, HostTensor};
     pub use crate::graph::viz;
     pub use crate::plot;

@@ -15,7 +15,10 @@ use crate::graph::params::Param;
 use crate::graph::tensor::HostTensor;
 
 pub mod backward;
+mod rules;
+mod views;
 pub use backward::*;
+pub use views::logical_dims;
 
 // ANCHOR: scalar
 /// A scalar expression graph with reverse-mode gradients, in the style of micrograd: every op

@@ -23,8 +23,10 @@ fn main() -> Result<()> {
 
     // Chapter 1: embedding lookup, then a linear layer back to the vocabulary.
     let mut cx = Graph::new();
-    let mut emb = Embedding::<Vocab, DModel>::new(&mut cx, "token_embeddings.weight", 5, 4)?;
-    let mut head = Linear::<DModel, Vocab>::new(&mut cx, "lm_head.weight", 4, 5)?;
+    let mut emb = Embedding::<Vocab, DModel>::new(&mut cx, 5, 4)?;
+    let mut head = Linear::<DModel, Vocab>::new(&mut cx, 4, 5)?;
+    params::label_inputs(&mut cx, &emb, "token_embeddings");
+    params::label_inputs(&mut cx, &head, "lm_head");
     let mut ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
     let mut logits = head.forward(emb.forward(ids)).retrieve();
     save(&cx, &out, "ch01_embedding_linear_built")?;
@@ -36,7 +38,8 @@ fn main() -> Result<()> {
 
     // Chapter 2: RMSNorm.
     let mut cx = Graph::new();
-    let mut norm = RmsNorm::<DModel>::new(&mut cx, "ln1.weight", 4)?;
+    let mut norm = RmsNorm::<DModel>::new(&mut cx, 4)?;
+    params::label_inputs(&mut cx, &norm, "ln1");
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let mut y = norm.forward(x).retrieve();
     Device::Cpu.compile(&mut cx, (&mut norm.weight, &mut x, &mut y));
@@ -44,7 +47,8 @@ fn main() -> Result<()> {
 
     // Chapter 3: SwiGLU after compilation (three matmuls, the SiLU's primitives between).
     let mut cx = Graph::new();
-    let mut ffn = SwiGlu::<DModel, DFf>::new(&mut cx, "ffn", 4, 8)?;
+    let mut ffn = SwiGlu::<DModel, DFf>::new(&mut cx, 4, 8)?;
+    params::label_inputs(&mut cx, &ffn, "ffn");
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let mut y = ffn.forward(x).retrieve();
     Device::Cpu.compile(&mut cx, (&mut ffn, &mut x, &mut y));
@@ -201,7 +205,8 @@ fn main() -> Result<()> {
 
     // Chapter 8: a forward graph, then the same graph with its backward pass added.
     let mut cx = Graph::new();
-    let lin = Linear::<In, Out>::new(&mut cx, "w", 3, 2)?;
+    let lin = Linear::<In, Out>::new(&mut cx, 3, 2)?;
+    params::label_inputs(&mut cx, &lin, "w");
     let x = tensor::input::<(Rows, In)>(&mut cx, "x");
     let loss = (lin.forward(x).exp() * 0.5).sum_reduce::<(), Axes2<0, 1>>();
     save(&cx, &out, "ch08_forward")?;

@@ -280,8 +280,12 @@ fn one_block_matches_pytorch() {
     let (b, s, d) = (x.shape[0], x.shape[1], x.shape[2]);
     let mut cx = Graph::new();
     let rope = Rope::new(&mut cx, 16, d / 4, ROPE_THETA).unwrap();
-    let mut block = Block::new(&mut cx, "layers.0", [d, 4, 48], Some(rope)).unwrap();
-    params::load_state_dict(&mut cx, &block.params(), &f.weights).unwrap();
+    let mut block = Block::new(&mut cx, [d, 4, 48], Some(rope)).unwrap();
+    // The fixture names the block's weights as the LM's first block (`layers.0.ln1.weight`).
+    let dict: StateDict = (f.weights.iter())
+        .map(|(k, v)| (k.trim_start_matches("layers.0.").to_string(), v.clone()))
+        .collect();
+    params::load_state_dict(&mut cx, &block.params(), &dict).unwrap();
     let mut xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let causal = causal_mask::<Seq>(&mut cx).expand::<(Batch, Seq, Seq), _>();
     let mut y = block.forward(xt, causal).retrieve();

@@ -5,7 +5,7 @@
 //! this course is such a graph, built from 12 primitive ops; shapes live on the *edges* as
 //! views, so permuting, broadcasting and slicing copy nothing.
 //!
-//! Book page: [Chapter 0](../book/ch00_graphs.html).
+//! Book page: [Chapter 0](../../book/ch00_graphs.html).
 
 use luminal::prelude::*;
 

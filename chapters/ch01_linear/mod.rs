@@ -6,7 +6,7 @@
 //! of a (vocab, d_model) table; we build the lookup as a one-hot matrix product so that it
 //! has a gradient in chapter 8.
 //!
-//! Book page: [Chapter 1](../book/ch01_linear.html).
+//! Book page: [Chapter 1](../../book/ch01_linear.html).
 
 use luminal::prelude::*;
 
@@ -14,7 +14,7 @@ use crate::backend::Device;
 use crate::graph::dims::{Batch, DModel, In, Out, Rows, Seq, Vocab};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::{trunc_normal, CourseRng};
-use crate::graph::params::{Param, Parameters};
+use crate::graph::params::{self, Parameters, Visitor};
 use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: linear_ref
@@ -60,16 +60,14 @@ pub struct Linear<I: Dimension, O: Dimension> {
 }
 
 impl<I: Dimension, O: Dimension> Linear<I, O> {
-    /// Add the layer's weight to `cx` as an input named `name`, and bind `I`, `O` to the sizes.
-    pub fn new(
-        cx: &mut Graph,
-        name: &str,
-        in_features: usize,
-        out_features: usize,
-    ) -> Result<Self> {
-        tensor::bind_dim::<I>(cx, in_features, name)?;
-        tensor::bind_dim::<O>(cx, out_features, name)?;
-        let weight = tensor::input(cx, name);
+    /// Add the layer's weight to `cx` as an input, and bind `I`, `O` to the sizes. Its
+    /// state-dict name (`weight`, nested by the modules that hold it) comes from
+    /// [`Parameters::visit`].
+    pub fn new(cx: &mut Graph, in_features: usize, out_features: usize) -> Result<Self> {
+        let what = format!("Linear({in_features} -> {out_features})");
+        tensor::bind_dim::<I>(cx, in_features, &what)?;
+        tensor::bind_dim::<O>(cx, out_features, &what)?;
+        let weight = tensor::input(cx, "weight");
         Ok(Self {
             weight,
             in_features,
@@ -142,11 +140,12 @@ pub struct Embedding<V: Dimension = Vocab, D: Dimension = DModel> {
 }
 
 impl<V: Dimension, D: Dimension> Embedding<V, D> {
-    /// Add the table to `cx` as an input named `name`, and bind `V`, `D` to the sizes.
-    pub fn new(cx: &mut Graph, name: &str, vocab_size: usize, d_model: usize) -> Result<Self> {
-        tensor::bind_dim::<V>(cx, vocab_size, name)?;
-        tensor::bind_dim::<D>(cx, d_model, name)?;
-        let weight = tensor::input(cx, name);
+    /// Add the table to `cx` as an input, and bind `V`, `D` to the sizes.
+    pub fn new(cx: &mut Graph, vocab_size: usize, d_model: usize) -> Result<Self> {
+        let what = format!("Embedding({vocab_size} x {d_model})");
+        tensor::bind_dim::<V>(cx, vocab_size, &what)?;
+        tensor::bind_dim::<D>(cx, d_model, &what)?;
+        let weight = tensor::input(cx, "weight");
         Ok(Self {
             weight,
             vocab_size,
@@ -210,7 +209,8 @@ pub fn run_linear(
     device: Device,
 ) -> Result<HostTensor> {
     let mut cx = Graph::new();
-    let mut layer = Linear::<In, Out>::new(&mut cx, "linear.weight", d_in, d_out)?;
+    let mut layer = Linear::<In, Out>::new(&mut cx, d_in, d_out)?;
+    params::label_inputs(&mut cx, &layer, "linear");
     let mut xt = tensor::input::<(Rows, In)>(&mut cx, "x");
     let mut y = layer.forward(xt).retrieve();
     device.compile(&mut cx, (&mut layer.weight, &mut xt, &mut y));
@@ -230,7 +230,8 @@ pub fn run_embedding(
     device: Device,
 ) -> Result<HostTensor> {
     let mut cx = Graph::new();
-    let mut emb = Embedding::<Vocab, DModel>::new(&mut cx, "token_embeddings.weight", vocab, d)?;
+    let mut emb = Embedding::<Vocab, DModel>::new(&mut cx, vocab, d)?;
+    params::label_inputs(&mut cx, &emb, "token_embeddings");
     let mut idt = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
     let mut out = emb.forward(idt).retrieve();
     device.compile(&mut cx, (&mut emb.weight, &mut idt, &mut out));
@@ -265,33 +266,35 @@ pub fn linear_demo() -> Result<String> {
     ))
 }
 
-// The layers list their own weights (state-dict name, node, shape), and their handles survive
-// compilation: luminal's compile remaps node ids through `ToIdsMut`.
+// Each layer shows its weight to the parameter visitor under the local name `weight`; the
+// modules that hold it add the rest of the state-dict name. `ToIdsMut` (how luminal's compile
+// remaps node ids) walks the same visitor.
 
+// ANCHOR: linear_params
 impl<I: Dimension, O: Dimension> Parameters for Linear<I, O> {
-    fn params(&self) -> Vec<Param> {
-        vec![Param::of(
-            self.weight,
-            &[self.out_features, self.in_features],
-        )]
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        let shape = [self.out_features, self.in_features];
+        v.param("weight", &mut self.weight.id, &shape);
     }
 }
+// ANCHOR_END: linear_params
 
 impl<V: Dimension, D: Dimension> Parameters for Embedding<V, D> {
-    fn params(&self) -> Vec<Param> {
-        vec![Param::of(self.weight, &[self.vocab_size, self.d_model])]
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        let shape = [self.vocab_size, self.d_model];
+        v.param("weight", &mut self.weight.id, &shape);
     }
 }
 
 impl<I: Dimension, O: Dimension> ToIdsMut for Linear<I, O> {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.weight.id]
+        self.handles()
     }
 }
 
 impl<V: Dimension, D: Dimension> ToIdsMut for Embedding<V, D> {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.weight.id]
+        self.handles()
     }
 }
 

@@ -23,7 +23,7 @@ fn embedding_on_hand_values() {
 #[test]
 fn linear_3d_shares_the_weight_across_positions() {
     let mut cx = Graph::new();
-    let mut layer = Linear::<In, Out>::new(&mut cx, "w", 2, 3).unwrap();
+    let mut layer = Linear::<In, Out>::new(&mut cx, 2, 3).unwrap();
     let mut x = tensor::input::<(Batch, Seq, In)>(&mut cx, "x");
     let mut y = layer.forward(x).retrieve();
     Device::Cpu.compile(&mut cx, (&mut layer.weight, &mut x, &mut y));
@@ -40,7 +40,8 @@ fn linear_3d_shares_the_weight_across_positions() {
 #[test]
 fn wrong_weight_shape_names_the_tensor() {
     let mut cx = Graph::new();
-    let layer = Linear::<In, Out>::new(&mut cx, "layers.0.ffn.w1.weight", 4, 8).unwrap();
+    let layer = Linear::<In, Out>::new(&mut cx, 4, 8).unwrap();
+    crate::graph::params::label_inputs(&mut cx, &layer, "layers.0.ffn.w1");
     let err = layer.load(vec![0.0; 31]).unwrap_err().to_string();
     assert!(
         err.contains("layers.0.ffn.w1.weight: shape [8, 4] needs 32 values, but 31"),
@@ -51,13 +52,13 @@ fn wrong_weight_shape_names_the_tensor() {
 #[test]
 fn conflicting_sizes_for_one_dimension_are_refused() {
     let mut cx = Graph::new();
-    Linear::<In, Out>::new(&mut cx, "first", 4, 8).unwrap();
-    let err = Linear::<In, Out>::new(&mut cx, "second", 5, 8)
+    Linear::<In, Out>::new(&mut cx, 4, 8).unwrap();
+    let err = Linear::<In, Out>::new(&mut cx, 5, 8)
         .err()
         .unwrap()
         .to_string();
     assert!(
-        err.contains("dimension 'i' is already 4, so second cannot make it 5"),
+        err.contains("dimension 'i' is already 4, so Linear(5 -> 8) cannot make it 5"),
         "{err}"
     );
 }
@@ -73,7 +74,7 @@ fn out_of_vocabulary_id_is_refused() {
 #[test]
 fn linear_init_follows_conventions() {
     let mut cx = Graph::new();
-    let layer = Linear::<In, Out>::new(&mut cx, "w", 300, 500).unwrap();
+    let layer = Linear::<In, Out>::new(&mut cx, 300, 500).unwrap();
     assert_abs_diff_eq!(layer.init_sigma(), (2.0f32 / 800.0).sqrt());
     layer.init(&mut crate::graph::init::rng(0)).unwrap();
     cx.execute(); // weights are inputs: executing keeps them; read them back
@@ -91,9 +92,10 @@ fn linear_init_follows_conventions() {
 #[test]
 fn compiled_op_listing_snapshot() {
     let mut cx = Graph::new();
-    let mut emb =
-        Embedding::<Vocab, DModel>::new(&mut cx, "token_embeddings.weight", 5, 4).unwrap();
-    let mut head = Linear::<DModel, Vocab>::new(&mut cx, "lm_head.weight", 4, 5).unwrap();
+    let mut emb = Embedding::<Vocab, DModel>::new(&mut cx, 5, 4).unwrap();
+    let mut head = Linear::<DModel, Vocab>::new(&mut cx, 4, 5).unwrap();
+    crate::graph::params::label_inputs(&mut cx, &emb, "token_embeddings");
+    crate::graph::params::label_inputs(&mut cx, &head, "lm_head");
     let mut ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
     let mut logits = head.forward(emb.forward(ids)).retrieve();
     Device::Cpu.compile(
@@ -144,7 +146,7 @@ fn gradients_match_finite_differences() {
     use crate::testing::{assert_gradcheck, uniform, weighted_sum};
     let mut rng = crate::graph::init::rng(1);
     let mut cx = Graph::new();
-    let lin = Linear::<In, Out>::new(&mut cx, "linear.weight", 3, 2).unwrap();
+    let lin = Linear::<In, Out>::new(&mut cx, 3, 2).unwrap();
     lin.load(uniform(&mut rng, 6, 1.0)).unwrap();
     let x = tensor::input::<(Rows, In)>(&mut cx, "x");
     tensor::set(x, &[4, 3], uniform(&mut rng, 12, 1.0)).unwrap();
@@ -153,7 +155,7 @@ fn gradients_match_finite_differences() {
     assert_gradcheck(&mut cx, params, loss);
 
     let mut cx = Graph::new();
-    let emb = Embedding::<Vocab, DModel>::new(&mut cx, "token_embeddings.weight", 5, 3).unwrap();
+    let emb = Embedding::<Vocab, DModel>::new(&mut cx, 5, 3).unwrap();
     emb.load(uniform(&mut rng, 15, 1.0)).unwrap();
     let ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
     emb.set_ids(ids, [2, 3], &[4, 0, 4, 1, 2, 4]).unwrap();

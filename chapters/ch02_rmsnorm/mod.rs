@@ -5,14 +5,14 @@
 //! `y = x / sqrt(mean(x^2) + eps) * g`, with `eps = 1e-5` inside the root. LayerNorm, used by
 //! the original (post-norm) transformer, also subtracts the mean and adds a learned bias.
 //!
-//! Book page: [Chapter 2](../book/ch02_rmsnorm.html).
+//! Book page: [Chapter 2](../../book/ch02_rmsnorm.html).
 
 use luminal::prelude::*;
 
 use crate::backend::Device;
 use crate::graph::dims::{Batch, DModel, Seq};
 use crate::graph::error::Result;
-use crate::graph::params::{Param, Parameters};
+use crate::graph::params::{self, Parameters, Visitor};
 use crate::graph::tensor::{self, HostTensor};
 
 /// The epsilon of the course's CS336 conventions (book chapter 2; also PyTorch's `nn.RMSNorm` / `nn.LayerNorm` defaults).
@@ -60,10 +60,10 @@ pub struct RmsNorm<D: Dimension = DModel> {
 }
 
 impl<D: Dimension> RmsNorm<D> {
-    /// Add the gain to `cx` as an input named `name` (e.g. `layers.0.ln1.weight`).
-    pub fn new(cx: &mut Graph, name: &str, d_model: usize) -> Result<Self> {
-        tensor::bind_dim::<D>(cx, d_model, name)?;
-        let weight = tensor::input(cx, name);
+    /// Add the gain to `cx` as an input (state-dict name `weight`, nested by its holder).
+    pub fn new(cx: &mut Graph, d_model: usize) -> Result<Self> {
+        tensor::bind_dim::<D>(cx, d_model, &format!("RmsNorm({d_model})"))?;
+        let weight = tensor::input(cx, "weight");
         Ok(Self {
             weight,
             d_model,
@@ -108,11 +108,11 @@ pub struct LayerNorm<D: Dimension = DModel> {
 }
 
 impl<D: Dimension> LayerNorm<D> {
-    /// Add gain `{name}.weight` and bias `{name}.bias` to `cx`.
-    pub fn new(cx: &mut Graph, name: &str, d_model: usize) -> Result<Self> {
-        tensor::bind_dim::<D>(cx, d_model, name)?;
-        let weight = tensor::input(cx, &format!("{name}.weight"));
-        let bias = tensor::input(cx, &format!("{name}.bias"));
+    /// Add gain `weight` and bias `bias` to `cx`.
+    pub fn new(cx: &mut Graph, d_model: usize) -> Result<Self> {
+        tensor::bind_dim::<D>(cx, d_model, &format!("LayerNorm({d_model})"))?;
+        let weight = tensor::input(cx, "weight");
+        let bias = tensor::input(cx, "bias");
         Ok(Self {
             weight,
             bias,
@@ -174,12 +174,14 @@ pub fn run_norm(
     let mut xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let (mut params, mut y) = match norm {
         Norm::Rms => {
-            let n = RmsNorm::<DModel>::new(&mut cx, "ln.weight", d)?;
+            let n = RmsNorm::<DModel>::new(&mut cx, d)?;
+            params::label_inputs(&mut cx, &n, "ln");
             n.load(g.to_vec())?;
             (vec![n.weight], n.forward(xt).retrieve())
         }
         Norm::Layer => {
-            let n = LayerNorm::<DModel>::new(&mut cx, "ln", d)?;
+            let n = LayerNorm::<DModel>::new(&mut cx, d)?;
+            params::label_inputs(&mut cx, &n, "ln");
             n.load(g.to_vec(), b.to_vec())?;
             (vec![n.weight, n.bias], n.forward(xt).retrieve())
         }
@@ -208,32 +210,30 @@ pub fn norm_demo() -> Result<String> {
     ))
 }
 
-// Each norm lists its own weights, and its handles survive compilation.
+// Each norm shows its weights to the parameter visitor; compilation remaps them through it.
 
 impl<D: Dimension> Parameters for RmsNorm<D> {
-    fn params(&self) -> Vec<Param> {
-        vec![Param::of(self.weight, &[self.d_model])]
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        v.param("weight", &mut self.weight.id, &[self.d_model]);
     }
 }
 
 impl<D: Dimension> Parameters for LayerNorm<D> {
-    fn params(&self) -> Vec<Param> {
-        vec![
-            Param::of(self.weight, &[self.d_model]),
-            Param::of(self.bias, &[self.d_model]),
-        ]
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        v.param("weight", &mut self.weight.id, &[self.d_model]);
+        v.param("bias", &mut self.bias.id, &[self.d_model]);
     }
 }
 
 impl<D: Dimension> ToIdsMut for RmsNorm<D> {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.weight.id]
+        self.handles()
     }
 }
 
 impl<D: Dimension> ToIdsMut for LayerNorm<D> {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.weight.id, &mut self.bias.id]
+        self.handles()
     }
 }
 

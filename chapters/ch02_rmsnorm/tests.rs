@@ -40,7 +40,8 @@ fn layer_norm_on_hand_values() {
 #[test]
 fn wrong_gain_length_names_the_tensor() {
     let mut cx = Graph::new();
-    let n = RmsNorm::<DModel>::new(&mut cx, "layers.3.ln2.weight", 8).unwrap();
+    let n = RmsNorm::<DModel>::new(&mut cx, 8).unwrap();
+    crate::graph::params::label_inputs(&mut cx, &n, "layers.3.ln2");
     let err = n.load(vec![1.0; 7]).unwrap_err().to_string();
     assert!(
         err.contains("layers.3.ln2.weight: shape [8] needs 8 values, but 7"),
@@ -51,7 +52,8 @@ fn wrong_gain_length_names_the_tensor() {
 #[test]
 fn compiled_op_listing_snapshot() {
     let mut cx = Graph::new();
-    let mut n = RmsNorm::<DModel>::new(&mut cx, "ln1.weight", 4).unwrap();
+    let mut n = RmsNorm::<DModel>::new(&mut cx, 4).unwrap();
+    crate::graph::params::label_inputs(&mut cx, &n, "ln1");
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let mut y = n.forward(x).retrieve();
     Device::Cpu.compile(&mut cx, (&mut n.weight, &mut x, &mut y));
@@ -131,12 +133,12 @@ fn gradients_match_finite_differences() {
         tensor::set(x, &[2, 2, 4], uniform(&mut rng, 16, 2.0)).unwrap();
         let (y, mut params) = match norm {
             Norm::Rms => {
-                let n = RmsNorm::<DModel>::new(&mut cx, "ln.weight", 4).unwrap();
+                let n = RmsNorm::<DModel>::new(&mut cx, 4).unwrap();
                 n.load(uniform(&mut rng, 4, 2.0)).unwrap();
                 (n.forward(x), n.params())
             }
             Norm::Layer => {
-                let n = LayerNorm::<DModel>::new(&mut cx, "ln", 4).unwrap();
+                let n = LayerNorm::<DModel>::new(&mut cx, 4).unwrap();
                 n.load(uniform(&mut rng, 4, 2.0), uniform(&mut rng, 4, 1.0))
                     .unwrap();
                 (n.forward(x), n.params())

@@ -5,7 +5,7 @@
 //! `FFN(x) = W2 (SiLU(W1 x) * W3 x)`, a gated linear unit with the smooth SiLU
 //! `x * sigmoid(x)` as its gate. The original transformer used `W2 ReLU(W1 x)`.
 //!
-//! Book page: [Chapter 3](../book/ch03_feed_forward.html).
+//! Book page: [Chapter 3](../../book/ch03_feed_forward.html).
 
 use luminal::prelude::*;
 
@@ -14,7 +14,7 @@ use crate::ch01_linear::{linear_ref, Linear};
 use crate::graph::dims::{Batch, DFf, DModel, Seq};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
-use crate::graph::params::{Param, Parameters};
+use crate::graph::params::{self, Parameters, Visitor};
 use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: silu_ref
@@ -81,7 +81,7 @@ pub fn silu<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
 // ANCHOR_END: silu
 
 // ANCHOR: swiglu
-/// SwiGLU feed-forward: `W2 (SiLU(W1 x) * W3 x)`, state-dict names `{name}.w1.weight` etc.
+/// SwiGLU feed-forward: `W2 (SiLU(W1 x) * W3 x)`, weights named `w1`, `w2`, `w3`.
 #[derive(Clone, Copy)]
 pub struct SwiGlu<D: Dimension = DModel, F: Dimension = DFf> {
     /// (d_ff, d_model): the gate's projection.
@@ -93,17 +93,17 @@ pub struct SwiGlu<D: Dimension = DModel, F: Dimension = DFf> {
 }
 
 impl<D: Dimension, F: Dimension> SwiGlu<D, F> {
-    /// Add the three weights to `cx` under `name` (e.g. `layers.0.ffn`).
-    pub fn new(cx: &mut Graph, name: &str, d_model: usize, d_ff: usize) -> Result<Self> {
+    /// Add the three weights to `cx`.
+    pub fn new(cx: &mut Graph, d_model: usize, d_ff: usize) -> Result<Self> {
         if d_model == 0 || d_ff == 0 {
             return Err(CourseError::Config(format!(
-                "{name}: d_model ({d_model}) and d_ff ({d_ff}) must be positive"
+                "SwiGlu: d_model ({d_model}) and d_ff ({d_ff}) must be positive"
             )));
         }
         Ok(Self {
-            w1: Linear::new(cx, &format!("{name}.w1.weight"), d_model, d_ff)?,
-            w2: Linear::new(cx, &format!("{name}.w2.weight"), d_ff, d_model)?,
-            w3: Linear::new(cx, &format!("{name}.w3.weight"), d_model, d_ff)?,
+            w1: Linear::new(cx, d_model, d_ff)?,
+            w2: Linear::new(cx, d_ff, d_model)?,
+            w3: Linear::new(cx, d_model, d_ff)?,
         })
     }
 
@@ -112,16 +112,6 @@ impl<D: Dimension, F: Dimension> SwiGlu<D, F> {
         self.w1.init(rng)?;
         self.w2.init(rng)?;
         self.w3.init(rng)
-    }
-}
-
-impl<D: Dimension, F: Dimension> ToIdsMut for SwiGlu<D, F> {
-    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![
-            &mut self.w1.weight.id,
-            &mut self.w2.weight.id,
-            &mut self.w3.weight.id,
-        ]
     }
 }
 
@@ -149,18 +139,12 @@ pub struct ReluFfn<D: Dimension = DModel, F: Dimension = DFf> {
 }
 
 impl<D: Dimension, F: Dimension> ReluFfn<D, F> {
-    /// Add `{name}.w1.weight` (d_ff, d_model) and `{name}.w2.weight` (d_model, d_ff) to `cx`.
-    pub fn new(cx: &mut Graph, name: &str, d_model: usize, d_ff: usize) -> Result<Self> {
+    /// Add `w1` (d_ff, d_model) and `w2` (d_model, d_ff) to `cx`.
+    pub fn new(cx: &mut Graph, d_model: usize, d_ff: usize) -> Result<Self> {
         Ok(Self {
-            w1: Linear::new(cx, &format!("{name}.w1.weight"), d_model, d_ff)?,
-            w2: Linear::new(cx, &format!("{name}.w2.weight"), d_ff, d_model)?,
+            w1: Linear::new(cx, d_model, d_ff)?,
+            w2: Linear::new(cx, d_ff, d_model)?,
         })
-    }
-}
-
-impl<D: Dimension, F: Dimension> ToIdsMut for ReluFfn<D, F> {
-    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        vec![&mut self.w1.weight.id, &mut self.w2.weight.id]
     }
 }
 
@@ -209,7 +193,8 @@ pub fn run_ffn(
     let mut xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let y = match kind {
         Ffn::SwiGlu => {
-            let mut f = SwiGlu::<DModel, DFf>::new(&mut cx, "ffn", d_model, d_ff)?;
+            let mut f = SwiGlu::<DModel, DFf>::new(&mut cx, d_model, d_ff)?;
+            params::label_inputs(&mut cx, &f, "ffn");
             f.w1.load(weights[0].to_vec())?;
             f.w2.load(weights[1].to_vec())?;
             f.w3.load(weights[2].to_vec())?;
@@ -218,7 +203,8 @@ pub fn run_ffn(
             y
         }
         Ffn::Relu => {
-            let mut f = ReluFfn::<DModel, DFf>::new(&mut cx, "ffn", d_model, d_ff)?;
+            let mut f = ReluFfn::<DModel, DFf>::new(&mut cx, d_model, d_ff)?;
+            params::label_inputs(&mut cx, &f, "ffn");
             f.w1.load(weights[0].to_vec())?;
             f.w2.load(weights[1].to_vec())?;
             let mut y = f.forward(xt).retrieve();
@@ -258,14 +244,29 @@ pub fn ffn_demo() -> Result<String> {
 }
 
 impl<D: Dimension, F: Dimension> Parameters for SwiGlu<D, F> {
-    fn params(&self) -> Vec<Param> {
-        [self.w1.params(), self.w2.params(), self.w3.params()].concat()
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        v.module("w1", &mut self.w1);
+        v.module("w2", &mut self.w2);
+        v.module("w3", &mut self.w3);
     }
 }
 
 impl<D: Dimension, F: Dimension> Parameters for ReluFfn<D, F> {
-    fn params(&self) -> Vec<Param> {
-        [self.w1.params(), self.w2.params()].concat()
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        v.module("w1", &mut self.w1);
+        v.module("w2", &mut self.w2);
+    }
+}
+
+impl<D: Dimension, F: Dimension> ToIdsMut for SwiGlu<D, F> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        self.handles()
+    }
+}
+
+impl<D: Dimension, F: Dimension> ToIdsMut for ReluFfn<D, F> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        self.handles()
     }
 }
 

@@ -92,7 +92,8 @@ fn wrong_weight_count_and_shape_are_named() {
 #[test]
 fn compiled_op_listing_snapshot() {
     let mut cx = Graph::new();
-    let mut f = SwiGlu::<DModel, DFf>::new(&mut cx, "layers.0.ffn", 4, 8).unwrap();
+    let mut f = SwiGlu::<DModel, DFf>::new(&mut cx, 4, 8).unwrap();
+    crate::graph::params::label_inputs(&mut cx, &f, "layers.0.ffn");
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let mut y = f.forward(x).retrieve();
     Device::Cpu.compile(&mut cx, (&mut f, &mut x, &mut y));
@@ -134,7 +135,7 @@ fn gradients_match_finite_differences() {
     use crate::testing::{assert_gradcheck, weighted_sum};
     let mut rng = crate::graph::init::rng(6);
     let mut cx = Graph::new();
-    let f = SwiGlu::<DModel, DFf>::new(&mut cx, "ffn", 3, 4).unwrap();
+    let f = SwiGlu::<DModel, DFf>::new(&mut cx, 3, 4).unwrap();
     f.w1.load(uniform(&mut rng, 12, 1.0)).unwrap();
     f.w2.load(uniform(&mut rng, 12, 1.0)).unwrap();
     f.w3.load(uniform(&mut rng, 12, 1.0)).unwrap();

@@ -7,7 +7,7 @@
 //! *relative* positions. The original transformer instead *added* fixed sinusoids to the token
 //! embeddings (absolute positions).
 //!
-//! Book page: [Chapter 4](../book/ch04_rope.html).
+//! Book page: [Chapter 4](../../book/ch04_rope.html).
 
 use luminal::prelude::*;
 use luminal::shape::symbolic::Expression;

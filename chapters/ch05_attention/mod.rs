@@ -6,7 +6,7 @@
 //! `softmax(Q K^T / sqrt(d_k) + mask) V`. This file holds the softmax, the masks and
 //! scaled dot-product attention; [`multi_head`] splits the model width into heads.
 //!
-//! Book page: [Chapter 5](../book/ch05_attention.html).
+//! Book page: [Chapter 5](../../book/ch05_attention.html).
 
 use luminal::prelude::*;
 

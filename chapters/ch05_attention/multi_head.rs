@@ -2,7 +2,7 @@
 //!
 //! The model width is split into `n_heads` heads of `d_head = d_model / n_heads` features;
 //! each head attends on its own, and the heads' outputs are concatenated and projected.
-//! Book page: [Chapter 5](../book/ch05_attention.html#multi-head-attention).
+//! Book page: [Chapter 5](../../../book/ch05_attention.html#multi-head-attention).
 
 use luminal::prelude::*;
 
@@ -13,7 +13,7 @@ use crate::ch04_rope::{rope_ref, Rope};
 use crate::graph::dims::{Batch, DHead, DModel, Heads, MaxSeq, Seq, SrcSeq};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
-use crate::graph::params::{Param, Parameters};
+use crate::graph::params::{self, Parameters, Visitor};
 use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: mha_ref
@@ -66,8 +66,8 @@ pub fn mha_ref(
 // ANCHOR_END: mha_ref
 
 // ANCHOR: mha
-/// Multi-head attention with projections `{name}.q_proj.weight`, `k_proj`, `v_proj` and
-/// `output_proj`, each (d_model, d_model), rows grouped by head.
+/// Multi-head attention with projections `q_proj`, `k_proj`, `v_proj` and `output_proj`, each
+/// (d_model, d_model), rows grouped by head.
 #[derive(Clone, Copy)]
 pub struct MultiHeadAttention<D: Dimension = DModel> {
     /// (d_model, d_model): input to queries.
@@ -82,44 +82,41 @@ pub struct MultiHeadAttention<D: Dimension = DModel> {
     pub n_heads: usize,
     /// Model width; each head gets `d_model / n_heads` features.
     pub d_model: usize,
-    /// Rotates queries and keys by position (decoder and encoder self-attention); `None` for
-    /// cross-attention, whose queries and keys live in different sequences.
+    /// Rotates queries and keys by position (self-attention, and cross-attention when the
+    /// encoder-decoder asks for it: chapter 6); `None` leaves positions out.
     pub rope: Option<Rope<MaxSeq, DHead>>,
 }
 
 impl<D: Dimension> MultiHeadAttention<D> {
-    /// Add the four projections to `cx` under `name` (e.g. `layers.0.attn`).
+    /// Add the four projections to `cx`.
     pub fn new(
         cx: &mut Graph,
-        name: &str,
         d_model: usize,
         n_heads: usize,
         rope: Option<Rope<MaxSeq, DHead>>,
     ) -> Result<Self> {
         if n_heads == 0 || d_model % n_heads != 0 {
             return Err(CourseError::Config(format!(
-                "{name}: d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})"
+                "MultiHeadAttention: d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})"
             )));
         }
         let d_head = d_model / n_heads;
         if let Some(r) = rope {
             if r.d_head != d_head {
                 return Err(CourseError::Config(format!(
-                    "{name}: RoPE tables are for heads of {} features, but d_model / n_heads = {d_head}",
+                    "MultiHeadAttention: RoPE tables are for heads of {} features, but d_model / n_heads = {d_head}",
                     r.d_head
                 )));
             }
         }
-        tensor::bind_dim::<Heads>(cx, n_heads, name)?;
-        tensor::bind_dim::<DHead>(cx, d_head, name)?;
-        let proj = |cx: &mut Graph, p: &str| {
-            Linear::new(cx, &format!("{name}.{p}.weight"), d_model, d_model)
-        };
+        let what = format!("MultiHeadAttention({d_model}, {n_heads} heads)");
+        tensor::bind_dim::<Heads>(cx, n_heads, &what)?;
+        tensor::bind_dim::<DHead>(cx, d_head, &what)?;
         Ok(Self {
-            q_proj: proj(cx, "q_proj")?,
-            k_proj: proj(cx, "k_proj")?,
-            v_proj: proj(cx, "v_proj")?,
-            output_proj: proj(cx, "output_proj")?,
+            q_proj: Linear::new(cx, d_model, d_model)?,
+            k_proj: Linear::new(cx, d_model, d_model)?,
+            v_proj: Linear::new(cx, d_model, d_model)?,
+            output_proj: Linear::new(cx, d_model, d_model)?,
             n_heads,
             d_model,
             rope,
@@ -187,20 +184,6 @@ fn heads<B: Dimension, L: Dimension, D: Dimension>(
         .permute::<_, Axes4<0, 2, 1, 3>>() // (b, h, len, d_head): a view
 }
 
-impl<D: Dimension> ToIdsMut for MultiHeadAttention<D> {
-    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        let mut ids = vec![
-            &mut self.q_proj.weight.id,
-            &mut self.k_proj.weight.id,
-            &mut self.v_proj.weight.id,
-            &mut self.output_proj.weight.id,
-        ];
-        if let Some(rope) = &mut self.rope {
-            ids.extend(rope.to_ids_mut());
-        }
-        ids
-    }
-}
 // ANCHOR_END: mha
 
 /// Which keys each query may see in [`run_attention`].
@@ -247,7 +230,8 @@ fn attention_with_input(
         Some(theta) if n_heads > 0 => Some(Rope::new(cx, max_len, d / n_heads, theta)?),
         _ => None,
     };
-    let attn = MultiHeadAttention::<DModel>::new(cx, "attn", d, n_heads, rope)?;
+    let attn = MultiHeadAttention::<DModel>::new(cx, d, n_heads, rope)?;
+    params::label_inputs(cx, &attn, "attn");
     for (p, w) in attn.projections().iter().zip(weights) {
         p.load(w.to_vec())?;
     }
@@ -372,7 +356,19 @@ pub fn attention_demo() -> Result<String> {
 }
 
 impl<D: Dimension> Parameters for MultiHeadAttention<D> {
-    fn params(&self) -> Vec<Param> {
-        self.projections().iter().flat_map(|p| p.params()).collect()
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        v.module("q_proj", &mut self.q_proj);
+        v.module("k_proj", &mut self.k_proj);
+        v.module("v_proj", &mut self.v_proj);
+        v.module("output_proj", &mut self.output_proj);
+        if let Some(rope) = &mut self.rope {
+            v.buffers(rope.to_ids_mut()); // shared tables, not parameters
+        }
+    }
+}
+
+impl<D: Dimension> ToIdsMut for MultiHeadAttention<D> {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        self.handles()
     }
 }

@@ -49,11 +49,11 @@ fn a_row_with_every_key_masked_gives_zeros_not_nan() {
 #[test]
 fn bad_configs_are_refused() {
     let mut cx = Graph::new();
-    let err = MultiHeadAttention::<DModel>::new(&mut cx, "layers.1.attn", 10, 3, None)
+    let err = MultiHeadAttention::<DModel>::new(&mut cx, 10, 3, None)
         .err()
         .unwrap();
     assert!(
-        err.to_string().contains("layers.1.attn: d_model (10)"),
+        err.to_string().contains("MultiHeadAttention: d_model (10)"),
         "{err}"
     );
     // d_model 6 over 2 heads gives heads of 3: RoPE cannot pair 3 features.
@@ -77,7 +77,8 @@ fn bad_configs_are_refused() {
 fn compiled_op_listing_snapshot() {
     let mut cx = Graph::new();
     let rope = Rope::new(&mut cx, 8, 2, ROPE_THETA).unwrap();
-    let mut attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", 4, 2, Some(rope)).unwrap();
+    let mut attn = MultiHeadAttention::<DModel>::new(&mut cx, 4, 2, Some(rope)).unwrap();
+    crate::graph::params::label_inputs(&mut cx, &attn, "attn");
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let causal = causal_mask::<Seq>(&mut cx).expand::<(Batch, Seq, Seq), _>();
     let mut y = attn.attend(x, x, causal).retrieve();
@@ -276,7 +277,7 @@ fn gradients_match_finite_differences() {
     let mut rng = crate::graph::init::rng(10);
     let mut cx = Graph::new();
     let rope = Rope::new(&mut cx, 8, 2, ROPE_THETA).unwrap();
-    let attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", 4, 2, Some(rope)).unwrap();
+    let attn = MultiHeadAttention::<DModel>::new(&mut cx, 4, 2, Some(rope)).unwrap();
     for p in attn.projections() {
         p.load(uniform(&mut rng, 16, 1.0)).unwrap();
     }

@@ -1,6 +1,6 @@
 //! The decoder-only language model: embedding, N causal pre-norm blocks, final RMSNorm, LM head.
 //!
-//! Book page: [Chapter 6](../book/ch06_transformer.html#the-language-model).
+//! Book page: [Chapter 6](../../../book/ch06_transformer.html#the-language-model).
 
 use luminal::prelude::*;
 
@@ -13,7 +13,7 @@ use crate::ch05_attention::causal_mask;
 use crate::graph::dims::{Batch, DHead, DModel, MaxSeq, Seq, Vocab};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
-use crate::graph::params::{self, Param, Parameters, StateDict};
+use crate::graph::params::{self, Parameters, StateDict, Visitor};
 use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: config
@@ -96,6 +96,7 @@ pub fn lm_ref(
 
 // ANCHOR: lm
 /// A decoder-only transformer LM with CS336's state-dict names (book chapter 6).
+#[derive(Clone)]
 pub struct TransformerLm {
     /// The sizes the model was built with.
     pub config: TransformerConfig,
@@ -118,28 +119,18 @@ impl TransformerLm {
         let c = config;
         let rope = Rope::new(cx, c.context_length, c.d_model / c.n_heads, c.rope_theta)?;
         let layers = (0..c.n_layers)
-            .map(|i| {
-                Block::new(
-                    cx,
-                    &format!("layers.{i}"),
-                    [c.d_model, c.n_heads, c.d_ff],
-                    Some(rope),
-                )
-            })
+            .map(|_| Block::new(cx, [c.d_model, c.n_heads, c.d_ff], Some(rope)))
             .collect::<Result<_>>()?;
-        Ok(Self {
+        let model = Self {
             config: c.clone(),
-            token_embeddings: Embedding::new(
-                cx,
-                "token_embeddings.weight",
-                c.vocab_size,
-                c.d_model,
-            )?,
+            token_embeddings: Embedding::new(cx, c.vocab_size, c.d_model)?,
             rope,
             layers,
-            ln_final: RmsNorm::new(cx, "ln_final.weight", c.d_model)?,
-            lm_head: Linear::new(cx, "lm_head.weight", c.d_model, c.vocab_size)?,
-        })
+            ln_final: RmsNorm::new(cx, c.d_model)?,
+            lm_head: Linear::new(cx, c.d_model, c.vocab_size)?,
+        };
+        params::label_inputs(cx, &model, ""); // graph inputs show `layers.0.attn.q_proj.weight`
+        Ok(model)
     }
 
     /// Fresh weights from `rng` (the inits of book chapter 1).
@@ -185,23 +176,18 @@ impl TransformerLm {
 // ANCHOR_END: lm
 
 impl Parameters for TransformerLm {
-    fn params(&self) -> Vec<Param> {
-        let mut p = self.token_embeddings.params();
-        p.extend(self.layers.iter().flat_map(|l| l.params()));
-        p.extend(self.ln_final.params());
-        p.extend(self.lm_head.params());
-        p
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        v.module("token_embeddings", &mut self.token_embeddings);
+        v.buffers(self.rope.to_ids_mut());
+        v.modules("layers", &mut self.layers);
+        v.module("ln_final", &mut self.ln_final);
+        v.module("lm_head", &mut self.lm_head);
     }
 }
 
 impl ToIdsMut for TransformerLm {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        let mut ids = self.token_embeddings.to_ids_mut();
-        ids.extend(self.rope.to_ids_mut());
-        ids.extend(self.layers.iter_mut().flat_map(|l| l.to_ids_mut()));
-        ids.extend(self.ln_final.to_ids_mut());
-        ids.extend(self.lm_head.to_ids_mut());
-        ids
+        self.handles()
     }
 }
 

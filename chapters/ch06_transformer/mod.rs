@@ -7,7 +7,7 @@
 //! An encoder-decoder ([`seq2seq`]) encodes a source sequence and decodes a target that
 //! cross-attends to it: the architecture of the original transformer and of the copy task.
 //!
-//! Book page: [Chapter 6](../book/ch06_transformer.html).
+//! Book page: [Chapter 6](../../book/ch06_transformer.html).
 
 use luminal::prelude::*;
 
@@ -18,7 +18,7 @@ use crate::ch05_attention::{mha_ref, MultiHeadAttention};
 use crate::graph::dims::{DFf, DHead, DModel, MaxSeq};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
-use crate::graph::params::{Param, Parameters, StateDict};
+use crate::graph::params::{Param, Parameters, StateDict, Visitor};
 
 pub mod lm;
 pub mod seq2seq;
@@ -101,29 +101,28 @@ pub fn block_ref(
 /// A pre-norm transformer block: `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`.
 #[derive(Clone, Copy)]
 pub struct Block {
-    /// Norm before attention (`{name}.ln1.weight`).
+    /// Norm before attention (`ln1`).
     pub ln1: RmsNorm<DModel>,
-    /// Self-attention (`{name}.attn`), masked by the `allowed` given to `forward`.
+    /// Self-attention (`attn`), masked by the `allowed` given to `forward`.
     pub attn: MultiHeadAttention<DModel>,
-    /// Norm before the feed-forward network (`{name}.ln2.weight`).
+    /// Norm before the feed-forward network (`ln2`).
     pub ln2: RmsNorm<DModel>,
-    /// SwiGLU feed-forward network (`{name}.ffn`).
+    /// SwiGLU feed-forward network (`ffn`).
     pub ffn: SwiGlu<DModel, DFf>,
 }
 
 impl Block {
-    /// Add the block's weights under `name` (e.g. `layers.0`): `ln1`, `attn`, `ln2`, `ffn`.
+    /// Add the block's weights to `cx`: `ln1`, `attn`, `ln2`, `ffn`.
     pub fn new(
         cx: &mut Graph,
-        name: &str,
         [d_model, n_heads, d_ff]: [usize; 3],
         rope: Option<Rope<MaxSeq, DHead>>,
     ) -> Result<Self> {
         Ok(Self {
-            ln1: RmsNorm::new(cx, &format!("{name}.ln1.weight"), d_model)?,
-            attn: MultiHeadAttention::new(cx, &format!("{name}.attn"), d_model, n_heads, rope)?,
-            ln2: RmsNorm::new(cx, &format!("{name}.ln2.weight"), d_model)?,
-            ffn: SwiGlu::new(cx, &format!("{name}.ffn"), d_model, d_ff)?,
+            ln1: RmsNorm::new(cx, d_model)?,
+            attn: MultiHeadAttention::new(cx, d_model, n_heads, rope)?,
+            ln2: RmsNorm::new(cx, d_model)?,
+            ffn: SwiGlu::new(cx, d_model, d_ff)?,
         })
     }
 
@@ -148,25 +147,22 @@ impl Block {
 }
 // ANCHOR_END: block
 
+// ANCHOR: block_params
+// The block names its parts; the visitor prefixes them with the block's own name (`layers.0.`),
+// so `ln1`'s gain becomes `layers.0.ln1.weight` without any layer building that string.
 impl Parameters for Block {
-    fn params(&self) -> Vec<Param> {
-        [
-            self.ln1.params(),
-            self.attn.params(),
-            self.ln2.params(),
-            self.ffn.params(),
-        ]
-        .concat()
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        v.module("ln1", &mut self.ln1);
+        v.module("attn", &mut self.attn);
+        v.module("ln2", &mut self.ln2);
+        v.module("ffn", &mut self.ffn);
     }
 }
+// ANCHOR_END: block_params
 
 impl ToIdsMut for Block {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        let mut ids = self.ln1.to_ids_mut();
-        ids.extend(self.attn.to_ids_mut());
-        ids.extend(self.ln2.to_ids_mut());
-        ids.extend(self.ffn.to_ids_mut());
-        ids
+        self.handles()
     }
 }
 

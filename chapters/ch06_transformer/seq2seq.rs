@@ -3,7 +3,7 @@
 //! The encoder reads the whole source (self-attention with a source padding mask); the decoder
 //! reads the target so far (causal self-attention), looks at the encoded source
 //! (cross-attention, padding masked), and predicts the next target token.
-//! Book page: [Chapter 6](../book/ch06_transformer.html#the-encoder-decoder).
+//! Book page: [Chapter 6](../../../book/ch06_transformer.html#the-encoder-decoder).
 
 use luminal::prelude::*;
 
@@ -17,7 +17,7 @@ use crate::ch05_attention::{causal_mask, key_padding_mask, mha_ref, MultiHeadAtt
 use crate::graph::dims::{Batch, DFf, DHead, DModel, MaxSeq, Seq, SrcSeq, Vocab};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
-use crate::graph::params::{self, Param, Parameters, StateDict};
+use crate::graph::params::{self, Parameters, StateDict, Visitor};
 use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: seq2seq_config
@@ -89,27 +89,21 @@ pub struct DecoderBlock {
 }
 
 impl DecoderBlock {
-    /// Weights under `name` (e.g. `decoder.layers.0`).
+    /// Add the block's weights to `cx`: `ln1`, `self_attn`, `ln2`, `cross_attn`, `ln3`, `ffn`.
     pub fn new(
         cx: &mut Graph,
-        name: &str,
         [d_model, n_heads, d_ff]: [usize; 3],
         rope: Rope<MaxSeq, DHead>,
         cross_rope: Option<Rope<MaxSeq, DHead>>,
     ) -> Result<Self> {
-        let norm =
-            |cx: &mut Graph, n: &str| RmsNorm::new(cx, &format!("{name}.{n}.weight"), d_model);
-        let attn = |cx: &mut Graph, n: &str, r| {
-            MultiHeadAttention::new(cx, &format!("{name}.{n}"), d_model, n_heads, r)
-        };
         Ok(Self {
-            ln1: norm(cx, "ln1")?,
-            self_attn: attn(cx, "self_attn", Some(rope))?,
-            ln2: norm(cx, "ln2")?,
+            ln1: RmsNorm::new(cx, d_model)?,
+            self_attn: MultiHeadAttention::new(cx, d_model, n_heads, Some(rope))?,
+            ln2: RmsNorm::new(cx, d_model)?,
             // RoPE across sequences only on request (see `Seq2SeqConfig::cross_attention_rope`).
-            cross_attn: attn(cx, "cross_attn", cross_rope)?,
-            ln3: norm(cx, "ln3")?,
-            ffn: SwiGlu::new(cx, &format!("{name}.ffn"), d_model, d_ff)?,
+            cross_attn: MultiHeadAttention::new(cx, d_model, n_heads, cross_rope)?,
+            ln3: RmsNorm::new(cx, d_model)?,
+            ffn: SwiGlu::new(cx, d_model, d_ff)?,
         })
     }
 
@@ -132,28 +126,19 @@ impl DecoderBlock {
 // ANCHOR_END: decoder_block
 
 impl Parameters for DecoderBlock {
-    fn params(&self) -> Vec<Param> {
-        [
-            self.ln1.params(),
-            self.self_attn.params(),
-            self.ln2.params(),
-            self.cross_attn.params(),
-            self.ln3.params(),
-            self.ffn.params(),
-        ]
-        .concat()
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        v.module("ln1", &mut self.ln1);
+        v.module("self_attn", &mut self.self_attn);
+        v.module("ln2", &mut self.ln2);
+        v.module("cross_attn", &mut self.cross_attn);
+        v.module("ln3", &mut self.ln3);
+        v.module("ffn", &mut self.ffn);
     }
 }
 
 impl ToIdsMut for DecoderBlock {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        let mut ids = self.ln1.to_ids_mut();
-        ids.extend(self.self_attn.to_ids_mut());
-        ids.extend(self.ln2.to_ids_mut());
-        ids.extend(self.cross_attn.to_ids_mut());
-        ids.extend(self.ln3.to_ids_mut());
-        ids.extend(self.ffn.to_ids_mut());
-        ids
+        self.handles()
     }
 }
 
@@ -246,6 +231,7 @@ pub fn seq2seq_ref(
 
 // ANCHOR: seq2seq
 /// An encoder-decoder transformer sharing one token embedding table.
+#[derive(Clone)]
 pub struct Seq2Seq {
     /// The sizes the model was built with.
     pub config: Seq2SeqConfig,
@@ -272,19 +258,18 @@ impl Seq2Seq {
         let c = config;
         let sizes = [c.d_model, c.n_heads, c.d_ff];
         let rope = Rope::new(cx, c.context_length, c.d_model / c.n_heads, c.rope_theta)?;
-        let token_embeddings =
-            Embedding::new(cx, "token_embeddings.weight", c.vocab_size, c.d_model)?;
+        let token_embeddings = Embedding::new(cx, c.vocab_size, c.d_model)?;
         let encoder = (0..c.n_encoder_layers)
-            .map(|i| Block::new(cx, &format!("encoder.layers.{i}"), sizes, Some(rope)))
+            .map(|_| Block::new(cx, sizes, Some(rope)))
             .collect::<Result<_>>()?;
-        let encoder_norm = RmsNorm::new(cx, "encoder.ln_final.weight", c.d_model)?;
+        let encoder_norm = RmsNorm::new(cx, c.d_model)?;
         let decoder = (0..c.n_decoder_layers)
-            .map(|i| {
+            .map(|_| {
                 let cross = c.cross_attention_rope.then_some(rope);
-                DecoderBlock::new(cx, &format!("decoder.layers.{i}"), sizes, rope, cross)
+                DecoderBlock::new(cx, sizes, rope, cross)
             })
             .collect::<Result<_>>()?;
-        let decoder_norm = RmsNorm::new(cx, "decoder.ln_final.weight", c.d_model)?;
+        let decoder_norm = RmsNorm::new(cx, c.d_model)?;
         let lm_head = if c.tie_embeddings {
             // (vocab, d_model) is exactly a Linear(d_model -> vocab) weight: share the node.
             Linear {
@@ -293,9 +278,9 @@ impl Seq2Seq {
                 out_features: c.vocab_size,
             }
         } else {
-            Linear::new(cx, "lm_head.weight", c.d_model, c.vocab_size)?
+            Linear::new(cx, c.d_model, c.vocab_size)?
         };
-        Ok(Self {
+        let model = Self {
             config: c.clone(),
             token_embeddings,
             rope,
@@ -304,7 +289,9 @@ impl Seq2Seq {
             decoder,
             decoder_norm,
             lm_head,
-        })
+        };
+        params::label_inputs(cx, &model, ""); // graph inputs show their state-dict names
+        Ok(model)
     }
 
     /// Fresh weights from `rng`.
@@ -378,31 +365,25 @@ impl Seq2Seq {
 // ANCHOR_END: seq2seq
 
 impl Parameters for Seq2Seq {
-    fn params(&self) -> Vec<Param> {
-        let mut p = self.token_embeddings.params();
-        p.extend(self.encoder.iter().flat_map(|l| l.params()));
-        p.extend(self.encoder_norm.params());
-        p.extend(self.decoder.iter().flat_map(|l| l.params()));
-        p.extend(self.decoder_norm.params());
-        if !self.config.tie_embeddings {
-            p.extend(self.lm_head.params());
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+        v.module("token_embeddings", &mut self.token_embeddings);
+        v.buffers(self.rope.to_ids_mut());
+        v.modules("encoder.layers", &mut self.encoder);
+        v.module("encoder.ln_final", &mut self.encoder_norm);
+        v.modules("decoder.layers", &mut self.decoder);
+        v.module("decoder.ln_final", &mut self.decoder_norm);
+        if self.config.tie_embeddings {
+            // The same node as the embedding table: one state-dict entry, two handles to remap.
+            v.buffers([&mut self.lm_head.weight.id]);
+        } else {
+            v.module("lm_head", &mut self.lm_head);
         }
-        p
     }
 }
 
 impl ToIdsMut for Seq2Seq {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        let mut ids = self.token_embeddings.to_ids_mut();
-        ids.extend(self.rope.to_ids_mut());
-        ids.extend(self.encoder.iter_mut().flat_map(|l| l.to_ids_mut()));
-        ids.extend(self.encoder_norm.to_ids_mut());
-        ids.extend(self.decoder.iter_mut().flat_map(|l| l.to_ids_mut()));
-        ids.extend(self.decoder_norm.to_ids_mut());
-        if !self.config.tie_embeddings {
-            ids.extend(self.lm_head.to_ids_mut());
-        }
-        ids
+        self.handles()
     }
 }
 

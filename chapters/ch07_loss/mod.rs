@@ -6,7 +6,7 @@
 //! that count (padding does not). Perplexity `exp(mean CE)` reads the same number as "how many
 //! tokens the model hesitates between".
 //!
-//! Book page: [Chapter 7](../book/ch07_loss.html).
+//! Book page: [Chapter 7](../../book/ch07_loss.html).
 
 use luminal::prelude::*;
 

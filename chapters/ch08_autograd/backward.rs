@@ -9,7 +9,7 @@
 //! (unpermute, sum over broadcast, unslice, unpad). Two optimisations, kept apart from the
 //! rules, make the result compile to matrix products: merging broadcast dims (`views.rs`) and
 //! lazy broadcast gradients (`as_grad`, here).
-//! Book page: [Chapter 8](../book/ch08_autograd.html).
+//! Book page: [Chapter 8](../../../book/ch08_autograd.html).
 
 use std::collections::{HashMap, HashSet};
 

@@ -5,7 +5,7 @@
 //! then on luminal's primitive graph ([`backward`](mod@backward)), where each op's rule adds gradient nodes
 //! to the same graph. [`GradCheck`] checks any gradient against central finite differences.
 //!
-//! Book page: [Chapter 8](../book/ch08_autograd.html).
+//! Book page: [Chapter 8](../../book/ch08_autograd.html).
 
 use luminal::prelude::*;
 

@@ -1,5 +1,5 @@
 //! The backward rules: one match arm per primitive, as in the book's table.
-//! Book page: [Chapter 8](../book/ch08_autograd.html#2-one-rule-per-primitive).
+//! Book page: [Chapter 8](../../../book/ch08_autograd.html#2-one-rule-per-primitive).
 
 use std::collections::HashSet;
 

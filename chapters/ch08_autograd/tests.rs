@@ -191,7 +191,7 @@ fn linear_backward_compiles_to_matmuls() {
     use crate::graph::dims::{In, Out, Rows};
     use crate::graph::params::Parameters;
     let mut cx = Graph::new();
-    let lin = Linear::<In, Out>::new(&mut cx, "linear.weight", 3, 2).unwrap();
+    let lin = Linear::<In, Out>::new(&mut cx, 3, 2).unwrap();
     let x = tensor::input::<(Rows, In)>(&mut cx, "x");
     let y = lin.forward(x);
     let w = tensor::input::<(Rows, Out)>(&mut cx, "dy");
@@ -270,7 +270,7 @@ mod random_shapes {
         fn rms_norm(b in 1usize..3, s in 1usize..3, d in 2usize..6, seed in any::<u64>()) {
             let mut rng = crate::graph::init::rng(seed);
             let mut cx = Graph::new();
-            let n = RmsNorm::<DModel>::new(&mut cx, "ln.weight", d).unwrap();
+            let n = RmsNorm::<DModel>::new(&mut cx, d).unwrap();
             n.load(uniform(&mut rng, d, 2.0)).unwrap();
             let x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
             tensor::set(x, &[b, s, d], uniform(&mut rng, b * s * d, 2.0)).unwrap();
@@ -306,7 +306,7 @@ mod random_shapes {
             let mut rng = crate::graph::init::rng(seed);
             let mut cx = Graph::new();
             let rope = Rope::new(&mut cx, 4, 2, ROPE_THETA).unwrap();
-            let attn = MultiHeadAttention::<DModel>::new(&mut cx, "attn", d, heads, Some(rope)).unwrap();
+            let attn = MultiHeadAttention::<DModel>::new(&mut cx, d, heads, Some(rope)).unwrap();
             for p in attn.projections() {
                 p.load(uniform(&mut rng, d * d, 1.0)).unwrap();
             }
@@ -357,7 +357,7 @@ fn a_scaled_unary_gradient_runs_on_the_fast_cpu_backend() {
     use crate::graph::params::Parameters;
     let run = |device: Option<Device>| {
         let mut cx = Graph::new();
-        let lin = Linear::<In, Out>::new(&mut cx, "w", 3, 2).unwrap();
+        let lin = Linear::<In, Out>::new(&mut cx, 3, 2).unwrap();
         lin.load(vec![0.1, -0.2, 0.3, 0.4, 0.5, -0.6]).unwrap();
         let x = tensor::input::<(Rows, In)>(&mut cx, "x");
         tensor::set(x, &[2, 3], vec![1.0, 0.5, -1.0, 0.25, 2.0, 0.0]).unwrap();

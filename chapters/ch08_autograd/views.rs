@@ -1,7 +1,7 @@
 //! Views and their pullbacks: the logical shape of a view, and how a gradient with respect to
 //! a view is pulled back to the buffer behind it (unpermute, sum over broadcast, unslice,
 //! unpad), plus the one optimisation that makes weight gradients plain matmuls.
-//! Book page: [Chapter 8](../book/ch08_autograd.html#3-undoing-views).
+//! Book page: [Chapter 8](../../../book/ch08_autograd.html#3-undoing-views).
 
 use luminal::op;
 use luminal::prelude::*;

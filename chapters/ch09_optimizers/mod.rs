@@ -6,7 +6,7 @@
 //! decay applied separately ("decoupled"). Both are built as graph ops in the same graph as the
 //! forward and backward passes; the moments are graph inputs that carry over between steps.
 //!
-//! Book page: [Chapter 9](../book/ch09_optimizers.html).
+//! Book page: [Chapter 9](../../book/ch09_optimizers.html).
 
 use luminal::prelude::*;
 

@@ -4,7 +4,7 @@
 //! weights are unstable), then decays along a cosine to a floor. Gradient clipping caps the
 //! global L2 norm of all gradients, so one bad batch cannot throw the weights far away.
 //!
-//! Book page: [Chapter 10](../book/ch10_schedule.html).
+//! Book page: [Chapter 10](../../book/ch10_schedule.html).
 
 use luminal::prelude::*;
 

@@ -1,7 +1,7 @@
 //! Every setting of a run in one place: which model, which task, the optimiser, the schedule,
 //! sizes and seed, and the two experiments' settings. Saved in checkpoints as JSON.
 //!
-//! Book page: [Chapter 11](../book/ch11_training.html#the-loop).
+//! Book page: [Chapter 11](../../../book/ch11_training.html#the-loop).
 
 use super::data::{book_corpus, ByteTokenizer, CopyTask, TaskData};
 use crate::ch04_rope::ROPE_THETA;

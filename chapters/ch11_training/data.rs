@@ -1,7 +1,7 @@
 //! Data for training: token files (memory-mapped), random batches, a byte-level tokenizer and
 //! the copy task's samples.
 //!
-//! Book page: [Chapter 11](../book/ch11_training.html#data).
+//! Book page: [Chapter 11](../../../book/ch11_training.html#data).
 
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,7 @@
 //! bit-identically; generation samples from the trained model. Two experiments: the copy task
 //! (encoder-decoder) and a byte-level LM trained on this book's own pages.
 //!
-//! Book page: [Chapter 11](../book/ch11_training.html).
+//! Book page: [Chapter 11](../../book/ch11_training.html).
 
 pub mod checkpoint;
 pub mod config;

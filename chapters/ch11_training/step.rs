@@ -1,7 +1,7 @@
 //! The train step as ONE compiled graph: forward, loss, backward, clipping and AdamW. The
 //! learning rate is the only thing fed besides the batch.
 //!
-//! Book page: [Chapter 11](../book/ch11_training.html#the-train-step).
+//! Book page: [Chapter 11](../../../book/ch11_training.html#the-train-step).
 
 use luminal::prelude::*;
 
@@ -16,13 +16,14 @@ use crate::ch10_schedule::clip_grad_norm;
 use crate::graph::dims::{Batch, Seq, SrcSeq};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
-use crate::graph::params::{self, Param, Parameters, StateDict};
+use crate::graph::params::{self, Param, Parameters, StateDict, Visitor};
 use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: model
 /// Either model, built in a graph. (A few kB of graph handles each; one per graph, so boxing
 /// the larger variant would buy nothing.)
 #[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
 pub enum Model {
     /// The decoder-only language model.
     Lm(TransformerLm),
@@ -54,20 +55,17 @@ impl Model {
 }
 
 impl Parameters for Model {
-    fn params(&self) -> Vec<Param> {
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
         match self {
-            Model::Lm(m) => m.params(),
-            Model::Seq2Seq(m) => m.params(),
+            Model::Lm(m) => m.visit(v),
+            Model::Seq2Seq(m) => m.visit(v),
         }
     }
 }
 
 impl ToIdsMut for Model {
     fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        match self {
-            Model::Lm(m) => m.to_ids_mut(),
-            Model::Seq2Seq(m) => m.to_ids_mut(),
-        }
+        self.handles()
     }
 }
 // ANCHOR_END: model

@@ -1,6 +1,6 @@
 //! The training loop's state: config, data, schedule, the compiled train step, evaluation.
 //!
-//! Book page: [Chapter 11](../book/ch11_training.html#the-loop).
+//! Book page: [Chapter 11](../../../book/ch11_training.html#the-loop).
 
 use super::checkpoint::Checkpoint;
 use super::config::{Task, TrainConfig};

@@ -9,7 +9,7 @@
 //!   arange/equal/mul/sum chain and then panics: both are simply left out;
 //! - `RemoveSingleReductions` ignores the input's view: left out too.
 //!
-//! See the book's [chapter 0](../book/ch00_graphs.html#compiling).
+//! See the book's [chapter 0](../../book/ch00_graphs.html#compiling).
 
 use luminal::prelude::*;
 

@@ -4,7 +4,7 @@
 //! checked by the Rust compiler: each size is a luminal `Dyn<'c'>` dimension whose letter is
 //! part of the type. `GraphTensor<(Batch, Seq, DModel)>` cannot be multiplied by a weight whose
 //! inner dimension is `DFf`. The sizes are bound at run time in the graph's dyn map.
-//! See the book's [introduction](../book/introduction.html#shapes).
+//! See the book's [introduction](../../../book/introduction.html#shapes).
 
 use luminal::prelude::Dyn;
 

@@ -9,7 +9,7 @@
 //!
 //! [`apply`] is the one general builder underneath: an op and its inputs, each read through a
 //! view. Chapter 8's backward rules use it where gradients flow through views.
-//! See the book's [chapter 9](../book/ch09_optimizers.html#adamw-as-graph-ops).
+//! See the book's [chapter 9](../../../book/ch09_optimizers.html#flat-views-of-primitive-ops).
 
 use std::ops::{Add, Div, Mul, Neg, Sub};
 

@@ -2,7 +2,7 @@
 //!
 //! the CS336 conventions (book chapter 1): Linear weights ~ N(0, sigma^2) with sigma = sqrt(2 / (in + out)), Embedding
 //! weights ~ N(0, 1), both truncated at +-3 sigma. See the book's
-//! [chapter 1](../book/ch01_linear.html#initialisation).
+//! [chapter 1](../../../book/ch01_linear.html#initialisation).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

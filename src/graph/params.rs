@@ -49,13 +49,97 @@ impl Param {
 }
 
 /// Anything made of named parameters: layers, blocks, whole models.
-pub trait Parameters {
-    /// Every parameter, in state-dict order.
-    fn params(&self) -> Vec<Param>;
+///
+/// A module implements one method, [`visit`](Parameters::visit): it shows each of its own
+/// parameters to the [`Visitor`] under a local name (`weight`) and each sub-module under its
+/// field name (`attn`, `layers.{i}`). The visitor joins the names with dots, so state-dict
+/// names come from the nesting (`layers.0.attn.q_proj.weight`) and no layer is told its full
+/// name. Listing parameters ([`params`](Parameters::params)) and remapping graph handles through
+/// compilation (luminal's `ToIdsMut`, via [`handles`](Parameters::handles)) both walk the same
+/// `visit`, so they cannot disagree. This is the pattern of luminal's own `SerializeModule`.
+pub trait Parameters: Clone {
+    /// Show every parameter, sub-module and non-parameter graph handle to `v`, in state-dict
+    /// order.
+    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>);
+
+    /// Every parameter with its full name, in state-dict order.
+    fn params(&self) -> Vec<Param> {
+        // `visit` hands out `&mut` handles (compile needs them); listing only reads, so it walks
+        // a copy. Modules hold node ids and sizes, never tensor data: the copy is a few bytes.
+        let mut copy = self.clone();
+        let mut v = Visitor::default();
+        copy.visit(&mut v);
+        v.params
+            .into_iter()
+            .map(|(name, id, shape)| Param {
+                name,
+                id: *id,
+                shape,
+            })
+            .collect()
+    }
 
     /// Total number of values over all parameters.
     fn num_params(&self) -> usize {
         self.params().iter().map(Param::numel).sum()
+    }
+
+    /// Every graph node id the module holds (parameters and buffers such as RoPE tables), for
+    /// luminal's `ToIdsMut`: compilation rewrites the graph and remaps these in place.
+    fn handles(&mut self) -> Vec<&mut NodeIndex> {
+        let mut v = Visitor::default();
+        self.visit(&mut v);
+        let params = v.params.into_iter().map(|(_, id, _)| id);
+        params.chain(v.buffers).collect()
+    }
+}
+
+/// Collects what a [`Parameters::visit`] shows it, joining nested names with dots.
+#[derive(Default)]
+pub struct Visitor<'a> {
+    prefix: String,
+    params: Vec<(String, &'a mut NodeIndex, Vec<usize>)>,
+    buffers: Vec<&'a mut NodeIndex>,
+}
+
+impl<'a> Visitor<'a> {
+    /// A parameter named `name` within the current module, with its concrete shape.
+    pub fn param(&mut self, name: &str, id: &'a mut NodeIndex, shape: &[usize]) {
+        self.params
+            .push((format!("{}{name}", self.prefix), id, shape.to_vec()));
+    }
+
+    /// A sub-module, whose names get the prefix `name.`.
+    pub fn module(&mut self, name: &str, module: &'a mut impl Parameters) {
+        let outer = self.prefix.len();
+        self.prefix.push_str(name);
+        self.prefix.push('.');
+        module.visit(self);
+        self.prefix.truncate(outer);
+    }
+
+    /// A list of sub-modules, named `name.0`, `name.1`, ... (PyTorch's `nn.ModuleList`).
+    pub fn modules(&mut self, name: &str, modules: &'a mut [impl Parameters]) {
+        for (i, m) in modules.iter_mut().enumerate() {
+            self.module(&format!("{name}.{i}"), m);
+        }
+    }
+
+    /// Graph handles that are not parameters (constant tables, a tied weight's second handle):
+    /// remapped by compilation, absent from the state dict.
+    pub fn buffers(&mut self, ids: impl IntoIterator<Item = &'a mut NodeIndex>) {
+        self.buffers.extend(ids);
+    }
+}
+
+/// Label each parameter's graph input with its full state-dict name, so graph pictures, op
+/// listings and "wrong shape" errors say `layers.0.attn.q_proj.weight` rather than `weight`.
+/// `prefix` is the module's own name where it sits in a model (`"attn"`), or `""` for a whole
+/// model; whole-model constructors call this once the model is assembled.
+pub fn label_inputs(cx: &mut Graph, module: &impl Parameters, prefix: &str) {
+    let dot = if prefix.is_empty() { "" } else { "." };
+    for p in module.params() {
+        tensor::label_input(cx, p.id, &format!("{prefix}{dot}{}", p.name));
     }
 }
 
@@ -221,6 +305,60 @@ mod tests {
                 (k.to_string(), HostTensor::new(shape, data).unwrap())
             })
             .collect()
+    }
+
+    // A toy two-level model: the visitor must build `layers.1.w` from the nesting alone, list
+    // buffers only as handles, and the two walks (names, handles) must agree.
+    #[derive(Clone)]
+    struct Leaf {
+        w: NodeIndex,
+    }
+    impl Parameters for Leaf {
+        fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+            v.param("w", &mut self.w, &[2]);
+        }
+    }
+    #[derive(Clone)]
+    struct Net {
+        embed: Leaf,
+        layers: Vec<Leaf>,
+        table: NodeIndex,
+    }
+    impl Parameters for Net {
+        fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
+            v.module("embed", &mut self.embed);
+            v.buffers([&mut self.table]);
+            v.modules("layers", &mut self.layers);
+        }
+    }
+
+    #[test]
+    fn visitor_names_come_from_nesting_and_handles_include_buffers() {
+        let mut cx = Graph::new();
+        let mut leaf = || Leaf {
+            w: tensor::input::<(Const<2>,)>(&mut cx, "w").id,
+        };
+        let (embed, layers) = (leaf(), vec![leaf(), leaf()]);
+        let table = tensor::input::<(Const<2>,)>(&mut cx, "table").id;
+        let mut net = Net {
+            embed,
+            layers,
+            table,
+        };
+        let names: Vec<String> = net.params().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["embed.w", "layers.0.w", "layers.1.w"]);
+        assert_eq!(net.num_params(), 6);
+        let ids: Vec<NodeIndex> = net.handles().into_iter().map(|id| *id).collect();
+        let mut want: Vec<NodeIndex> = net.params().iter().map(|p| p.id).collect();
+        want.push(table); // buffers come after the parameters
+        assert_eq!(ids, want);
+        // Handles are the model's own fields: a remap through them moves the model.
+        *net.handles()[1] = table;
+        assert_eq!(net.layers[0].w, table);
+
+        label_inputs(&mut cx, &net, "net");
+        let label = format!("{:?}", cx.graph.node_weight(net.embed.w).unwrap());
+        assert!(label.starts_with("net.embed.w"), "{label}");
     }
 
     #[test]

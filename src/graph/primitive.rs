@@ -3,7 +3,7 @@
 //!
 //! One list, used by every layer that looks at ops: chapter 0 runs each primitive, chapter 8
 //! gives each one its backward rule, and the fast CPU backend fuses the elementwise ones.
-//! See the book's [chapter 0](../book/ch00_graphs.html).
+//! See the book's [chapter 0](../../../book/ch00_graphs.html).
 
 use luminal::op::{self, Operator};
 use luminal::prelude::petgraph::{visit::EdgeRef, Direction};

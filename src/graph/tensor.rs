@@ -4,7 +4,7 @@
 //! but the sizes of `Dyn` dimensions are only known when data arrives. These helpers check the
 //! data against the type, bind each symbolic dimension in the graph's dyn map, and refuse
 //! conflicting sizes with an error that names the tensor and the dimension.
-//! See the book's [introduction](../book/introduction.html#shapes).
+//! See the book's [introduction](../../../book/introduction.html#shapes).
 
 use std::fmt;
 
@@ -77,6 +77,15 @@ pub fn input<S: Shape>(cx: &mut Graph, name: &str) -> GraphTensor<S> {
     let label = format!("{name}{INPUT_SUFFIX}");
     t.set_name(&label);
     t
+}
+
+/// Rename the graph input `id` (made by [`input`]) to `name`.
+/// Other nodes (e.g. after compilation replaced the input) are left as they are.
+pub fn label_input(cx: &mut Graph, id: NodeIndex, name: &str) {
+    let node = cx.graph.node_weight_mut(id);
+    if let Some(f) = node.and_then(|op| op.as_any_mut().downcast_mut::<luminal::op::Function>()) {
+        f.0 = format!("{name}{INPUT_SUFFIX}");
+    }
 }
 
 /// The name given to [`input`] (or luminal's label for other nodes).

@@ -3,7 +3,7 @@
 //! luminal 0.2.0's `display()` sends the graph to an online Graphviz page. Here we write the
 //! DOT ourselves and lay it out with the `layout-rs` crate, so the book, the notebooks and CI
 //! all draw the same pictures offline. Also: [`op_listing`], a text form for snapshot tests.
-//! See the book's [chapter 0](../book/ch00_graphs.html#pictures).
+//! See the book's [chapter 0](../../../book/ch00_graphs.html#pictures).
 
 use std::fmt::Write as _;
 use std::path::Path;

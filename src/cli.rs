@@ -504,13 +504,42 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 
 /// `inspect`: config, step, tensors and sizes of a checkpoint.
 pub fn inspect(path: &Path) -> Result<()> {
+    use transformer_course::graph::params::{self, StateDict};
+    let rms = |t: &transformer_course::graph::tensor::HostTensor| {
+        (t.data.iter().map(|v| v * v).sum::<f32>() / t.data.len().max(1) as f32).sqrt()
+    };
+    let list = |d: &StateDict| {
+        for (name, t) in d {
+            println!(
+                "  {name:<40} {:<14} rms {:.4}",
+                format!("{:?}", t.shape),
+                rms(t)
+            );
+        }
+    };
+    let count = |d: &StateDict| d.values().map(|t| t.data.len()).sum::<usize>();
+    let file = params::read_safetensors_report(path)?;
+    if !file.metadata.contains_key("format") {
+        // A plain weights file, e.g. PyTorch's `save_file(model.state_dict(), ...)`.
+        println!("weights file {} (not a course checkpoint)", path.display());
+        let n = file.tensors.len();
+        let tensors = if n == 1 { "tensor" } else { "tensors" };
+        println!("{n} float {tensors}, {} values", count(&file.tensors));
+        for (name, dtype) in &file.converted {
+            println!(
+                "  converted to f32: {name} ({dtype}; F16/BF16 exactly, F64 rounded to nearest)"
+            );
+        }
+        for (name, dtype) in &file.skipped {
+            println!("  skipped: {name} ({dtype}, not floating point)");
+        }
+        list(&file.tensors);
+        return Ok(());
+    }
     let c = Checkpoint::load(path)?;
     println!("checkpoint {}", path.display());
     println!("steps done: {}", c.steps_done);
     println!("config:\n{}", c.config.to_json());
-    let count = |d: &transformer_course::graph::params::StateDict| {
-        d.values().map(|t| t.data.len()).sum::<usize>()
-    };
     println!(
         "weights: {} tensors, {} parameters; AdamW moments: {} + {} tensors",
         c.weights.len(),
@@ -518,10 +547,7 @@ pub fn inspect(path: &Path) -> Result<()> {
         c.adam_m.len(),
         c.adam_v.len()
     );
-    for (name, t) in &c.weights {
-        let rms = (t.data.iter().map(|v| v * v).sum::<f32>() / t.data.len().max(1) as f32).sqrt();
-        println!("  {name:<40} {:<14} rms {rms:.4}", format!("{:?}", t.shape));
-    }
+    list(&c.weights);
     Ok(())
 }
 

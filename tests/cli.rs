@@ -83,6 +83,37 @@ fn printed_configs_parse_back() {
 }
 
 #[test]
+fn inspect_lists_a_pytorch_weights_file_with_its_conversions() {
+    use safetensors::{tensor::TensorView, Dtype};
+    let dir = temp_dir("inspect-plain");
+    let path = dir.join("model.safetensors");
+    let half: Vec<u8> = [0x3C00u16, 0x3C00]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let step = 3i64.to_le_bytes();
+    let views = [
+        (
+            "lm_head.weight",
+            TensorView::new(Dtype::BF16, vec![1, 2], &half).unwrap(),
+        ),
+        ("step", TensorView::new(Dtype::I64, vec![1], &step).unwrap()),
+    ];
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let o = course(&["inspect", s(&path)]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("not a course checkpoint") && t.contains("1 float tensor, 2 values"),
+        "{t}"
+    );
+    assert!(t.contains("converted to f32: lm_head.weight (BF16"), "{t}");
+    assert!(t.contains("skipped: step (I64, not floating point)"), "{t}");
+    // bf16 0x3C00 is 2^(120-127) = 1/128: the rms of [1/128, 1/128].
+    assert!(t.contains("rms 0.0078"), "{t}");
+}
+
+#[test]
 fn missing_truncated_and_corrupt_checkpoints_are_named() {
     let dir = temp_dir("bad");
     let missing = dir.join("missing.safetensors");

@@ -81,7 +81,7 @@ pub fn clip_grad_norm_ref(grads: &mut [Vec<f32>], max_norm: f32) -> f32 {
 // ANCHOR: clip
 /// Global-norm clipping as graph ops: returns, for each gradient, a clipped gradient node
 /// (same layout), and the global norm node (a scalar). `scale = min(1, M / (norm + 1e-6))`,
-/// built with `LessThan` as `1 + (norm > M) * (M / (norm + 1e-6) - 1)`.
+/// built with `LessThan` as `1 + (M < norm) * (M / max(norm + 1e-6, M) - 1)`.
 pub fn clip_grad_norm(
     cx: &mut Graph,
     grads: &[Gradient],
@@ -91,15 +91,14 @@ pub fn clip_grad_norm(
         .iter()
         .map(|g| Flat::new(cx, g.grad, g.param.numel()))
         .collect();
-    // norm = sqrt(sum over every gradient of sum(g^2))
-    let total = flat.iter().map(|&g| (g * g).sum()).reduce(|a, b| a + b);
-    let norm = total
-        .unwrap_or_else(|| Flat::constant(cx, 0.0))
-        .sqrt()
-        .keep();
-    // scale = min(1, M / (norm + eps)) = 1 + (M < norm) * (M / (norm + eps) - 1)
+    let norm = global_norm(cx, &flat).keep();
+    // scale = min(1, M / (norm + eps)) = 1 + (M < norm) * (M / (norm + eps) - 1). A graph
+    // computes both branches, so the unused one must stay finite too (0 * inf is NaN): dividing
+    // by max(norm + eps, M) instead changes nothing where M < norm, and is at most 1 elsewhere.
     let max = Flat::constant(cx, max_norm);
-    let scale = 1.0 + max.less_than(norm) * (max / (norm + CLIP_EPS) - 1.0);
+    let denom = norm + CLIP_EPS;
+    let denom = denom + denom.less_than(max) * (max - denom); // max(norm + eps, M)
+    let scale = 1.0 + max.less_than(norm) * (max / denom - 1.0);
     let clipped = grads
         .iter()
         .zip(flat)
@@ -109,6 +108,12 @@ pub fn clip_grad_norm(
         })
         .collect();
     (clipped, norm.id)
+}
+
+/// `sqrt(sum over every gradient of sum(g^2))`, the norm that clipping caps (0 for no gradients).
+pub fn global_norm(cx: &mut Graph, grads: &[Flat]) -> Flat {
+    let total = grads.iter().map(|&g| (g * g).sum()).reduce(|a, b| a + b);
+    total.unwrap_or_else(|| Flat::constant(cx, 0.0)).sqrt()
 }
 // ANCHOR_END: clip
 

@@ -108,6 +108,22 @@ fn clipping_matches_pytorch() {
     }
 }
 
+/// A threshold as large as f32 allows never clips, and must not overflow on the way: the
+/// formula's unused branch once computed `f32::MAX / 1e-6 = inf` and `0 * inf = NaN`. Tiny
+/// gradients (norm 5e-7 < eps) make the unused branch as large as it gets.
+#[test]
+fn the_largest_threshold_leaves_gradients_unchanged() {
+    for grads in [
+        vec![vec![3.0, 4.0], vec![12.0]],
+        vec![vec![3e-7, 4e-7], vec![0.0]],
+    ] {
+        let shapes = vec![vec![2], vec![1]];
+        let (norm, clipped) = run_clip(&grads, &shapes, f32::MAX);
+        assert!(norm.is_finite(), "{norm}");
+        assert_eq!(clipped, grads); // scale exactly 1: bit-identical
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
     /// Graph clipping == the plain-Rust reference, and the clipped norm is min(norm, M).

@@ -81,23 +81,35 @@ impl Checkpoint {
                 field("format")?
             )));
         }
-        let number = |key: &str| -> Result<u128> {
-            field(key)?
-                .parse()
-                .map_err(|_| bad(format!("'{key}' is not a number")))
+        // Each number in its real type: "2^64" steps is an error, not a wrapped 0.
+        let u64_field = |key: &str| -> Result<u64> {
+            let text = field(key)?;
+            text.parse().map_err(|_| {
+                bad(format!(
+                    "'{key}' is '{text}', not a whole number below 2^64"
+                ))
+            })
         };
         let config = TrainConfig::from_json(field("config")?)
             .map_err(|e| bad(format!("its config is invalid: {e}")))?;
         let seed_hex = field("data_rng.seed")?;
-        let seed: Vec<u8> = (0..seed_hex.len() / 2)
-            .filter_map(|i| u8::from_str_radix(seed_hex.get(2 * i..2 * i + 2)?, 16).ok())
-            .collect();
-        let seed: [u8; 32] = seed
-            .try_into()
-            .map_err(|_| bad("'data_rng.seed' is not 32 hex bytes".into()))?;
+        let seed: [u8; 32] = (seed_hex.len() == 64 && seed_hex.is_ascii())
+            .then(|| {
+                (0..32)
+                    .map(|i| u8::from_str_radix(&seed_hex[2 * i..2 * i + 2], 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .flatten()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad("'data_rng.seed' is not 64 hex digits (32 bytes)".into()))?;
         let mut data_rng = CourseRng::from_seed(seed);
-        data_rng.set_stream(number("data_rng.stream")? as u64);
-        data_rng.set_word_pos(number("data_rng.word_pos")?);
+        data_rng.set_stream(u64_field("data_rng.stream")?);
+        let word_pos = field("data_rng.word_pos")?;
+        data_rng.set_word_pos(
+            word_pos
+                .parse::<u128>()
+                .map_err(|_| bad(format!("'data_rng.word_pos' is '{word_pos}', not a number")))?,
+        );
         let (mut weights, mut adam_m, mut adam_v) = Default::default();
         for (name, t) in tensors {
             if let Some(n) = name.strip_prefix(M_PREFIX) {
@@ -112,7 +124,7 @@ impl Checkpoint {
             weights,
             adam_m,
             adam_v,
-            steps_done: number("steps_done")? as u64,
+            steps_done: u64_field("steps_done")?,
             config,
             data_rng,
         })

@@ -68,8 +68,9 @@ pub struct TrainConfig {
     pub adamw: AdamWConfig,
     /// Learning-rate warmup and cosine decay (chapter 10).
     pub schedule: CosineSchedule,
-    /// Gradient clipping: the global L2 norm is scaled down to at most this (chapter 10).
-    pub max_grad_norm: f32,
+    /// Gradient clipping: the global L2 norm is scaled down to at most this (chapter 10);
+    /// `None` (`null` in JSON) switches clipping off.
+    pub max_grad_norm: Option<f32>,
     /// Seeds the weights (`seed`) and the data sampler (`seed + 1`).
     pub seed: u64,
 }
@@ -84,11 +85,12 @@ impl TrainConfig {
         if self.batch_size == 0 || self.steps == 0 {
             return bad("batch_size and steps must be at least 1".into());
         }
-        if !(self.max_grad_norm > 0.0 && self.max_grad_norm.is_finite()) {
-            return bad(format!(
-                "max_grad_norm must be > 0, got {}",
-                self.max_grad_norm
-            ));
+        if let Some(m) = self.max_grad_norm {
+            if !(m > 0.0 && m.is_finite()) {
+                return bad(format!(
+                    "max_grad_norm must be positive and finite, or null for no clipping; got {m}"
+                ));
+            }
         }
         match (&self.task, &self.model) {
             (Task::Copy(t), ModelConfig::Seq2Seq(m)) => {
@@ -165,7 +167,7 @@ pub fn copy_task_config() -> TrainConfig {
             warmup: 50,
             cosine_end: steps,
         },
-        max_grad_norm: 1.0,
+        max_grad_norm: Some(1.0),
         seed: 0,
     }
 }
@@ -196,7 +198,7 @@ pub fn book_lm_config() -> TrainConfig {
             warmup: 100,
             cosine_end: steps,
         },
-        max_grad_norm: 1.0,
+        max_grad_norm: Some(1.0),
         seed: 0,
     }
 }

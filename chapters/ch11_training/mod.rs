@@ -51,7 +51,7 @@ pub fn training_demo() -> crate::graph::error::Result<String> {
             warmup: 5,
             cosine_end: steps,
         },
-        max_grad_norm: 1.0,
+        max_grad_norm: Some(1.0),
         seed: 0,
     };
     let text = ByteTokenizer::encode(&"the cat sat on the mat. ".repeat(40));

@@ -10,11 +10,12 @@ use super::data::{LmBatch, Seq2SeqBatch};
 use crate::backend::Device;
 use crate::ch06_transformer::{Seq2Seq, TransformerLm};
 use crate::ch07_loss::{lm_loss, seq2seq_loss, Weighting};
-use crate::ch08_autograd::backward;
+use crate::ch08_autograd::{backward, Gradient};
 use crate::ch09_optimizers::{AdamW, AdamWConfig};
-use crate::ch10_schedule::clip_grad_norm;
+use crate::ch10_schedule::{clip_grad_norm, global_norm};
 use crate::graph::dims::{Batch, Seq, SrcSeq};
 use crate::graph::error::{CourseError, Result};
+use crate::graph::flat::Flat;
 use crate::graph::init::CourseRng;
 use crate::graph::params::{self, Param, Parameters, StateDict, Visitor};
 use crate::graph::tensor::{self, HostTensor};
@@ -204,6 +205,14 @@ impl ToIdsMut for Inputs {
     }
 }
 
+/// The global gradient norm as a kept node, for a step that does not clip.
+fn norm_only(cx: &mut Graph, grads: &[Gradient]) -> NodeIndex {
+    let flat: Vec<Flat> = (grads.iter())
+        .map(|g| Flat::new(cx, g.grad, g.param.numel()))
+        .collect();
+    global_norm(cx, &flat).keep().id
+}
+
 /// The value of a kept scalar node after a run.
 pub(super) fn scalar(cx: &Graph, id: NodeIndex, what: &str) -> Result<f32> {
     let v = tensor::read_node(cx, id, what)?;
@@ -243,12 +252,12 @@ impl TrainStep {
         config: &ModelConfig,
         weights: &StateDict,
         adamw: AdamWConfig,
-        max_grad_norm: f32,
+        max_grad_norm: Option<f32>,
         device: Device,
     ) -> Result<Self> {
-        if !(max_grad_norm > 0.0 && max_grad_norm.is_finite()) {
+        if let Some(m) = max_grad_norm.filter(|m| !(*m > 0.0 && m.is_finite())) {
             return Err(CourseError::Config(format!(
-                "max_grad_norm must be positive and finite, got {max_grad_norm}"
+                "max_grad_norm must be positive and finite (or None for no clipping), got {m}"
             )));
         }
         let mut cx = Box::new(Graph::new());
@@ -257,7 +266,13 @@ impl TrainStep {
         params::load_state_dict(&mut cx, &params, weights)?;
         let (mut inputs, loss) = Inputs::with_loss(&mut cx, &model);
         let grads = backward(&mut cx, &params, loss.id)?;
-        let (clipped, mut grad_norm) = clip_grad_norm(&mut cx, &grads, max_grad_norm);
+        let (clipped, mut grad_norm) = match max_grad_norm {
+            Some(max) => clip_grad_norm(&mut cx, &grads, max),
+            None => {
+                let norm = norm_only(&mut cx, &grads); // still measured, for the log
+                (grads, norm)
+            }
+        };
         let mut opt = AdamW::new(&mut cx, &clipped, adamw)?;
         let mut loss = loss.id;
         cx.keep_tensors(loss);
@@ -331,6 +346,18 @@ impl TrainStep {
         let m = self.opt.slots.iter().map(|s| read(s.m, &s.param));
         let v = self.opt.slots.iter().map(|s| read(s.v, &s.param));
         Ok((m.collect::<Result<_>>()?, v.collect::<Result<_>>()?))
+    }
+
+    /// Tests only: overwrite one weight without the load checks (which refuse non-finite
+    /// values), to see what a step does with a model that went bad during training.
+    #[cfg(test)]
+    pub(super) fn poison_weight(&mut self, name: &str, index: usize, value: f32) {
+        let p = self.params().into_iter().find(|p| p.name == name).unwrap();
+        let mut data = params::state_dict(&self.cx, std::slice::from_ref(&p)).unwrap()[name]
+            .data
+            .clone();
+        data[index] = value;
+        self.cx.set_tensor(p.id, 0, Tensor::new(data));
     }
 
     /// Restore weights, moments and the step count (all checked before anything is written).

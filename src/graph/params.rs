@@ -156,7 +156,67 @@ pub fn load_state_dict(cx: &mut Graph, params: &[Param], dict: &StateDict) -> Re
     Ok(())
 }
 
-/// Check that `dict` fits `params` exactly ([`load_state_dict`]'s checks), writing nothing.
+/// What a non-strict load ([`load_state_dict_non_strict`]) left out, like the value PyTorch's
+/// `load_state_dict(strict=False)` returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Parameters of the model that the state dict does not have (left as they were).
+    pub missing_keys: Vec<String>,
+    /// Tensors of the state dict that the model has no parameter for (ignored).
+    pub unexpected_keys: Vec<String>,
+}
+
+/// Load the tensors of `dict` that name a parameter of `params`, and report the rest. A tensor
+/// whose name matches but whose shape does not is still an error (as in PyTorch), and so is a
+/// non-finite value; nothing is written unless every matching tensor checks out.
+pub fn load_state_dict_non_strict(
+    cx: &mut Graph,
+    params: &[Param],
+    dict: &StateDict,
+) -> Result<LoadReport> {
+    let stripped = strip_compiled_prefix(dict)?;
+    let (present, missing): (Vec<&Param>, Vec<&Param>) = params
+        .iter()
+        .partition(|p| stripped.contains_key(p.name.as_str()));
+    let known: std::collections::HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    let mut unexpected: Vec<String> = (stripped.keys())
+        .filter(|k| !known.contains(*k))
+        .map(|k| k.to_string())
+        .collect();
+    unexpected.sort();
+    for p in &present {
+        check_tensor(p, stripped[p.name.as_str()])?;
+    }
+    for p in present {
+        cx.set_tensor(p.id, 0, Tensor::new(stripped[p.name.as_str()].data.clone()));
+        cx.keep_tensors(p.id);
+    }
+    Ok(LoadReport {
+        missing_keys: missing.iter().map(|p| p.name.clone()).collect(),
+        unexpected_keys: unexpected,
+    })
+}
+
+/// One tensor against its parameter: exact shape, finite values.
+fn check_tensor(p: &Param, t: &HostTensor) -> Result<()> {
+    if t.shape != p.shape {
+        return Err(CourseError::Shape {
+            what: format!("state-dict tensor '{}'", p.name),
+            expected: format!("{:?}", p.shape),
+            got: t.shape.clone(),
+        });
+    }
+    if let Some(i) = t.data.iter().position(|v| !v.is_finite()) {
+        return Err(CourseError::NonFinite(format!(
+            "state-dict tensor '{}' holds {} at index {i}; a model with it would compute nonsense",
+            p.name, t.data[i]
+        )));
+    }
+    Ok(())
+}
+
+/// Check that `dict` fits `params` exactly ([`load_state_dict`]'s checks: every parameter
+/// present with its shape and finite values, no other tensor), writing nothing.
 pub fn check_state_dict(params: &[Param], dict: &StateDict) -> Result<()> {
     let dict = strip_compiled_prefix(dict)?;
     for p in params {
@@ -169,13 +229,7 @@ pub fn check_state_dict(params: &[Param], dict: &StateDict) -> Result<()> {
                 dict.len()
             )));
         };
-        if t.shape != p.shape {
-            return Err(CourseError::Shape {
-                what: format!("state-dict tensor '{}'", p.name),
-                expected: format!("{:?}", p.shape),
-                got: t.shape.clone(),
-            });
-        }
+        check_tensor(p, t)?;
     }
     let known: std::collections::HashSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
     if let Some(extra) = dict.keys().find(|k| !known.contains(*k)) {
@@ -216,13 +270,37 @@ pub fn state_dict(cx: &Graph, params: &[Param]) -> Result<StateDict> {
         .collect()
 }
 
-/// Read every tensor of a `.safetensors` file (f32 only), keys as stored.
+/// Read every floating-point tensor of a `.safetensors` file as f32, keys as stored.
+///
+/// F32 is read as is; F16 and BF16 are widened exactly (every such value is an f32); F64 is
+/// rounded to the nearest f32 (a finite value beyond f32's range is an error naming the tensor).
+/// Tensors of other dtypes (integer buffers such as step counters, boolean masks) are left out;
+/// [`read_safetensors_report`] lists them and the conversions.
 pub fn read_safetensors(path: &Path) -> Result<StateDict> {
-    Ok(read_safetensors_with_metadata(path)?.0)
+    Ok(read_safetensors_report(path)?.tensors)
 }
 
-/// Every tensor of a `.safetensors` file (f32 only) and the string metadata of its header.
+/// [`read_safetensors`] plus the string metadata of the file's header.
 pub fn read_safetensors_with_metadata(path: &Path) -> Result<(StateDict, HashMap<String, String>)> {
+    let file = read_safetensors_report(path)?;
+    Ok((file.tensors, file.metadata))
+}
+
+/// What [`read_safetensors_report`] found in a file.
+#[derive(Clone, Debug, Default)]
+pub struct SafetensorsFile {
+    /// The floating-point tensors, as f32.
+    pub tensors: StateDict,
+    /// The header's string metadata.
+    pub metadata: HashMap<String, String>,
+    /// Tensors converted to f32, with their stored dtype (`F16`, `BF16`, `F64`).
+    pub converted: Vec<(String, String)>,
+    /// Tensors left out because they are not floating point, with their dtype (`I64`, `BOOL`).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Read a `.safetensors` file and say what was converted and what was left out.
+pub fn read_safetensors_report(path: &Path) -> Result<SafetensorsFile> {
     let bytes = std::fs::read(path).map_err(|source| CourseError::Io {
         path: path.to_path_buf(),
         source,
@@ -235,23 +313,63 @@ pub fn read_safetensors_with_metadata(path: &Path) -> Result<(StateDict, HashMap
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    let mut dict = StateDict::new();
+    let mut out = SafetensorsFile {
+        metadata: header.metadata().clone().unwrap_or_default(),
+        ..Default::default()
+    };
     for (name, view) in file.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(bad(format!(
-                "tensor '{name}' is {:?}; this course reads F32 (save with tensor.float())",
-                view.dtype()
-            )));
+        let dtype = view.dtype();
+        let Some(data) = to_f32(dtype, view.data()) else {
+            out.skipped.push((name, format!("{dtype:?}")));
+            continue;
+        };
+        // An f64 too large for f32 would become infinity without a word: refuse it instead.
+        let overflow = |(v, b): (&f32, &[u8])| {
+            v.is_infinite() && f64::from_le_bytes(b.try_into().unwrap()).is_finite()
+        };
+        if dtype == Dtype::F64 {
+            if let Some(i) = data
+                .iter()
+                .zip(view.data().chunks_exact(8))
+                .position(overflow)
+            {
+                let b = &view.data()[8 * i..8 * i + 8];
+                return Err(bad(format!(
+                    "tensor '{name}' (F64) holds {} at index {i}, beyond the range of f32",
+                    f64::from_le_bytes(b.try_into().unwrap())
+                )));
+            }
         }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        dict.insert(name, HostTensor::new(view.shape(), data)?);
+        if dtype != Dtype::F32 {
+            out.converted.push((name.clone(), format!("{dtype:?}")));
+        }
+        out.tensors
+            .insert(name, HostTensor::new(view.shape(), data)?);
     }
-    Ok((dict, metadata))
+    out.converted.sort();
+    out.skipped.sort();
+    Ok(out)
+}
+
+/// Little-endian `bytes` of `dtype` as f32, or `None` for a dtype that is not floating point.
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    let words = |n: usize| bytes.chunks_exact(n);
+    Some(match dtype {
+        Dtype::F32 => words(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        Dtype::F16 => words(2)
+            .map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32())
+            .collect(),
+        Dtype::BF16 => words(2)
+            .map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32())
+            .collect(),
+        // `as` rounds to nearest, ties to even, as PyTorch's `.float()` does.
+        Dtype::F64 => words(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
+        _ => return None,
+    })
 }
 
 /// Write a state dict as a `.safetensors` file (f32, little-endian), atomically, with optional
@@ -359,6 +477,120 @@ mod tests {
         label_inputs(&mut cx, &net, "net");
         let label = format!("{:?}", cx.graph.node_weight(net.embed.w).unwrap());
         assert!(label.starts_with("net.embed.w"), "{label}");
+    }
+
+    /// Write raw tensors (dtype, shape, little-endian bytes) as a safetensors file.
+    fn write_raw(path: &Path, tensors: &[(&str, Dtype, &[usize], Vec<u8>)]) {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .map(|(n, dt, shape, bytes)| {
+                let view = safetensors::tensor::TensorView::new(*dt, shape.to_vec(), bytes);
+                (n.to_string(), view.unwrap())
+            })
+            .collect();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn half_and_double_tensors_are_widened_and_integer_buffers_skipped() {
+        let dir = std::env::temp_dir().join(format!("tc-dtypes-{}", std::process::id()));
+        let path = dir.join("mixed.safetensors");
+        let le16 = |w: &[u16]| w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        let f64s = [0.1f64, -2.5, 1e-50];
+        write_raw(
+            &path,
+            &[
+                // f16 bit patterns decoded by hand: 0x3C00 = 1, 0xC000 = -2,
+                // 0x3555 = 2^-2 * (1 + 341/1024) = 0.333251953125, 0x0001 = 2^-24 (subnormal).
+                (
+                    "h",
+                    Dtype::F16,
+                    &[4],
+                    le16(&[0x3C00, 0xC000, 0x3555, 0x0001]),
+                ),
+                // bf16 is the top half of an f32: 0x3F80 = 1, 0x4049 = 3.140625.
+                ("b", Dtype::BF16, &[2], le16(&[0x3F80, 0x4049])),
+                (
+                    "d",
+                    Dtype::F64,
+                    &[3],
+                    f64s.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ),
+                ("step", Dtype::I64, &[1], 7i64.to_le_bytes().to_vec()),
+                ("mask", Dtype::BOOL, &[2], vec![1, 0]),
+            ],
+        );
+        let file = read_safetensors_report(&path).unwrap();
+        let t = &file.tensors;
+        assert_eq!(t["h"].data, [1.0, -2.0, 0.333_251_95, 2f32.powi(-24)]);
+        assert_eq!(t["b"].data, [1.0, 3.140625]);
+        // Nearest f32; 1e-50 is below f32's smallest subnormal and rounds to 0, as in PyTorch.
+        assert_eq!(t["d"].data, [0.1f32, -2.5, 0.0]);
+        assert_eq!(t.len(), 3);
+        let names = |v: &[(String, String)]| {
+            v.iter()
+                .map(|(n, d)| format!("{n}:{d}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&file.converted), ["b:BF16", "d:F64", "h:F16"]);
+        assert_eq!(names(&file.skipped), ["mask:BOOL", "step:I64"]);
+
+        // A double beyond f32's range is refused, not turned into infinity.
+        write_raw(
+            &path,
+            &[("big", Dtype::F64, &[1], 1e39f64.to_le_bytes().to_vec())],
+        );
+        let err = read_safetensors(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("'big' (F64) holds 1000000000000000000000000000000000000000 at index 0"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn non_strict_load_reports_missing_and_unexpected_and_loads_the_rest() {
+        let mut cx = Graph::new();
+        let w = tensor::input::<(Dyn<'a'>, Dyn<'c'>)>(&mut cx, "layer.weight");
+        let g = tensor::input::<(Dyn<'a'>,)>(&mut cx, "norm.weight");
+        let params = vec![Param::of(w, &[2, 3]), Param::of(g, &[2])];
+        let d = dict(&[("layer.weight", &[2, 3]), ("num_batches_tracked", &[1])]);
+        let report = load_state_dict_non_strict(&mut cx, &params, &d).unwrap();
+        assert_eq!(report.missing_keys, ["norm.weight"]);
+        assert_eq!(report.unexpected_keys, ["num_batches_tracked"]);
+        assert_eq!(
+            state_dict(&cx, &params[..1]).unwrap(),
+            dict(&[("layer.weight", &[2, 3])])
+        );
+        // The strict default refuses the same dict, naming the first problem.
+        let err = load_state_dict(&mut cx, &params, &d)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing tensor 'norm.weight'"), "{err}");
+        // A matching name with the wrong shape is an error even when not strict (as in PyTorch).
+        let wrong = dict(&[("layer.weight", &[3, 2])]);
+        assert!(load_state_dict_non_strict(&mut cx, &params, &wrong).is_err());
+    }
+
+    #[test]
+    fn non_finite_weights_are_refused_with_their_name() {
+        let mut cx = Graph::new();
+        let w = tensor::input::<(Dyn<'a'>,)>(&mut cx, "layer.weight");
+        let params = vec![Param::of(w, &[3])];
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let d = StateDict::from([(
+                "layer.weight".to_string(),
+                HostTensor::new(&[3], vec![0.0, bad, 1.0]).unwrap(),
+            )]);
+            let err = load_state_dict(&mut cx, &params, &d)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("'layer.weight' holds") && err.contains("at index 1"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -32,8 +32,19 @@ pub enum Command {
     /// Train-step tokens/s of the reference config (vocab 256, ctx 128, d_model 128, 4 layers,
     /// 4 heads, d_ff 384, batch 16).
     Bench(BenchArgs),
-    /// Show what a checkpoint holds.
-    Inspect { checkpoint: PathBuf },
+    /// Show what a checkpoint (or any .safetensors weights file) holds.
+    Inspect {
+        /// A course checkpoint or a PyTorch-style .safetensors file.
+        checkpoint: PathBuf,
+    },
+    /// Turn a text file into a token file for `train --data`: one token per UTF-8 byte
+    /// (vocabulary 256), little-endian u16.
+    Tokenize {
+        /// The text to read.
+        text: PathBuf,
+        /// The token file to write (atomically).
+        out: PathBuf,
+    },
     /// Print a task's default config as JSON (edit it and pass it to `train --config`).
     Config {
         #[arg(value_enum, default_value = "copy")]
@@ -53,6 +64,7 @@ pub enum TaskName {
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
+    /// What to learn (default: copy).
     #[arg(long, value_enum)]
     pub task: Option<TaskName>,
     /// A JSON config (see `config`); flags below override it.
@@ -61,34 +73,46 @@ pub struct TrainArgs {
     /// Continue from this checkpoint (its config is used; --steps may extend the run).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Optimiser steps in the whole run (the cosine decay ends here, or earlier if the config says so).
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Sequences per step.
     #[arg(long)]
     pub batch_size: Option<usize>,
-    #[arg(long)]
+    /// Peak learning rate (after warmup).
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
+    /// Seeds the weights (seed) and the batches (seed + 1).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// A token file for the LM task (default: the book's pages as bytes).
+    /// Token ids for the LM task: a raw file of little-endian ids (width: --data-width; make
+    /// one from text with `tokenize`), or a NumPy .npy 1-D array of uint16/uint32/int32/int64.
+    /// The first 90 % trains, the last 10 % validates. Default: the book's pages as bytes.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Bytes per id in a raw --data file (a .npy header says its own).
     #[arg(long, value_enum, default_value = "u16")]
     pub data_width: Width,
     /// Where the checkpoint and the loss curve go (default: runs/<task>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Evaluate (validation loss and a sample) every this many steps.
     #[arg(long, default_value_t = 250)]
     pub eval_every: u64,
+    /// Save a checkpoint every this many steps (and at the end).
     #[arg(long, default_value_t = 500)]
     pub checkpoint_every: u64,
+    /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
 pub enum Width {
+    /// Two bytes per id (vocabularies up to 65 536).
     #[default]
     U16,
+    /// Four bytes per id.
     U32,
 }
 
@@ -136,6 +160,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Generate(a)) => generate(a),
         Some(Command::Bench(a)) => bench(a),
         Some(Command::Inspect { checkpoint }) => inspect(&checkpoint),
+        Some(Command::Tokenize { text, out }) => tokenize(&text, &out),
         Some(Command::Config { task }) => {
             println!("{}", default_config(task).to_json());
             Ok(())
@@ -499,6 +524,23 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         }
     }
     std::io::stdout().flush().ok();
+    Ok(())
+}
+
+/// `tokenize`: text -> byte-level token file (u16), the format `train --data` reads.
+fn tokenize(text: &Path, out: &Path) -> Result<()> {
+    let bytes = std::fs::read(text).map_err(|source| CourseError::Io {
+        path: text.to_path_buf(),
+        source,
+    })?;
+    let ids: Vec<u32> = bytes.iter().map(|&b| u32::from(b)).collect();
+    TokenFile::write(out, &ids, TokenWidth::U16)?;
+    let n = ids.len();
+    println!(
+        "wrote {n} token{} (vocabulary 256, u16) to {}",
+        if n == 1 { "" } else { "s" },
+        out.display()
+    );
     Ok(())
 }
 

@@ -113,6 +113,52 @@ fn inspect_lists_a_pytorch_weights_file_with_its_conversions() {
     assert!(t.contains("rms 0.0078"), "{t}");
 }
 
+/// A newcomer's path: text -> `tokenize` -> `train --data`; and a negative `--lr` reaches the
+/// validator (clap once read `-1` as an unknown flag) and is named without a struct dump.
+#[test]
+fn tokenize_then_train_on_it_and_negative_lr_is_named() {
+    let dir = temp_dir("tokenize");
+    let story = dir.join("story.txt");
+    std::fs::write(
+        &story,
+        "Once upon a time there was a tiny model. ".repeat(40),
+    )
+    .unwrap();
+    let ids = dir.join("story.u16");
+    let o = course(&["tokenize", s(&story), s(&ids)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("wrote 1640 tokens"), "{}", text(&o));
+    assert_eq!(std::fs::read(&ids).unwrap().len(), 2 * 1640);
+    let out = dir.join("run");
+    let o = course(&[
+        "train",
+        "--task",
+        "lm",
+        "--data",
+        s(&ids),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--eval-every",
+        "1",
+        "--out",
+        s(&out),
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("checkpoint.safetensors").exists(), "{}", text(&o));
+    let o = course(&["train", "--lr", "-1", "--steps", "1", "--out", s(&out)]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("(lr_max, --lr) must be positive and finite; got -1"),
+        "{t}"
+    );
+    assert!(!t.contains("CosineSchedule"), "{t}");
+}
+
 #[test]
 fn missing_truncated_and_corrupt_checkpoints_are_named() {
     let dir = temp_dir("bad");

@@ -33,9 +33,21 @@ pub struct CosineSchedule {
 impl CosineSchedule {
     /// warmup <= cosine_end and 0 <= lr_min <= lr_max.
     pub fn validate(&self) -> Result<()> {
-        if self.warmup > self.cosine_end || !(0.0 <= self.lr_min && self.lr_min <= self.lr_max) {
+        let (lr_max, lr_min) = (self.lr_max, self.lr_min);
+        if !(lr_max > 0.0 && lr_max.is_finite()) {
             return Err(CourseError::Config(format!(
-                "schedule needs warmup <= cosine_end and 0 <= lr_min <= lr_max; got {self:?}"
+                "the learning rate (lr_max, --lr) must be positive and finite; got {lr_max}"
+            )));
+        }
+        if !(0.0 <= lr_min && lr_min <= lr_max) {
+            return Err(CourseError::Config(format!(
+                "lr_min must be between 0 and lr_max ({lr_max}); got {lr_min}"
+            )));
+        }
+        if self.warmup > self.cosine_end {
+            return Err(CourseError::Config(format!(
+                "warmup ({}) must not exceed cosine_end ({})",
+                self.warmup, self.cosine_end
             )));
         }
         Ok(())

@@ -46,7 +46,27 @@ fn cosine_schedule_at_every_step() {
     ];
     let got: Vec<f32> = (0..25).map(|t| s.lr(t)).collect();
     assert_close(&got, &want, 1e-6).unwrap();
-    assert!(CosineSchedule { warmup: 30, ..s }.validate().is_err());
+    // Each bad field is named, with its value (no struct dump).
+    for (bad, needle) in [
+        (
+            CosineSchedule { warmup: 30, ..s },
+            "warmup (30) must not exceed cosine_end (21)",
+        ),
+        (
+            CosineSchedule { lr_max: -1.0, ..s },
+            "(lr_max, --lr) must be positive and finite; got -1",
+        ),
+        (
+            CosineSchedule { lr_min: 2.0, ..s },
+            "lr_min must be between 0 and lr_max (1); got 2",
+        ),
+    ] {
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(
+            err.contains(needle) && !err.contains("CosineSchedule"),
+            "{err}"
+        );
+    }
 }
 
 /// Clip the gradients of three parameters in the graph; returns (norm, clipped gradients).

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use rand::Rng;
 
 use crate::graph::error::{CourseError, Result};
+use crate::graph::files::{parse_npy_header, NpyDtype};
 use crate::graph::init::CourseRng;
 
 // ANCHOR: token_file
@@ -30,37 +31,63 @@ impl TokenWidth {
     }
 }
 
-/// A file of token ids, memory-mapped: the OS pages in only what batches touch, so a corpus
-/// larger than memory trains as well as a small one.
+/// A file of token ids, read a window at a time: only the tokens a batch needs are read
+/// (positioned reads), so a corpus larger than memory trains as well as a small one, and a file
+/// that shrinks during a run gives an error naming it rather than a crash.
 pub struct TokenFile {
-    map: memmap2::Mmap,
-    width: TokenWidth,
+    file: std::fs::File,
+    dtype: NpyDtype,
+    data_offset: u64,
+    len: usize,
     path: PathBuf,
 }
 
 impl TokenFile {
-    /// Map `path`, refusing a file whose size is not a whole number of tokens.
+    /// Open a raw file of `width` ids, or a NumPy `.npy` array (its header gives the type:
+    /// uint16, uint32, int32 or int64). Refuses what is not a regular file, a size that is not a
+    /// whole number of tokens, and a header that does not describe a 1-D token array.
     pub fn open(path: &Path, width: TokenWidth) -> Result<Self> {
         let io = |source| CourseError::Io {
             path: path.to_path_buf(),
             source,
         };
+        let bad = |problem: String| CourseError::File {
+            path: path.to_path_buf(),
+            problem,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only; the course never writes a token file while reading it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        if map.len() % width.bytes() != 0 {
-            return Err(CourseError::File {
-                path: path.to_path_buf(),
-                problem: format!(
-                    "{} bytes is not a whole number of {width:?} tokens ({} bytes each)",
-                    map.len(),
-                    width.bytes()
-                ),
-            });
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            // A FIFO would block, a device never end, a directory fail late: say so now.
+            return Err(bad(
+                "not a regular file (a directory, pipe or device?)".into()
+            ));
+        }
+        let size = meta.len();
+        let (dtype, data_offset) = if path.extension().is_some_and(|e| e == "npy") {
+            let mut start = vec![0u8; size.min(1 << 16) as usize];
+            read_at(&file, &mut start, 0).map_err(io)?;
+            let h = parse_npy_header(&start).map_err(bad)?;
+            (h.dtype, h.data_offset)
+        } else {
+            let dtype = match width {
+                TokenWidth::U16 => NpyDtype::U16,
+                TokenWidth::U32 => NpyDtype::U32,
+            };
+            (dtype, 0)
+        };
+        let bytes = size - data_offset.min(size);
+        if bytes % dtype.bytes() as u64 != 0 {
+            return Err(bad(format!(
+                "{bytes} bytes of data is not a whole number of {dtype:?} tokens ({} bytes each)",
+                dtype.bytes()
+            )));
         }
         Ok(Self {
-            map,
-            width,
+            file,
+            dtype,
+            data_offset,
+            len: (bytes / dtype.bytes() as u64) as usize,
             path: path.to_path_buf(),
         })
     }
@@ -83,18 +110,27 @@ impl TokenFile {
         crate::graph::files::write_atomic(path, &bytes)
     }
 
-    /// The file this was mapped from.
+    /// The file this reads.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The element type (from the `.npy` header, or the width given to [`TokenFile::open`]).
+    pub fn dtype(&self) -> NpyDtype {
+        self.dtype
+    }
 }
 
-/// Anything that holds a sequence of token ids: a slice in memory or a mapped file.
+/// Anything that holds a sequence of token ids: a slice in memory or a file.
 pub trait TokenSource {
     /// Number of tokens.
     fn len(&self) -> usize;
-    /// Token `i`, for `i < len()`.
-    fn token(&self, i: usize) -> u32;
+    /// Tokens `start..start + out.len()` into `out` (the range must be within `len()`).
+    fn read(&self, start: usize, out: &mut [u32]) -> Result<()>;
+    /// Where token `i` lives, for error messages (a file names its byte offset).
+    fn locate(&self, i: usize) -> String {
+        format!("position {i}")
+    }
     /// True if there are no tokens.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -105,8 +141,9 @@ impl TokenSource for [u32] {
     fn len(&self) -> usize {
         <[u32]>::len(self)
     }
-    fn token(&self, i: usize) -> u32 {
-        self[i]
+    fn read(&self, start: usize, out: &mut [u32]) -> Result<()> {
+        out.copy_from_slice(&self[start..start + out.len()]);
+        Ok(())
     }
 }
 
@@ -114,22 +151,53 @@ impl TokenSource for Vec<u32> {
     fn len(&self) -> usize {
         <[u32]>::len(self)
     }
-    fn token(&self, i: usize) -> u32 {
-        self[i]
+    fn read(&self, start: usize, out: &mut [u32]) -> Result<()> {
+        self.as_slice().read(start, out)
     }
 }
 
 impl TokenSource for TokenFile {
     fn len(&self) -> usize {
-        self.map.len() / self.width.bytes()
+        self.len
     }
-    fn token(&self, i: usize) -> u32 {
-        let b = &self.map[i * self.width.bytes()..];
-        match self.width {
-            TokenWidth::U16 => u16::from_le_bytes([b[0], b[1]]) as u32,
-            TokenWidth::U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+    fn read(&self, start: usize, out: &mut [u32]) -> Result<()> {
+        let width = self.dtype.bytes();
+        let mut bytes = vec![0u8; out.len() * width];
+        let at = self.data_offset + (start * width) as u64;
+        read_at(&self.file, &mut bytes, at).map_err(|e| CourseError::File {
+            path: self.path.clone(),
+            problem: format!(
+                "cannot read tokens {start}..{} ({e}); did the file change during the run?",
+                start + out.len()
+            ),
+        })?;
+        for (i, (o, b)) in out.iter_mut().zip(bytes.chunks_exact(width)).enumerate() {
+            let id = match self.dtype {
+                NpyDtype::U16 => u16::from_le_bytes([b[0], b[1]]) as i64,
+                NpyDtype::U32 => u32::from_le_bytes(b.try_into().unwrap()) as i64,
+                NpyDtype::I32 => i32::from_le_bytes(b.try_into().unwrap()) as i64,
+                NpyDtype::I64 => i64::from_le_bytes(b.try_into().unwrap()),
+            };
+            *o = u32::try_from(id).map_err(|_| CourseError::OutOfRange {
+                what: format!("token id {id} at {}", self.locate(start + i)),
+                problem: "token ids are between 0 and 2^32 - 1".into(),
+            })?;
         }
+        Ok(())
     }
+    fn locate(&self, i: usize) -> String {
+        let offset = self.data_offset + (i * self.dtype.bytes()) as u64;
+        format!(
+            "token {i} (byte offset {offset}) of {}",
+            self.path.display()
+        )
+    }
+}
+
+/// Fill `buf` from `file` at byte `offset` (a positioned read: no shared cursor, no mapping).
+fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
 }
 
 /// A contiguous part of a token source (e.g. the last 10 % for validation), without copying.
@@ -156,10 +224,33 @@ impl<T: TokenSource> TokenSource for TokenRange<T> {
     fn len(&self) -> usize {
         self.len
     }
-    fn token(&self, i: usize) -> u32 {
-        assert!(i < self.len, "token {i} of a range of {}", self.len);
-        self.source.token(self.start + i)
+    fn read(&self, start: usize, out: &mut [u32]) -> Result<()> {
+        assert!(
+            start + out.len() <= self.len,
+            "tokens {start}.. of a range of {}",
+            self.len
+        );
+        self.source.read(self.start + start, out)
     }
+    fn locate(&self, i: usize) -> String {
+        self.source.locate(self.start + i)
+    }
+}
+
+/// The first id `>= vocab_size` in `data` with where it is, reading a chunk at a time.
+pub fn find_out_of_vocabulary(
+    data: &(impl TokenSource + ?Sized),
+    vocab_size: usize,
+) -> Result<Option<(u32, String)>> {
+    let mut chunk = vec![0u32; 1 << 20];
+    for start in (0..data.len()).step_by(chunk.len()) {
+        let n = chunk.len().min(data.len() - start);
+        data.read(start, &mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().position(|&t| t as usize >= vocab_size) {
+            return Ok(Some((chunk[i], data.locate(start + i))));
+        }
+    }
+    Ok(None)
 }
 // ANCHOR_END: token_file
 
@@ -200,10 +291,16 @@ pub fn get_batch(
     let starts: Vec<usize> = (0..batch)
         .map(|_| rng.gen_range(0..=data.len() - context - 1))
         .collect();
-    let window = |s: usize, shift: usize| (0..context).map(move |i| data.token(s + i + shift));
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    let mut window = vec![0u32; context + 1];
+    for &s in &starts {
+        data.read(s, &mut window)?; // context + 1 tokens: inputs, and targets one further
+        inputs.extend_from_slice(&window[..context]);
+        targets.extend_from_slice(&window[1..]);
+    }
     Ok(LmBatch {
-        inputs: starts.iter().flat_map(|&s| window(s, 0)).collect(),
-        targets: starts.iter().flat_map(|&s| window(s, 1)).collect(),
+        inputs,
+        targets,
         batch,
         context,
         starts,

@@ -18,8 +18,8 @@ pub mod train;
 pub use checkpoint::Checkpoint;
 pub use config::{book_data, book_lm_config, copy_task_config, ModelConfig, Task, TrainConfig};
 pub use data::{
-    book_corpus, get_batch, ByteTokenizer, CopyTask, LmBatch, Seq2SeqBatch, TaskData, TokenFile,
-    TokenRange, TokenSource, TokenWidth,
+    book_corpus, find_out_of_vocabulary, get_batch, ByteTokenizer, CopyTask, LmBatch, Seq2SeqBatch,
+    TaskData, TokenFile, TokenRange, TokenSource, TokenWidth,
 };
 pub use generate::{Generator, Sampling};
 pub use step::{LossGraph, Model, StepStats, TrainBatch, TrainStep};

@@ -13,6 +13,7 @@ use crate::graph::tensor;
 use crate::testing::assert_close;
 use luminal::prelude::*;
 use proptest::prelude::*;
+use std::path::Path;
 
 fn tiny_lm() -> TransformerConfig {
     TransformerConfig {
@@ -131,6 +132,31 @@ fn data_shorter_than_the_context_is_refused() {
     );
 }
 
+/// An id the model has no embedding for is found when the run starts, anywhere in the data,
+/// and named by its place (here token 2 500 000 of the validation split, past the 1M-token
+/// chunks the scan reads), not when a batch first happens to touch it.
+#[test]
+fn out_of_vocabulary_ids_are_found_before_training() {
+    let config = tiny_run(2);
+    let vocab = config.model.vocab_size() as u32;
+    let mut val = vec![1u32; 3_000_000];
+    val[2_500_000] = vocab;
+    let data = TaskData::Tokens {
+        train: Box::new(vec![1u32; 100]),
+        val: Box::new(val),
+    };
+    let err = Trainer::new(config, data, Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "token id {vocab} at position 2500000 (validation data)"
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn token_files_round_trip_and_bad_files_are_named() {
     let dir = temp_dir("tokens");
@@ -139,13 +165,13 @@ fn token_files_round_trip_and_bad_files_are_named() {
         let path = dir.join(format!("t-{width:?}.bin"));
         TokenFile::write(&path, &tokens, width).unwrap();
         let f = TokenFile::open(&path, width).unwrap();
-        let read: Vec<u32> = (0..f.len()).map(|i| f.token(i)).collect();
+        let mut read = vec![0; f.len()];
+        f.read(0, &mut read).unwrap();
         assert_eq!(read, tokens);
         let tail = TokenRange::new(std::sync::Arc::new(f), 3, 99); // clamped to the 5 tokens
-        assert_eq!(
-            (0..tail.len()).map(|i| tail.token(i)).collect::<Vec<_>>(),
-            [7, 300]
-        );
+        let mut read = vec![0; tail.len()];
+        tail.read(0, &mut read).unwrap();
+        assert_eq!(read, [7, 300]);
     }
     let err = TokenFile::write(&dir.join("big.bin"), &[70_000], TokenWidth::U16).unwrap_err();
     assert!(err.to_string().contains("70000"), "{err}");
@@ -161,6 +187,104 @@ fn token_files_round_trip_and_bad_files_are_named() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("missing.bin"), "{err}");
+}
+
+/// A `.npy` file as `np.save` writes it (format 1.0): magic, header length, a dict literal
+/// padded with spaces to a multiple of 64 bytes ending in a newline, then the data.
+fn npy(descr: &str, shape: &str, fortran: bool, data: &[u8]) -> Vec<u8> {
+    let dict = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape}, }}",
+        if fortran { "True" } else { "False" }
+    );
+    let pad = 64 - (10 + dict.len() + 1) % 64;
+    let header = format!("{dict}{}\n", " ".repeat(pad % 64));
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+#[test]
+fn npy_token_arrays_are_read_with_their_dtype_and_bad_headers_named() {
+    let dir = temp_dir("npy");
+    let ids = [3u32, 0, 65535, 42];
+    let le = |bytes: usize| -> Vec<u8> {
+        ids.iter()
+            .flat_map(|&t| (t as u64).to_le_bytes()[..bytes].to_vec())
+            .collect()
+    };
+    for (descr, bytes) in [("<u2", 2), ("<u4", 4), ("<i4", 4), ("<i8", 8)] {
+        let path = dir.join(format!("ids-{}.npy", &descr[1..]));
+        std::fs::write(&path, npy(descr, "(4,)", false, &le(bytes))).unwrap();
+        // The header decides the type: the width argument is for raw files only.
+        let f = TokenFile::open(&path, TokenWidth::U32).unwrap();
+        let mut read = vec![0; f.len()];
+        f.read(0, &mut read).unwrap();
+        assert_eq!(read, ids, "{descr}");
+    }
+    // A negative id in an int64 array is named with its byte offset: the header (128 bytes
+    // here: 10 + the padded dict) plus 2 tokens of 8 bytes.
+    let mut data = le(8);
+    data[16..24].copy_from_slice(&(-5i64).to_le_bytes());
+    let path = dir.join("negative.npy");
+    let file = npy("<i8", "(4,)", false, &data);
+    assert_eq!(file.len() - data.len(), 128);
+    std::fs::write(&path, file).unwrap();
+    let f = TokenFile::open(&path, TokenWidth::U16).unwrap();
+    let err = f.read(0, &mut [0; 4]).unwrap_err().to_string();
+    assert!(
+        err.contains("token id -5 at token 2 (byte offset 144)"),
+        "{err}"
+    );
+    for (descr, shape, fortran, needle) in [
+        ("<f4", "(4,)", false, "dtype <f4 is not a token type"),
+        ("<u2", "(2, 2)", false, "shape (2, 2); token arrays are 1-D"),
+        ("<u2", "(4,)", true, "Fortran order"),
+        (">u2", "(4,)", false, "dtype >u2"),
+    ] {
+        let path = dir.join("bad.npy");
+        std::fs::write(&path, npy(descr, shape, fortran, &le(2))).unwrap();
+        let err = TokenFile::open(&path, TokenWidth::U16)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("bad.npy") && err.contains(needle),
+            "{needle}: {err}"
+        );
+    }
+}
+
+/// Not regular files: a directory would fail late, `/dev/zero` never end; both refused at open.
+/// A file truncated while a run reads it (a tokenizer rewriting it) gives an error naming it,
+/// where a memory map would have killed the process with SIGBUS.
+#[test]
+fn odd_files_are_refused_and_a_shrinking_file_is_an_error_not_a_crash() {
+    let dir = temp_dir("oddfiles");
+    for path in [dir.as_path(), Path::new("/dev/zero")] {
+        let err = TokenFile::open(path, TokenWidth::U16)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    let path = dir.join("shrinks.bin");
+    TokenFile::write(&path, &(0..1000).collect::<Vec<u32>>(), TokenWidth::U16).unwrap();
+    let f = TokenFile::open(&path, TokenWidth::U16).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let err = get_batch(&f, 2, 400, &mut init::rng(0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shrinks.bin") && err.contains("did the file change"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::config::{Task, TrainConfig};
-use super::data::{get_batch, CopyTask, TaskData};
+use super::data::{find_out_of_vocabulary, get_batch, CopyTask, TaskData};
 use super::generate::{Generator, Sampling};
 use super::step::{LossGraph, StepStats, TrainBatch, TrainStep};
 use crate::backend::Device;
@@ -95,6 +95,14 @@ impl Trainer {
                                 "a context of {context} needs at least {} tokens",
                                 context + 1
                             ),
+                        });
+                    }
+                    // The whole file, now: not at step 21 050 when a batch first touches it.
+                    let vocab = config.model.vocab_size();
+                    if let Some((id, at)) = find_out_of_vocabulary(d.as_ref(), vocab)? {
+                        return Err(CourseError::OutOfRange {
+                            what: format!("token id {id} at {at} ({what} data)"),
+                            problem: format!("the model's vocabulary has {vocab} tokens"),
                         });
                     }
                 }

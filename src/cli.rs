@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::run_dir;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use transformer_course::backend::Device;
@@ -96,6 +98,9 @@ pub struct TrainArgs {
     /// Where the checkpoint and the loss curve go (default: runs/<task>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Start a new run in --out even if it holds one (which is then replaced).
+    #[arg(long)]
+    pub force: bool,
     /// Evaluate (validation loss and a sample) every this many steps.
     #[arg(long, default_value_t = 250)]
     pub eval_every: u64,
@@ -229,6 +234,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if let Some(t) = a.threads {
         transformer_course::backend::fast_cpu::set_threads(t);
     }
+    refuse_flags_that_do_not_apply(&a)?;
     let resumed = a.resume.as_deref().map(Checkpoint::load).transpose()?;
     let mut config = match (&resumed, &a.config) {
         (Some(c), _) => c.config.clone(),
@@ -261,8 +267,40 @@ pub fn train(a: TrainArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| Path::new("runs").join(task_name));
+    if matches!(config.task, Task::Copy(_)) && a.data.is_some() {
+        return Err(CourseError::Config(
+            "--data is for the LM task; the copy task makes its own data".into(),
+        ));
+    }
     let ckpt_path = out.join("checkpoint.safetensors");
+    if let Some(c) = &resumed {
+        if c.steps_done >= config.steps {
+            eprintln!(
+                "already at step {} of {}: nothing to do (pass a larger --steps to go on)",
+                c.steps_done, config.steps
+            );
+            return Ok(());
+        }
+    }
+    // Claim the folder before any work: a bad --out, or a run already there, is found now,
+    // not at the first save 500 steps later.
+    let run_dir = run_dir::RunDir::claim(&out)?;
+    let resuming_here = a
+        .resume
+        .as_deref()
+        .is_some_and(|r| same_file(r, &ckpt_path));
+    if ckpt_path.exists() && !resuming_here && !a.force {
+        return Err(CourseError::File {
+            path: out.clone(),
+            problem: format!(
+                "already holds a run; continue it with --resume {}, replace it with --force, or \
+                 choose another --out",
+                ckpt_path.display()
+            ),
+        });
+    }
     let data = task_data(&config, a.data.as_deref(), a.data_width)?;
+    let prompt = eval_prompt(&data);
     let device = Device::Cpu;
     let started = Instant::now();
     let mut trainer = match &resumed {
@@ -286,7 +324,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
         Task::Copy(t) => config.batch_size * (t.source_len + t.target_len()),
         Task::Lm { context } => config.batch_size * context,
     } as f64;
-    let (mut losses, mut evals) = (Vec::new(), Vec::new());
+    // The history of the run so far (a resumed run's curve starts at step 0, not at the resume).
+    let (mut losses, mut evals): (run_dir::Curve, run_dir::Curve) = if resuming_here {
+        run_dir.read_history(trainer.steps_done)?
+    } else {
+        Default::default()
+    };
+    run_dir::catch_interrupt();
     // On a terminal, a progress bar with the latest numbers; in a log, a line every 50 steps.
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
@@ -314,10 +358,28 @@ pub fn train(a: TrainArgs) -> Result<()> {
         checkpoint_path: Some(ckpt_path.clone()),
     };
     let (t0, first) = (Instant::now(), trainer.steps_done);
+    let save_curves = |losses: &[(f32, f32)], evals: &[(f32, f32)]| -> Result<()> {
+        run_dir.write_history(losses, evals)?;
+        let svg = plot::line_chart_log_y(
+            &format!("{task_name}: loss"),
+            "step",
+            "cross-entropy (log scale)",
+            &[
+                plot::Series::line("train (batch)", losses.to_vec()),
+                plot::Series::dots("eval", evals.to_vec()),
+            ],
+        );
+        write_atomic(&out.join("loss.svg"), svg.as_bytes())
+    };
     let result = trainer.run(&options, |trainer, event| {
         match event {
             Event::Step { step, stats } => {
                 losses.push((step as f32, stats.loss));
+                if run_dir::interrupted() {
+                    trainer.checkpoint()?.save(&ckpt_path)?;
+                    save_curves(&losses, &evals)?;
+                    return Err(CourseError::Interrupted(step));
+                }
                 let rate = (step - first) as f64 * tokens_per_step / t0.elapsed().as_secs_f64();
                 let line = format!(
                     "step {step:>6}/{} loss {:.4} lr {:.2e} |g| {:.3} {rate:>7.0} tok/s",
@@ -334,26 +396,21 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 evals.push((step as f32, loss));
                 generator.load(&trainer.step.weights()?)?;
                 let n = if step == config.steps { 256 } else { 64 };
-                let sample = show_sample(&mut generator, &config, n)?;
+                let sample = show_sample(&mut generator, &config, &prompt, n)?;
                 say(format!("  step {step}: eval loss {loss:.4} | {sample}"));
             }
-            Event::Saved { .. } => {
-                let svg = plot::line_chart_log_y(
-                    &format!("{task_name}: loss"),
-                    "step",
-                    "cross-entropy (log scale)",
-                    &[
-                        plot::Series::line("train (batch)", losses.clone()),
-                        plot::Series::dots("eval", evals.clone()),
-                    ],
-                );
-                write_atomic(&out.join("loss.svg"), svg.as_bytes())?;
-            }
+            Event::Saved { .. } => save_curves(&losses, &evals)?,
         }
         Ok(())
     });
     bar.finish_and_clear();
     if let Err(e) = result {
+        if let CourseError::Interrupted(step) = e {
+            eprintln!(
+                "interrupted at step {step}: checkpoint saved; continue with --resume {}",
+                ckpt_path.display()
+            );
+        }
         if matches!(e, CourseError::NonFinite(_)) {
             eprintln!("stopping: {e}");
             if ckpt_path.exists() {
@@ -375,8 +432,68 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// A one-line sample: the copy task's exact-match score, or an LM continuation.
-fn show_sample(g: &mut Generator, config: &TrainConfig, n: usize) -> Result<String> {
+/// Flags that a resumed run or a config file already fixes: refused, never silently ignored.
+fn refuse_flags_that_do_not_apply(a: &TrainArgs) -> Result<()> {
+    let given = |flag: &str, set: bool| set.then(|| flag.to_string());
+    let fixed_by = |source: &str, flags: Vec<Option<String>>| -> Result<()> {
+        let flags: Vec<String> = flags.into_iter().flatten().collect();
+        if flags.is_empty() {
+            return Ok(());
+        }
+        Err(CourseError::Config(format!(
+            "{} cannot be changed with {source} (the run's config fixes it); \
+             edit a config file instead (see `config`)",
+            flags.join(", ")
+        )))
+    };
+    if a.resume.is_some() {
+        fixed_by(
+            "--resume",
+            vec![
+                given("--task", a.task.is_some()),
+                given("--config", a.config.is_some()),
+                given("--lr", a.lr.is_some()),
+                given("--batch-size", a.batch_size.is_some()),
+                given("--seed", a.seed.is_some()),
+            ],
+        )?;
+    }
+    if a.config.is_some() {
+        fixed_by("--config", vec![given("--task", a.task.is_some())])?;
+    }
+    Ok(())
+}
+
+/// Whether two paths name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The LM's sample prompt: the first 4 tokens of the validation data, so it is in the
+/// vocabulary of any data set (a fixed text such as "The " is not, for a vocabulary under 105).
+fn eval_prompt(data: &TaskData) -> Vec<u32> {
+    match data {
+        TaskData::Tokens { val, .. } => {
+            let mut prompt = vec![0; val.len().min(4)];
+            match val.read(0, &mut prompt) {
+                Ok(()) => prompt,
+                Err(_) => Vec::new(),
+            }
+        }
+        TaskData::Copy => Vec::new(),
+    }
+}
+
+/// A one-line sample: the copy task's exact-match score, or an LM continuation of `prompt`.
+fn show_sample(
+    g: &mut Generator,
+    config: &TrainConfig,
+    prompt: &[u32],
+    n: usize,
+) -> Result<String> {
     match &config.task {
         Task::Copy(task) => {
             let s = copy_score(g, task, n, &mut init::rng(EVAL_SEED + 1))?;
@@ -387,17 +504,19 @@ fn show_sample(g: &mut Generator, config: &TrainConfig, n: usize) -> Result<Stri
             ))
         }
         Task::Lm { .. } => {
-            let prompt = ByteTokenizer::encode("The ");
             let sampling = Sampling {
                 temperature: 0.8,
                 top_k: None,
                 top_p: Some(0.95),
             };
-            let out = g.generate(&prompt, 60, None, &sampling, &mut init::rng(0))?;
-            Ok(format!(
-                "{:?}",
-                format!("The {}", ByteTokenizer::decode(&out))
-            ))
+            let out = g.generate(prompt, 60, None, &sampling, &mut init::rng(0))?;
+            let all = [prompt, &out[..]].concat();
+            // Byte-level data reads as text; other ids are shown as numbers.
+            Ok(if config.model.vocab_size() <= 256 {
+                format!("{:?}", ByteTokenizer::decode(&all))
+            } else {
+                format!("{:?}", &all[..all.len().min(16)])
+            })
         }
     }
 }

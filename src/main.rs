@@ -6,11 +6,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod run_dir;
 
 fn main() -> ExitCode {
+    run_dir::quiet_broken_pipe();
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(transformer_course::graph::error::CourseError::Interrupted(_)) => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -73,6 +73,155 @@ fn train_resume_inspect_generate() {
     assert_eq!(text(&o).matches("source ").count(), 3, "{}", text(&o));
 }
 
+/// A run folder holds one run: a second run into it is refused (the first kept), a live
+/// process's lock is respected and a dead one's taken over, temporaries of crashed saves are
+/// removed, flags a resumed run cannot honour are refused, resuming a finished run writes
+/// nothing, and the loss history spans the resume.
+#[test]
+fn run_folders_are_never_overwritten_or_shared() {
+    let dir = temp_dir("rundir");
+    let out = dir.join("copy");
+    let ckpt = out.join("checkpoint.safetensors");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--task",
+            "copy",
+            "--eval-every",
+            "1",
+            "--out",
+            s(&out),
+        ];
+        args.extend(extra);
+        course(&args)
+    };
+    let o = train(&["--steps", "2"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = std::fs::read(&ckpt).unwrap();
+
+    let o = train(&["--steps", "2"]);
+    assert!(
+        !o.status.success() && text(&o).contains("already holds a run"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), first);
+
+    // Our own pid is a live process that is not the child: its lock stands.
+    std::fs::write(out.join(".lock"), std::process::id().to_string()).unwrap();
+    let resume = |extra: &[&str]| {
+        let mut args = vec!["train", "--resume", s(&ckpt), "--out", s(&out)];
+        args.extend(extra);
+        course(&args)
+    };
+    let o = resume(&["--steps", "3"]);
+    let holder = format!("another run (pid {})", std::process::id());
+    assert!(
+        !o.status.success() && text(&o).contains(&holder),
+        "{}",
+        text(&o)
+    );
+    // A pid above the kernel's limit (2^22) cannot be running: that lock is stale.
+    std::fs::write(out.join(".lock"), "4194305").unwrap();
+    std::fs::write(
+        out.join(".checkpoint.safetensors.tmp12345"),
+        vec![0u8; 1000],
+    )
+    .unwrap();
+
+    let o = resume(&["--lr", "0.1"]);
+    assert!(!o.status.success() && text(&o).contains("--lr cannot be changed with --resume"));
+    let o = resume(&["--steps", "2"]);
+    assert!(
+        o.status.success() && text(&o).contains("already at step 2 of 2"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), first);
+
+    let o = resume(&["--steps", "4"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!out.join(".checkpoint.safetensors.tmp12345").exists());
+    assert!(
+        !out.join(".lock").exists(),
+        "the lock is released at the end"
+    );
+    let history = std::fs::read_to_string(out.join("losses.csv")).unwrap();
+    let steps: Vec<&str> = (history.lines())
+        .filter(|l| l.contains(",train,"))
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(steps, ["1", "2", "3", "4"], "{history}");
+}
+
+/// Ctrl-C during training saves a checkpoint at the current step and exits with 130.
+#[test]
+fn ctrl_c_saves_the_step_it_is_on() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir("ctrlc");
+    let out = dir.join("copy");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_transformer-course"))
+        .args(["train", "--steps", "100000", "--eval-every", "100000"])
+        .args(["--checkpoint-every", "100000", "--out", s(&out)])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Without a terminal the loop logs step 1, then every 50 steps: wait for step 1.
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        if line.contains("step      1/") {
+            break;
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let log = format!("{log}\n{}", rest.join("\n"));
+    assert_eq!(status.code(), Some(130), "{log}");
+    let ckpt = Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    assert!(ckpt.steps_done >= 1, "{log}");
+    let said = format!("interrupted at step {}: checkpoint saved", ckpt.steps_done);
+    assert!(log.contains(&said), "{log}");
+}
+
+/// An LM whose vocabulary (20) has no room for the text "The " (id 84) trains, evaluates and
+/// samples end to end: the sample's prompt comes from the data.
+#[test]
+fn a_small_vocabulary_lm_runs_end_to_end() {
+    let dir = temp_dir("smallvocab");
+    let o = course(&["config", "lm"]);
+    let mut config: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    config["model"]["lm"]["vocab_size"] = 20.into();
+    config["model"]["lm"]["context_length"] = 16.into();
+    config["task"]["lm"]["context"] = 16.into();
+    let config_path = dir.join("small.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let ids: Vec<u8> = (0..2000u16)
+        .flat_map(|i| (i * 7 % 20).to_le_bytes())
+        .collect();
+    let data = dir.join("ids.u16");
+    std::fs::write(&data, ids).unwrap();
+    let out = dir.join("run");
+    let o = course(&[
+        "train",
+        "--config",
+        s(&config_path),
+        "--data",
+        s(&data),
+        "--steps",
+        "2",
+        "--eval-every",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("step 2: eval loss"), "{}", text(&o));
+}
+
 #[test]
 fn printed_configs_parse_back() {
     for task in ["copy", "lm"] {

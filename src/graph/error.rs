@@ -95,6 +95,9 @@ pub enum CourseError {
     /// Training produced a NaN or infinite loss or gradient (the message says where).
     #[error("non-finite values: {0}")]
     NonFinite(String),
+    /// A run stopped on request (e.g. Ctrl-C) at this step, after saving what it had.
+    #[error("interrupted at step {0}")]
+    Interrupted(u64),
     /// A graph picture that could not be laid out.
     #[error("could not render the graph picture: {0}")]
     Render(String),

@@ -123,18 +123,37 @@ pub enum Width {
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    pub checkpoint: PathBuf,
-    /// LM: the text to continue. Copy task: ignored (random sources are copied).
+    /// A course checkpoint (or use --weights with --config).
+    #[arg(required_unless_present = "weights", conflicts_with_all = ["weights", "config"])]
+    pub checkpoint: Option<PathBuf>,
+    /// A decoder-only LM's weights under CS336's state-dict names, e.g. saved from PyTorch with
+    /// safetensors' `save_file` (F32, F16, BF16 or F64; `_orig_mod.` prefixes are fine).
+    #[arg(long, requires = "config")]
+    pub weights: Option<PathBuf>,
+    /// The model's sizes as JSON: vocab_size, context_length, d_model, n_layers (or
+    /// num_layers), n_heads (or num_heads), d_ff, rope_theta.
+    #[arg(long, requires = "weights")]
+    pub config: Option<PathBuf>,
+    /// LM: the text to continue (as bytes; for a byte-level vocabulary). Copy task: ignored
+    /// (random sources are copied).
     #[arg(long, default_value = "The ")]
     pub prompt: String,
+    /// LM: the prompt as token ids, e.g. `15,496,11` (for any tokenizer); the output is ids too.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    pub prompt_ids: Option<Vec<u32>>,
+    /// Tokens to generate.
     #[arg(long, default_value_t = 200)]
     pub max_new: usize,
+    /// Softmax temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f32,
+    /// Sample only among the k most likely tokens.
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities sum to p.
     #[arg(long)]
     pub top_p: Option<f32>,
+    /// Seeds the sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// LM: stop after this character (a single byte, e.g. a newline).
@@ -548,17 +567,48 @@ fn show_copies(g: &mut Generator, task: &CopyTask, n: usize) -> Result<()> {
 
 /// `generate`: load a checkpoint and sample.
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let ckpt = Checkpoint::load(&a.checkpoint)?;
-    let mut g = Generator::new(&ckpt.config.model, Device::Cpu)?;
-    g.load(&ckpt.weights)?;
+    let (model, weights, task) = match (&a.checkpoint, &a.weights, &a.config) {
+        (Some(path), _, _) => {
+            let ckpt = Checkpoint::load(path)?;
+            (ckpt.config.model, ckpt.weights, ckpt.config.task)
+        }
+        (None, Some(weights), Some(config)) => {
+            let text = std::fs::read_to_string(config).map_err(|source| CourseError::Io {
+                path: config.clone(),
+                source,
+            })?;
+            let c: transformer_course::ch06_transformer::TransformerConfig =
+                serde_json::from_str(&text).map_err(|e| CourseError::File {
+                    path: config.clone(),
+                    problem: format!("not a model config ({e})"),
+                })?;
+            let context = c.context_length;
+            let weights = transformer_course::graph::params::read_safetensors(weights)?;
+            (ModelConfig::Lm(c), weights, Task::Lm { context })
+        }
+        _ => {
+            return Err(CourseError::Config(
+                "give a checkpoint, or --weights with --config".into(),
+            ))
+        }
+    };
+    let mut g = Generator::new(&model, Device::Cpu)?;
+    g.load(&weights)?;
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,
     };
     sampling.validate()?;
-    match &ckpt.config.task {
+    match &task {
         Task::Copy(task) => show_copies(&mut g, task, 3),
+        Task::Lm { .. } if a.prompt_ids.is_some() => {
+            let prompt = a.prompt_ids.clone().unwrap_or_default();
+            let out = g.generate(&prompt, a.max_new, None, &sampling, &mut init::rng(a.seed))?;
+            let ids: Vec<String> = [prompt, out].concat().iter().map(u32::to_string).collect();
+            println!("{}", ids.join(","));
+            Ok(())
+        }
         Task::Lm { .. } => {
             let prompt = ByteTokenizer::encode(&a.prompt);
             let stop = match a.stop {

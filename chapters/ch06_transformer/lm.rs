@@ -27,9 +27,11 @@ pub struct TransformerConfig {
     pub context_length: usize,
     /// Width of the residual stream.
     pub d_model: usize,
-    /// Number of transformer blocks.
+    /// Number of transformer blocks (CS336's `num_layers` is read too).
+    #[serde(alias = "num_layers")]
     pub n_layers: usize,
-    /// Attention heads per block; d_model must divide by it.
+    /// Attention heads per block; d_model must divide by it (CS336's `num_heads` is read too).
+    #[serde(alias = "num_heads")]
     pub n_heads: usize,
     /// Hidden width of each SwiGLU feed-forward network.
     pub d_ff: usize,

@@ -120,6 +120,20 @@ impl Checkpoint {
                 StateDict::insert(&mut weights, name, t);
             }
         }
+        // The config's sizes against the tensors actually present, before anyone builds a
+        // model from them: 100 000 layers in the header of a 39-tensor file is refused here.
+        let expected = config.model.num_tensors();
+        for (what, n) in [
+            ("weights", weights.len()),
+            ("AdamW m", adam_m.len()),
+            ("AdamW v", adam_v.len()),
+        ] {
+            if n as u128 != expected {
+                return Err(bad(format!(
+                    "its config describes a model of {expected} tensors, but it holds {n} {what}"
+                )));
+            }
+        }
         Ok(Self {
             weights,
             adam_m,

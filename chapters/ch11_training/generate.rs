@@ -128,6 +128,12 @@ pub struct Generator {
 impl Generator {
     /// Build the model's forward pass for `config` and compile it for `device`; load weights next.
     pub fn new(config: &ModelConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let context = match config {
+            ModelConfig::Lm(c) => c.context_length,
+            ModelConfig::Seq2Seq(c) => c.context_length,
+        };
+        config.check_memory(1, context, "generating with this model")?;
         let mut cx = Box::new(Graph::new());
         let mut model = Model::new(&mut cx, config)?;
         let mut params = model.params();

@@ -704,6 +704,89 @@ fn bad_checkpoints_are_named_and_refused() {
     assert!(err.contains(&format!("'{name}' holds NaN")), "{err}");
 }
 
+/// The size formulas that guard allocation count what the built models hold: tensors and
+/// values of the graph's parameter list (chapter 6's visitor), for both models, tied or not.
+#[test]
+fn size_formulas_match_the_built_models() {
+    use crate::ch06_transformer::Seq2SeqConfig;
+    let s2s = |tie| Seq2SeqConfig {
+        vocab_size: 13,
+        context_length: 9,
+        d_model: 8,
+        n_heads: 2,
+        n_encoder_layers: 2,
+        n_decoder_layers: 3,
+        d_ff: 12,
+        rope_theta: 10_000.0,
+        tie_embeddings: tie,
+        cross_attention_rope: true,
+    };
+    let configs = [
+        ModelConfig::Lm(TransformerConfig::reference()),
+        ModelConfig::Lm(tiny_lm()),
+        ModelConfig::Seq2Seq(s2s(true)),
+        ModelConfig::Seq2Seq(s2s(false)),
+    ];
+    for config in configs {
+        let model = Model::new(&mut Graph::new(), &config).unwrap();
+        assert_eq!(
+            config.num_tensors(),
+            model.params().len() as u128,
+            "{config:?}"
+        );
+        assert_eq!(
+            config.num_params(),
+            model.num_params() as u128,
+            "{config:?}"
+        );
+    }
+}
+
+/// Sizes read from a file are checked before anything is allocated: a header claiming 100 000
+/// layers over a 9-tensor file, a context of 1e10 or 2^62 (which once wrapped a capacity and
+/// looped), a batch of 1e12. Each is refused at once with the size and the estimate named.
+#[test]
+fn absurd_sizes_are_refused_before_allocation() {
+    let dir = temp_dir("absurd");
+    let good = dir.join("good.safetensors");
+    let trainer = Trainer::new(tiny_run(2), pattern_data(), Device::Cpu).unwrap();
+    trainer.checkpoint().unwrap().save(&good).unwrap();
+    let (tensors, meta) = crate::graph::params::read_safetensors_with_metadata(&good).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();
+    config["model"]["lm"]["n_layers"] = 100_000.into();
+    let mut forged = meta.clone();
+    forged.insert("config".into(), config.to_string());
+    let path = dir.join("layers.safetensors");
+    crate::graph::params::write_safetensors(&path, &tensors, Some(forged)).unwrap();
+    let err = Checkpoint::load(&path).err().unwrap().to_string();
+    assert!(
+        err.contains("describes a model of 900003 tensors, but it holds 12 weights"),
+        "{err}"
+    );
+
+    for context in [10_000_000_000usize, 1 << 62] {
+        let big = ModelConfig::Lm(TransformerConfig {
+            context_length: context,
+            ..tiny_lm()
+        });
+        let err = Generator::new(&big, Device::Cpu).err().unwrap().to_string();
+        assert!(
+            err.contains("needs at least") && err.contains("available"),
+            "{err}"
+        );
+    }
+    let mut huge_batch = tiny_run(2);
+    huge_batch.batch_size = 1_000_000_000_000;
+    let err = Trainer::new(huge_batch, pattern_data(), Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("batch_size 1000000000000") && err.contains("GiB"),
+        "{err}"
+    );
+}
+
 #[test]
 fn invalid_configs_are_named() {
     let json = tiny_run(5).to_json();

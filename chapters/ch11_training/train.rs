@@ -32,6 +32,7 @@ impl Trainer {
     /// A fresh run: weights from `config.seed`, data RNG from `seed + 1`.
     pub fn new(config: TrainConfig, data: TaskData, device: Device) -> Result<Self> {
         config.validate()?;
+        config.check_memory()?; // before anything is allocated
         let weights = config.model.init_weights(&mut init::rng(config.seed))?;
         let step = Self::compile(&config, &weights, device)?;
         let data_rng = init::rng(config.seed + 1);
@@ -50,6 +51,7 @@ impl Trainer {
     /// Continue a run from a checkpoint (weights, moments, step, data RNG).
     pub fn resume(ckpt: &Checkpoint, data: TaskData, device: Device) -> Result<Self> {
         ckpt.config.validate()?;
+        ckpt.config.check_memory()?;
         Self::check_data(&ckpt.config, &data)?;
         let mut step = Self::compile(&ckpt.config, &ckpt.weights, device)?;
         step.restore(

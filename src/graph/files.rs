@@ -35,6 +35,15 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     written.map_err(io)
 }
 
+/// Bytes of memory the machine can give a new allocation without swapping (`MemAvailable` in
+/// `/proc/meminfo`), or `None` where there is no such reading.
+pub fn memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
 /// The element types a token array may have in a NumPy `.npy` file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NpyDtype {

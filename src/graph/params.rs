@@ -18,6 +18,9 @@ use crate::graph::tensor::{self, HostTensor};
 /// The prefix `torch.compile` puts on every state-dict key; stripped on load.
 pub const COMPILED_PREFIX: &str = "_orig_mod.";
 
+/// The largest safetensors header [`read_safetensors`] accepts, in bytes (16 MiB).
+pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+
 /// Tensors by state-dict name, sorted (so files and listings are deterministic).
 pub type StateDict = BTreeMap<String, HostTensor>;
 
@@ -301,14 +304,33 @@ pub struct SafetensorsFile {
 
 /// Read a `.safetensors` file and say what was converted and what was left out.
 pub fn read_safetensors_report(path: &Path) -> Result<SafetensorsFile> {
-    let bytes = std::fs::read(path).map_err(|source| CourseError::Io {
+    let io = |source| CourseError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
     let bad = |problem: String| CourseError::File {
         path: path.to_path_buf(),
         problem,
     };
+    // `/dev/zero` would be read until memory runs out, a FIFO would block: refuse both first.
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(bad(
+            "not a regular file (a directory, pipe or device?)".into()
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    // The header is JSON of about 100 bytes a tensor: 16 MiB is ~150 000 tensors, far above any
+    // model's, and parsing it stays fast (a forged 1M-tensor header took 18 s and 1.2 GB).
+    if let Some(n) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    {
+        if n > MAX_HEADER_BYTES {
+            return Err(bad(format!(
+                "its header claims {n} bytes; this reader accepts up to {MAX_HEADER_BYTES}"
+            )));
+        }
+    }
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
@@ -621,6 +643,17 @@ mod tests {
         );
         let err = read_safetensors(&dir.join("nope.safetensors")).unwrap_err();
         assert!(err.to_string().contains("nope.safetensors"), "{err}");
+        // Not regular files: refused at once, not read forever (`/dev/zero`) or waited on.
+        for odd in [Path::new("/dev/zero"), dir.as_path()] {
+            let err = read_safetensors(odd).unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        // A header length past the limit is refused before any parsing.
+        let mut forged = (MAX_HEADER_BYTES + 1).to_le_bytes().to_vec();
+        forged.extend(b"{}");
+        std::fs::write(&path, forged).unwrap();
+        let err = read_safetensors(&path).unwrap_err().to_string();
+        assert!(err.contains("header claims 16777217 bytes"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

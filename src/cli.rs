@@ -101,6 +101,9 @@ pub struct TrainArgs {
     /// Start a new run in --out even if it holds one (which is then replaced).
     #[arg(long)]
     pub force: bool,
+    /// With --resume: continue on data other than the data the checkpoint records.
+    #[arg(long, requires = "resume")]
+    pub allow_other_data: bool,
     /// Evaluate (validation loss and a sample) every this many steps.
     #[arg(long, default_value_t = 250)]
     pub eval_every: u64,
@@ -326,6 +329,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         Some(c) => {
             let mut c = c.clone();
             c.config = config.clone();
+            if a.allow_other_data {
+                c.data = None;
+            }
             Trainer::resume(&c, data, device)?
         }
         None => Trainer::new(config.clone(), data, device)?,

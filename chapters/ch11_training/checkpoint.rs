@@ -35,6 +35,11 @@ pub struct Checkpoint {
     pub config: TrainConfig,
     /// The data sampler's RNG, mid-stream.
     pub data_rng: CourseRng,
+    /// Which data the run trains on ([`TaskData::fingerprint`]); a resume on other data is
+    /// refused. `None`: not recorded (the copy task), or the check waived.
+    ///
+    /// [`TaskData::fingerprint`]: super::data::TaskData::fingerprint
+    pub data: Option<String>,
 }
 
 impl Checkpoint {
@@ -54,6 +59,7 @@ impl Checkpoint {
             ("format".to_string(), FORMAT.to_string()),
             ("steps_done".to_string(), self.steps_done.to_string()),
             ("config".to_string(), self.config.to_json()),
+            ("data".to_string(), self.data.clone().unwrap_or_default()),
             ("data_rng.seed".to_string(), seed),
             ("data_rng.stream".to_string(), rng.get_stream().to_string()),
             (
@@ -134,7 +140,9 @@ impl Checkpoint {
                 )));
             }
         }
+        let data = meta.get("data").filter(|d| !d.is_empty()).cloned();
         Ok(Self {
+            data,
             weights,
             adam_m,
             adam_v,

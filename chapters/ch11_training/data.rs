@@ -451,3 +451,32 @@ pub enum TaskData {
         val: Box<dyn TokenSource>,
     },
 }
+
+impl TaskData {
+    /// What the data is, as a short text stored in checkpoints and compared on resume: the two
+    /// splits' lengths and a 64-bit FNV-1a hash of every id, in order (`None` for the copy task,
+    /// whose data is made by the RNG the checkpoint already stores). Reads the whole data once.
+    pub fn fingerprint(&self) -> Result<Option<String>> {
+        let TaskData::Tokens { train, val } = self else {
+            return Ok(None);
+        };
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut chunk = vec![0u32; 1 << 20];
+        for d in [train, val] {
+            for start in (0..d.len()).step_by(chunk.len()) {
+                let n = chunk.len().min(d.len() - start);
+                d.read(start, &mut chunk[..n])?;
+                for id in &chunk[..n] {
+                    for b in id.to_le_bytes() {
+                        hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+                    }
+                }
+            }
+        }
+        Ok(Some(format!(
+            "{} + {} tokens, fnv1a64 {hash:016x}",
+            train.len(),
+            val.len()
+        )))
+    }
+}

@@ -787,6 +787,48 @@ fn absurd_sizes_are_refused_before_allocation() {
     );
 }
 
+/// The data a run trains on is recorded in its checkpoints; resuming on other data (a changed
+/// file, another file) is refused, naming both, unless the check is waived. The fingerprint
+/// hashes every id: one changed token is enough.
+#[test]
+fn resuming_on_other_data_is_refused_unless_waived() {
+    let dir = temp_dir("otherdata");
+    let path = dir.join("ckpt.safetensors");
+    let mut trainer = Trainer::new(tiny_run(4), pattern_data(), Device::Cpu).unwrap();
+    trainer.train_step().unwrap();
+    trainer.checkpoint().unwrap().save(&path).unwrap();
+    let ckpt = Checkpoint::load(&path).unwrap();
+    let recorded = ckpt.data.clone().unwrap();
+    assert!(
+        recorded.starts_with("300 + 100 tokens, fnv1a64 "),
+        "{recorded}"
+    );
+    Trainer::resume(&ckpt, pattern_data(), Device::Cpu).unwrap();
+
+    let changed = || {
+        let TaskData::Tokens { train, val } = pattern_data() else {
+            unreachable!()
+        };
+        let mut tokens = vec![0; train.len()];
+        train.read(0, &mut tokens).unwrap();
+        tokens[123] = (tokens[123] + 1) % 11; // one token differs
+        TaskData::Tokens {
+            train: Box::new(tokens),
+            val,
+        }
+    };
+    let err = Trainer::resume(&ckpt, changed(), Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(&recorded) && err.contains("--allow-other-data"),
+        "{err}"
+    );
+    let waived = Checkpoint { data: None, ..ckpt };
+    Trainer::resume(&waived, changed(), Device::Cpu).unwrap();
+}
+
 #[test]
 fn invalid_configs_are_named() {
     let json = tiny_run(5).to_json();

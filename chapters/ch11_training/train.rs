@@ -24,6 +24,8 @@ pub struct Trainer {
     pub data_rng: CourseRng,
     /// Optimiser steps taken so far.
     pub steps_done: u64,
+    /// What the data is ([`TaskData::fingerprint`]), stored in checkpoints.
+    pub data_fingerprint: Option<String>,
     eval: Option<LossGraph>,
     device: Device,
 }
@@ -40,6 +42,7 @@ impl Trainer {
         Ok(Self {
             config,
             step,
+            data_fingerprint: data.fingerprint()?,
             data,
             data_rng,
             steps_done: 0,
@@ -48,11 +51,23 @@ impl Trainer {
         })
     }
 
-    /// Continue a run from a checkpoint (weights, moments, step, data RNG).
+    /// Continue a run from a checkpoint (weights, moments, step, data RNG). The data must be
+    /// the data the checkpoint records (set `ckpt.data = None` to waive the check).
     pub fn resume(ckpt: &Checkpoint, data: TaskData, device: Device) -> Result<Self> {
         ckpt.config.validate()?;
         ckpt.config.check_memory()?;
         Self::check_data(&ckpt.config, &data)?;
+        let data_fingerprint = data.fingerprint()?;
+        if let Some(recorded) = &ckpt.data {
+            if data_fingerprint.as_ref() != Some(recorded) {
+                return Err(CourseError::Config(format!(
+                    "the checkpoint was trained on data of {recorded}, but this data is {}; \
+                     resuming on other data would not continue the same run (the command \
+                     line's --allow-other-data waives this check)",
+                    data_fingerprint.as_deref().unwrap_or("the copy task's")
+                )));
+            }
+        }
         let mut step = Self::compile(&ckpt.config, &ckpt.weights, device)?;
         step.restore(
             &ckpt.weights,
@@ -66,6 +81,7 @@ impl Trainer {
             data,
             data_rng: ckpt.data_rng.clone(),
             steps_done: ckpt.steps_done,
+            data_fingerprint,
             eval: None,
             device,
         })
@@ -140,6 +156,7 @@ impl Trainer {
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         let (adam_m, adam_v) = self.step.moments()?;
         Ok(Checkpoint {
+            data: self.data_fingerprint.clone(),
             weights: self.step.weights()?,
             adam_m,
             adam_v,

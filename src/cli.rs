@@ -101,6 +101,10 @@ pub struct TrainArgs {
     /// Start a new run in --out even if it holds one (which is then replaced).
     #[arg(long)]
     pub force: bool,
+    /// Stop after this step, saving a checkpoint, although the run (and its schedule) is
+    /// planned for --steps: `--resume` then continues it exactly as if it had never stopped.
+    #[arg(long)]
+    pub stop_after: Option<u64>,
     /// With --resume: continue on data other than the data the checkpoint records.
     #[arg(long, requires = "resume")]
     pub allow_other_data: bool,
@@ -278,6 +282,18 @@ pub fn train(a: TrainArgs) -> Result<()> {
             config.seed = s;
         }
     }
+    if resumed.is_some() && config.steps > config.schedule.cosine_end {
+        eprintln!(
+            "note: this run's schedule ends at step {} (fixed when it started), so steps {}..{} \
+             run at lr_min {:.1e}. A run planned for {} steps from the start decays differently; \
+             to stop one early and continue it exactly, use --stop-after.",
+            config.schedule.cosine_end,
+            config.schedule.cosine_end + 1,
+            config.steps,
+            config.schedule.lr_min,
+            config.steps
+        );
+    }
     config.schedule.cosine_end = config.schedule.cosine_end.min(config.steps);
     config.schedule.warmup = config.schedule.warmup.min(config.schedule.cosine_end);
     config.validate()?;
@@ -400,7 +416,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         match event {
             Event::Step { step, stats } => {
                 losses.push((step as f32, stats.loss));
-                if run_dir::interrupted() {
+                if run_dir::interrupted() || a.stop_after == Some(step) {
                     trainer.checkpoint()?.save(&ckpt_path)?;
                     save_curves(&losses, &evals)?;
                     return Err(CourseError::Interrupted(step));
@@ -429,6 +445,16 @@ pub fn train(a: TrainArgs) -> Result<()> {
         Ok(())
     });
     bar.finish_and_clear();
+    if let (Err(CourseError::Interrupted(step)), Some(stop)) = (&result, a.stop_after) {
+        if *step == stop && !run_dir::interrupted() {
+            eprintln!(
+                "stopped after step {step} of {} as asked; continue with --resume {}",
+                config.steps,
+                ckpt_path.display()
+            );
+            return Ok(());
+        }
+    }
     if let Err(e) = result {
         if let CourseError::Interrupted(step) = e {
             eprintln!(

@@ -154,6 +154,46 @@ fn run_folders_are_never_overwritten_or_shared() {
     assert_eq!(steps, ["1", "2", "3", "4"], "{history}");
 }
 
+/// A run planned for 6 steps, stopped after 3 (`--stop-after`) and resumed, ends with exactly
+/// the weights, moments and data RNG of 6 straight steps: the schedule is the planned run's.
+#[test]
+fn stop_after_then_resume_equals_the_straight_run() {
+    let dir = temp_dir("stopafter");
+    let (straight, split) = (dir.join("straight"), dir.join("split"));
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["train", "--steps", "6", "--out", s(out)];
+        args.extend(extra);
+        let o = course(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        o
+    };
+    train(&straight, &[]);
+    let o = train(&split, &["--stop-after", "3"]);
+    assert!(
+        text(&o).contains("stopped after step 3 of 6 as asked"),
+        "{}",
+        text(&o)
+    );
+    let ckpt = split.join("checkpoint.safetensors");
+    assert_eq!(Checkpoint::load(&ckpt).unwrap().steps_done, 3);
+    let o = course(&[
+        "train",
+        "--resume",
+        s(&ckpt),
+        "--out",
+        s(&split),
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let a = Checkpoint::load(&straight.join("checkpoint.safetensors")).unwrap();
+    let b = Checkpoint::load(&ckpt).unwrap();
+    assert_eq!(b.steps_done, 6);
+    assert!(a.weights == b.weights && a.adam_m == b.adam_m && a.adam_v == b.adam_v);
+    assert_eq!(a.data_rng, b.data_rng);
+    assert_eq!(a.config, b.config);
+}
+
 /// Ctrl-C during training saves a checkpoint at the current step and exits with 130.
 #[test]
 fn ctrl_c_saves_the_step_it_is_on() {

@@ -23,7 +23,7 @@ pub use data::{
     TaskData, TokenFile, TokenRange, TokenSource, TokenWidth,
 };
 pub use generate::{Generator, Sampling};
-pub use step::{LossGraph, Model, StepStats, TrainBatch, TrainStep};
+pub use step::{GradientGraph, LossGraph, Model, StepStats, TrainBatch, TrainStep};
 pub use train::{copy_score, CopyScore, Event, RunOptions, Trainer, EVAL_SEED};
 
 /// A one-paragraph tour of this chapter, printed by `cargo run --release -- tour`: a tiny

@@ -437,3 +437,67 @@ impl LossGraph {
         scalar(&self.cx, self.loss, "the loss")
     }
 }
+
+/// The loss and the gradient of every parameter for any batch: forward, loss and backward
+/// compiled once, fed a new batch per call (no clipping, no update). For comparing gradients with
+/// PyTorch (`loss.backward()` then `{n: p.grad for n, p in model.named_parameters()}`) or for
+/// an optimiser of your own.
+pub struct GradientGraph {
+    cx: Box<Graph>,
+    model: Model,
+    inputs: Inputs,
+    loss: NodeIndex,
+    params: Vec<Param>,
+    grads: Vec<Gradient>,
+}
+
+impl GradientGraph {
+    /// Build the forward pass, the loss and its backward pass for `config`; compile for `device`.
+    pub fn new(config: &ModelConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        let mut cx = Box::new(Graph::new());
+        let mut model = Model::new(&mut cx, config)?;
+        let mut params = model.params();
+        let (mut inputs, loss) = Inputs::with_loss(&mut cx, &model);
+        let mut grads = backward(&mut cx, &params, loss.id)?;
+        let mut loss = loss.retrieve().id;
+        cx.keep_tensors(loss);
+        device.compile(
+            &mut cx,
+            (&mut model, &mut inputs, &mut loss, &mut params, &mut grads),
+        );
+        Ok(Self {
+            cx,
+            model,
+            inputs,
+            loss,
+            params,
+            grads,
+        })
+    }
+
+    /// Load the weights; every parameter must be present.
+    pub fn load(&mut self, weights: &StateDict) -> Result<()> {
+        params::load_state_dict(&mut self.cx, &self.params, weights)
+    }
+
+    /// The mean token cross-entropy on `batch` and its gradient for every parameter, by
+    /// state-dict name.
+    pub fn gradients(&mut self, batch: &TrainBatch) -> Result<(f32, StateDict)> {
+        // Outputs kept from the last batch would be reused as they are: drop them first.
+        for id in std::iter::once(self.loss).chain(self.grads.iter().map(|g| g.grad)) {
+            let is_input = (self.cx.graph.node_weight(id))
+                .is_some_and(|op| op.as_any().is::<luminal::op::Function>());
+            if !is_input {
+                self.cx.tensors.remove(&(id, 0));
+            }
+        }
+        self.inputs.feed(&self.model, batch)?;
+        tensor::execute(&mut self.cx)?;
+        let loss = scalar(&self.cx, self.loss, "the loss")?;
+        let grads = (self.grads.iter())
+            .map(|g| Ok((g.param.name.clone(), g.read(&self.cx)?)))
+            .collect::<Result<_>>()?;
+        Ok((loss, grads))
+    }
+}

@@ -170,6 +170,7 @@ pub struct GenerateArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
+    /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Timed steps (after one warm-up step).
@@ -354,10 +355,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     let mut generator = Generator::new(&config.model, device)?;
     eprintln!(
-        "training {task_name}: {} steps of batch {}, {} threads, graphs compiled in {:.1} s; output in {}",
-        config.steps,
+        "training {task_name}: {} of batch {}, {}, graphs compiled in {:.1} s; output in {}",
+        plural(config.steps, "step"),
         config.batch_size,
-        transformer_course::backend::fast_cpu::threads(),
+        plural(
+            transformer_course::backend::fast_cpu::threads() as u64,
+            "thread"
+        ),
         started.elapsed().as_secs_f64(),
         out.display()
     );
@@ -471,8 +475,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         return Err(e);
     }
     eprintln!(
-        "done: {} steps in {:.1} s; checkpoint {}, loss curve {}",
-        trainer.steps_done - first,
+        "done: {} in {:.1} s; checkpoint {}, loss curve {}",
+        plural(trainer.steps_done - first, "step"),
         t0.elapsed().as_secs_f64(),
         ckpt_path.display(),
         out.join("loss.svg").display()
@@ -481,6 +485,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
         show_copies(&mut generator, task, 3)?;
     }
     Ok(())
+}
+
+/// `1 step`, `2 steps`.
+fn plural(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Flags that a resumed run or a config file already fixes: refused, never silently ignored.
@@ -683,6 +692,15 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let t = Instant::now();
     let mut trainer = Trainer::new(config.clone(), book_data(), device)?;
     let compile = t.elapsed().as_secs_f64();
+    // Stock ops take minutes a step: say what is happening, on stderr (stdout is the table).
+    let note = |what: String| {
+        if a.stock {
+            eprintln!("{what}");
+        }
+    };
+    note(format!(
+        "compiled in {compile:.1} s; warm-up step (stock ops: minutes)..."
+    ));
     trainer.train_step()?; // warm-up: first-run allocations
     if a.profile {
         trainer.step.profile_ops();
@@ -692,7 +710,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             .clear();
     }
     let t = Instant::now();
-    for _ in 0..a.steps {
+    for i in 0..a.steps {
+        note(format!("timed step {} of {}...", i + 1, a.steps));
         trainer.train_step()?;
     }
     let per_step = t.elapsed().as_secs_f64() / a.steps.max(1) as f64;

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use transformer_course::ch11_training::{Checkpoint, TrainConfig};
 
@@ -192,6 +193,104 @@ fn stop_after_then_resume_equals_the_straight_run() {
     assert!(a.weights == b.weights && a.adam_m == b.adam_m && a.adam_v == b.adam_v);
     assert_eq!(a.data_rng, b.data_rng);
     assert_eq!(a.config, b.config);
+}
+
+/// `kill -9` at arbitrary moments of a run that saves every step (so kills land in saves):
+/// after each, the checkpoint on disk loads, and the next run takes over the dead run's lock,
+/// removes its half-written temporary files and continues.
+#[test]
+fn kill_9_during_saves_loses_nothing() {
+    let dir = temp_dir("kill9");
+    let out = dir.join("copy");
+    let ckpt = out.join("checkpoint.safetensors");
+    for (i, wait_ms) in [700u64, 1100, 900, 1300].into_iter().enumerate() {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_transformer-course"));
+        cmd.args(["train", "--out", s(&out), "--checkpoint-every", "1"]);
+        cmd.args(["--eval-every", "100000", "--steps", "100000"]);
+        if ckpt.exists() {
+            cmd.args(["--resume", s(&ckpt)]);
+        } else {
+            cmd.arg("--force");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if ckpt.exists() {
+            Checkpoint::load(&ckpt).unwrap_or_else(|e| panic!("after kill {i}: {e}"));
+        }
+    }
+    let done = Checkpoint::load(&ckpt)
+        .expect("some step was saved")
+        .steps_done;
+    let more = (done + 1).to_string();
+    let o = course(&[
+        "train",
+        "--resume",
+        s(&ckpt),
+        "--out",
+        s(&out),
+        "--steps",
+        &more,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A token file cut short while a run reads it (a tokenizer rewriting it) ends the run with an
+/// error naming the file; with a memory map the process died of SIGBUS (exit 135, no message).
+#[test]
+fn a_data_file_truncated_during_training_is_an_error_not_a_crash() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir("truncate");
+    let data = dir.join("ids.u16");
+    let ids: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| ((i * 7 % 250) as u16).to_le_bytes())
+        .collect();
+    std::fs::write(&data, ids).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_transformer-course"))
+        .args([
+            "train",
+            "--task",
+            "lm",
+            "--data",
+            s(&data),
+            "--steps",
+            "100000",
+        ])
+        .args(["--out", s(&dir.join("run")), "--checkpoint-every", "100000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("step      1/") {
+            break;
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = child.wait().unwrap();
+    let log = rest.join("\n");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("ids.u16") && log.contains("did the file change"),
+        "{log}"
+    );
 }
 
 /// Ctrl-C during training saves a checkpoint at the current step and exits with 130.

@@ -89,8 +89,16 @@ impl Sampling {
         probs
     }
 
-    /// Draw the next token from `logits` (one row); an error if there are no logits.
+    /// Draw the next token from `logits` (one row). An error for invalid settings, an empty
+    /// row, or a NaN or infinite logit (a diverged model; picking "a" token would hide it).
     pub fn sample(&self, logits: &[f32], rng: &mut CourseRng) -> Result<u32> {
+        self.validate()?;
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            return Err(CourseError::NonFinite(format!(
+                "logit {} for token {i}; the model's weights may have diverged",
+                logits[i]
+            )));
+        }
         let probs = self.distribution(logits);
         let Some(&(last, _)) = probs.last() else {
             return Err(CourseError::Config(

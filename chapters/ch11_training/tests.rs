@@ -426,6 +426,28 @@ fn invalid_sampling_is_refused() {
         top_p: Some(0.0),
     };
     assert!(s.validate().is_err());
+    // `sample` checks too, and refuses rows it cannot draw from honestly.
+    let mut rng = init::rng(0);
+    let top0 = Sampling {
+        top_k: Some(0),
+        ..Sampling::greedy()
+    };
+    let err = top0.sample(&[1.0, 2.0], &mut rng).unwrap_err().to_string();
+    assert!(err.contains("top_k >= 1"), "{err}");
+    let err = Sampling::greedy()
+        .sample(&[], &mut rng)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("empty row"), "{err}");
+    for bad in [f32::NAN, f32::INFINITY] {
+        let err = (Sampling::greedy().sample(&[0.5, bad, 0.1], &mut rng))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("for token 1") && err.contains("diverged"),
+            "{err}"
+        );
+    }
 }
 
 /// Greedy generation = argmax of the plain-Rust reference model's logits, token by token.

@@ -126,6 +126,13 @@ impl Checkpoint {
                 StateDict::insert(&mut weights, name, t);
             }
         }
+        let steps_done = u64_field("steps_done")?;
+        if steps_done > config.steps {
+            return Err(bad(format!(
+                "it says {steps_done} steps are done of a run of {}",
+                config.steps
+            )));
+        }
         // The config's sizes against the tensors actually present, before anyone builds a
         // model from them: 100 000 layers in the header of a 39-tensor file is refused here.
         let expected = config.model.num_tensors();
@@ -146,7 +153,7 @@ impl Checkpoint {
             weights,
             adam_m,
             adam_v,
-            steps_done: u64_field("steps_done")?,
+            steps_done,
             config,
             data_rng,
         })

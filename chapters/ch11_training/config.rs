@@ -75,6 +75,10 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+/// The most steps a run may have (10^12, centuries of training here): step counters stay far
+/// from overflow, whatever a file says.
+pub const MAX_STEPS: u64 = 1_000_000_000_000;
+
 impl TrainConfig {
     /// Every part valid, and the task fits the model.
     pub fn validate(&self) -> Result<()> {
@@ -84,6 +88,12 @@ impl TrainConfig {
         let bad = |m: String| Err(CourseError::Config(m));
         if self.batch_size == 0 || self.steps == 0 {
             return bad("batch_size and steps must be at least 1".into());
+        }
+        if self.steps > MAX_STEPS {
+            return bad(format!(
+                "steps must be at most {MAX_STEPS}; got {}",
+                self.steps
+            ));
         }
         if let Some(m) = self.max_grad_norm {
             if !(m > 0.0 && m.is_finite()) {

@@ -706,6 +706,12 @@ fn bad_checkpoints_are_named_and_refused() {
             "not a whole number below 2^64",
         ),
         ("steps_done", "-1", "'steps_done' is '-1'"),
+        // u64::MAX parses, but a run of 2 steps cannot have done it (and +1 would overflow).
+        (
+            "steps_done",
+            "18446744073709551615",
+            "steps are done of a run of 2",
+        ),
         ("data_rng.seed", &"zz".repeat(32), "not 64 hex digits"),
         ("data_rng.seed", "00", "not 64 hex digits"),
     ] {

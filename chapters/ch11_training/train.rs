@@ -37,7 +37,7 @@ impl Trainer {
         config.check_memory()?; // before anything is allocated
         let weights = config.model.init_weights(&mut init::rng(config.seed))?;
         let step = Self::compile(&config, &weights, device)?;
-        let data_rng = init::rng(config.seed + 1);
+        let data_rng = init::rng(config.seed.wrapping_add(1)); // u64::MAX + 1 -> 0, no panic
         Self::check_data(&config, &data)?;
         Ok(Self {
             config,

@@ -333,6 +333,11 @@ pub fn read_safetensors_report(path: &Path) -> Result<SafetensorsFile> {
     }
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+    // The header parsed fine; now refuse a key given twice, which JSON parsers resolve silently
+    // (the last wins): a forged second "steps_done" or tensor entry must not pass unnoticed.
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice::<NoDuplicateKeys>(&bytes[8..8 + n])
+        .map_err(|e| bad(format!("its header is ambiguous: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
     let mut out = SafetensorsFile {
@@ -371,6 +376,62 @@ pub fn read_safetensors_report(path: &Path) -> Result<SafetensorsFile> {
     out.converted.sort();
     out.skipped.sort();
     Ok(out)
+}
+
+/// Deserialises any JSON and fails on an object with a key twice, at any depth.
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut a: A,
+    ) -> std::result::Result<Self, A::Error> {
+        while a.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut a: A,
+    ) -> std::result::Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = a.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "key \"{key}\" appears twice"
+                )));
+            }
+            a.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(self)
+    }
 }
 
 /// Little-endian `bytes` of `dtype` as f32, or `None` for a dtype that is not floating point.
@@ -648,6 +709,17 @@ mod tests {
             let err = read_safetensors(odd).unwrap_err().to_string();
             assert!(err.contains("not a regular file"), "{err}");
         }
+        // A key given twice (here a second "step" in the metadata) is refused, not resolved.
+        let header = br#"{"__metadata__":{"step":"1","step":"2"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut forged = (header.len() as u64).to_le_bytes().to_vec();
+        forged.extend(header);
+        forged.extend(1f32.to_le_bytes());
+        std::fs::write(&path, forged).unwrap();
+        let err = read_safetensors(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("ambiguous: key \"step\" appears twice"),
+            "{err}"
+        );
         // A header length past the limit is refused before any parsing.
         let mut forged = (MAX_HEADER_BYTES + 1).to_le_bytes().to_vec();
         forged.extend(b"{}");

@@ -83,13 +83,36 @@ impl TokenFile {
                 dtype.bytes()
             )));
         }
-        Ok(Self {
+        let f = Self {
             file,
             dtype,
             data_offset,
             len: (bytes / dtype.bytes() as u64) as usize,
             path: path.to_path_buf(),
-        })
+        };
+        f.refuse_u32_read_as_u16()?;
+        Ok(f)
+    }
+
+    /// Little-endian u32 ids read as u16 come out as `id, 0, id, 0, ...`: valid-looking ids that
+    /// would train on garbage without a word. No real u16 data has a 0 at every odd position of
+    /// its first 4 096 tokens, so that pattern is refused, with the fix.
+    fn refuse_u32_read_as_u16(&self) -> Result<()> {
+        if self.dtype != NpyDtype::U16 || self.data_offset != 0 || self.len < 64 {
+            return Ok(());
+        }
+        let mut head = vec![0u32; self.len.min(4096)];
+        self.read(0, &mut head)?;
+        let odd_all_zero = head.iter().skip(1).step_by(2).all(|&t| t == 0);
+        if odd_all_zero && head.iter().step_by(2).any(|&t| t != 0) {
+            return Err(CourseError::File {
+                path: self.path.clone(),
+                problem: "every second id of its start is 0: this looks like u32 ids read as u16 \
+                          (pass --data-width u32, or TokenWidth::U32)"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Write `tokens` to `path` atomically, refusing ids that do not fit the width.

@@ -173,6 +173,14 @@ fn token_files_round_trip_and_bad_files_are_named() {
         tail.read(0, &mut read).unwrap();
         assert_eq!(read, [7, 300]);
     }
+    // u32 ids read as u16 would be `id, 0, id, 0, ...`: refused with the fix.
+    let ids: Vec<u32> = (1..=100).collect();
+    TokenFile::write(&dir.join("wide.bin"), &ids, TokenWidth::U32).unwrap();
+    let err = TokenFile::open(&dir.join("wide.bin"), TokenWidth::U16)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("--data-width u32"), "{err}");
+    assert!(TokenFile::open(&dir.join("wide.bin"), TokenWidth::U32).is_ok());
     let err = TokenFile::write(&dir.join("big.bin"), &[70_000], TokenWidth::U16).unwrap_err();
     assert!(err.to_string().contains("70000"), "{err}");
     std::fs::write(dir.join("odd.bin"), [1u8, 2, 3]).unwrap();

@@ -13,6 +13,7 @@ use luminal::prelude::*;
 use luminal::shape::symbolic::Expression;
 
 use crate::backend::Device;
+use crate::ch01_linear::one_hot;
 use crate::graph::dims::{Batch, DHead, Heads, MaxSeq, Pairs, Seq};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::tensor::{self, HostTensor};
@@ -174,6 +175,60 @@ impl<B: Dimension, H: Dimension, S: Dimension, M: Dimension, K: Dimension>
     }
 }
 // ANCHOR_END: rope
+
+// ANCHOR: rope_at
+impl<M: Dimension, K: Dimension> Rope<M, K> {
+    /// RoPE at given positions, CS336's `forward(x, token_positions)`: `x` (b, h, s, k), row
+    /// `(b, s)` at position `positions[b, s]` (ids as f32, each below `max_seq_len`: a larger
+    /// one picks no row at all, so callers check, as [`run_rope_at`] does). The table rows are
+    /// gathered like chapter 1's embedding: a one-hot matrix times the table.
+    pub fn forward_at<B: Dimension, H: Dimension, S: Dimension>(
+        &self,
+        x: GraphTensor<(B, H, S, K)>,
+        positions: GraphTensor<(B, S)>,
+    ) -> GraphTensor<(B, H, S, K)> {
+        let pick = one_hot::<B, S, M>(positions); // (b, s, max_seq)
+        let cos = pick.matmul(self.cos).expand::<(B, H, S, K), Axis<1>>(); // (b, h, s, k)
+        let sin = pick.matmul(self.sin).expand::<(B, H, S, K), Axis<1>>(); // (b, h, s, k)
+        x * cos + swap_pairs(x) * sin
+    }
+}
+// ANCHOR_END: rope_at
+
+/// Run [`Rope::forward_at`] on `x` (batch, heads, seq, d_head) with `positions` (batch, seq).
+pub fn run_rope_at(
+    x: &[f32],
+    shape: [usize; 4],
+    positions: &[usize],
+    max_seq_len: usize,
+    theta: f32,
+    device: Device,
+) -> Result<HostTensor> {
+    let [b, _, s, _] = shape;
+    if positions.len() != b * s {
+        return Err(CourseError::Shape {
+            what: "RoPE positions".into(),
+            expected: format!("(batch, seq) = ({b}, {s})"),
+            got: vec![positions.len()],
+        });
+    }
+    if let Some(&p) = positions.iter().find(|&&p| p >= max_seq_len) {
+        return Err(CourseError::OutOfRange {
+            what: format!("position {p}"),
+            problem: format!("RoPE tables only cover max_seq_len = {max_seq_len} positions"),
+        });
+    }
+    let mut cx = Graph::new();
+    let mut rope = Rope::<MaxSeq, DHead>::new(&mut cx, max_seq_len, shape[3], theta)?;
+    let mut xt = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "x");
+    let mut pt = tensor::input::<(Batch, Seq)>(&mut cx, "positions");
+    let mut y = rope.forward_at(xt, pt).retrieve();
+    device.compile(&mut cx, (&mut rope, &mut xt, &mut pt, &mut y));
+    tensor::set(xt, &shape, x.to_vec())?;
+    tensor::set(pt, &[b, s], positions.iter().map(|&p| p as f32).collect())?;
+    tensor::execute(&mut cx)?;
+    tensor::read(y)
+}
 
 /// Run RoPE on `x` (batch, heads, seq, d_head), positions `0 .. seq`.
 pub fn run_rope(

@@ -168,3 +168,28 @@ fn gradients_match_finite_differences() {
     let loss = weighted_sum(rope.forward(x), &[1, 2, 3, 4], 9);
     assert_gradcheck(&mut cx, vec![Param::of(x, &[1, 2, 3, 4])], loss);
 }
+
+/// RoPE at arbitrary positions (repeated, out of order, far apart) equals the reference loops
+/// at those positions, within 1e-6 relative (the same f32 tables and products); positions
+/// `0..s` give bit for bit what the sliced tables of `forward` give (the one-hot matmul adds
+/// exact zeros); a position past the tables is refused rather than rotated by nothing.
+#[test]
+fn rope_at_arbitrary_positions_matches_the_reference() {
+    let (b, h, s, d, max) = (2, 3, 5, 8, 64);
+    let x = uniform(&mut crate::graph::init::rng(7), b * h * s * d, 1.0);
+    let positions = [7, 7, 0, 63, 20, 4, 3, 2, 1, 0];
+    let y = run_rope_at(&x, [b, h, s, d], &positions, max, ROPE_THETA, Device::Cpu).unwrap();
+    // Row (b, h, s) of x sits at positions[b, s].
+    let rows: Vec<usize> = (0..b * h * s)
+        .map(|r| positions[(r / (h * s)) * s + r % s])
+        .collect();
+    assert_close(&y.data, &rope_ref(&x, &rows, d, ROPE_THETA), 1e-6).unwrap();
+
+    let first: Vec<usize> = (0..b).flat_map(|_| 0..s).collect();
+    let at = run_rope_at(&x, [b, h, s, d], &first, max, ROPE_THETA, Device::Cpu).unwrap();
+    let sliced = run_rope(&x, [b, h, s, d], max, ROPE_THETA, Device::Cpu).unwrap();
+    assert_eq!(at.data, sliced.data);
+
+    let err = run_rope_at(&x, [b, h, s, d], &[64; 10], max, ROPE_THETA, Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("position 64"), "{err}");
+}

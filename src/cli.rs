@@ -355,9 +355,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
     };
     let mut generator = Generator::new(&config.model, device)?;
     eprintln!(
-        "training {task_name}: {} of batch {}, {}, graphs compiled in {:.1} s; output in {}",
+        "training {task_name}: {} of batch {}, lr warmup {} then cosine to step {}, {}, graphs \
+         compiled in {:.1} s; output in {}",
         plural(config.steps, "step"),
         config.batch_size,
+        config.schedule.warmup,
+        config.schedule.cosine_end,
         plural(
             transformer_course::backend::fast_cpu::threads() as u64,
             "thread"

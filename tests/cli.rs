@@ -453,6 +453,37 @@ fn generate_from_pytorch_style_bf16_weights_matches_the_reference() {
     assert_eq!(got, want);
 }
 
+/// `inspect ... | head` closes the pipe early: the process ends quietly (SIGPIPE, as other Unix
+/// tools do), not with a panic and a backtrace; and the largest --seed is a seed, not a panic.
+#[test]
+fn a_closed_pipe_and_the_largest_seed_are_handled() {
+    let dir = temp_dir("pipe");
+    let out = dir.join("copy");
+    let o = course(&[
+        "train",
+        "--steps",
+        "1",
+        "--seed",
+        "18446744073709551615",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_transformer-course"))
+        .args(["inspect", s(&out.join("checkpoint.safetensors"))])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before the listing is written
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
+}
+
 #[test]
 fn printed_configs_parse_back() {
     for task in ["copy", "lm"] {

@@ -75,9 +75,18 @@ pub struct TrainArgs {
     /// Continue from this checkpoint (its config is used; --steps may extend the run).
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Optimiser steps in the whole run (the cosine decay ends here, or earlier if the config says so).
+    /// Optimiser steps in the whole run. Only the run's length: the learning-rate schedule is
+    /// --warmup and --cosine-end, so a run extended later with --resume --steps is the run that
+    /// was planned that long from the start.
     #[arg(long)]
     pub steps: Option<u64>,
+    /// Learning-rate warmup steps (default: the config's; 0 starts at the peak).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// The step where the cosine decay reaches lr_min (default: the config's); later steps run
+    /// at lr_min. Usually equal to --steps.
+    #[arg(long)]
+    pub cosine_end: Option<u64>,
     /// Sequences per step.
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -283,20 +292,42 @@ pub fn train(a: TrainArgs) -> Result<()> {
             config.seed = s;
         }
     }
-    if resumed.is_some() && config.steps > config.schedule.cosine_end {
-        eprintln!(
-            "note: this run's schedule ends at step {} (fixed when it started), so steps {}..{} \
-             run at lr_min {:.1e}. A run planned for {} steps from the start decays differently; \
-             to stop one early and continue it exactly, use --stop-after.",
-            config.schedule.cosine_end,
-            config.schedule.cosine_end + 1,
-            config.steps,
-            config.schedule.lr_min,
-            config.steps
-        );
+    if resumed.is_none() {
+        if let Some(w) = a.warmup {
+            config.schedule.warmup = w;
+        }
+        if let Some(e) = a.cosine_end {
+            config.schedule.cosine_end = e;
+        }
     }
-    config.schedule.cosine_end = config.schedule.cosine_end.min(config.steps);
-    config.schedule.warmup = config.schedule.warmup.min(config.schedule.cosine_end);
+    // The schedule is never fitted to --steps behind the user's back (a run stopped at 20 and
+    // extended to 40 must be the 40-step run); a mismatch is only pointed out.
+    if config.steps != config.schedule.cosine_end {
+        let end = config.schedule.cosine_end;
+        let tail = if config.steps < end {
+            format!(
+                "the run stops at step {} before the decay ends (at lr {:.1e})",
+                config.steps,
+                config.schedule.lr(config.steps)
+            )
+        } else {
+            format!(
+                "steps {}..{} run at lr_min {:.1e}",
+                end + 1,
+                config.steps,
+                config.schedule.lr_min
+            )
+        };
+        let fix = if resumed.is_some() {
+            "the schedule is the run's own, fixed when it started".to_string()
+        } else {
+            format!(
+                "pass --cosine-end {} to decay over the whole run",
+                config.steps
+            )
+        };
+        eprintln!("note: the cosine ends at step {end}, so {tail}; {fix}.");
+    }
     config.validate()?;
     let task_name = match config.task {
         Task::Copy(_) => "copy",
@@ -518,6 +549,8 @@ fn refuse_flags_that_do_not_apply(a: &TrainArgs) -> Result<()> {
                 given("--lr", a.lr.is_some()),
                 given("--batch-size", a.batch_size.is_some()),
                 given("--seed", a.seed.is_some()),
+                given("--warmup", a.warmup.is_some()),
+                given("--cosine-end", a.cosine_end.is_some()),
             ],
         )?;
     }

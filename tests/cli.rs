@@ -132,6 +132,14 @@ fn run_folders_are_never_overwritten_or_shared() {
 
     let o = resume(&["--lr", "0.1"]);
     assert!(!o.status.success() && text(&o).contains("--lr cannot be changed with --resume"));
+    // The schedule is part of the run's plan: changing it on resume would fork the run.
+    let o = resume(&["--warmup", "0", "--cosine-end", "9"]);
+    assert!(
+        !o.status.success()
+            && text(&o).contains("--warmup, --cosine-end cannot be changed with --resume"),
+        "{}",
+        text(&o)
+    );
     let o = resume(&["--steps", "2"]);
     assert!(
         o.status.success() && text(&o).contains("already at step 2 of 2"),
@@ -155,44 +163,60 @@ fn run_folders_are_never_overwritten_or_shared() {
     assert_eq!(steps, ["1", "2", "3", "4"], "{history}");
 }
 
-/// A run planned for 6 steps, stopped after 3 (`--stop-after`) and resumed, ends with exactly
-/// the weights, moments and data RNG of 6 straight steps: the schedule is the planned run's.
+/// A 6-step run made in two parts ends with exactly the weights, moments and data RNG of 6
+/// straight steps, whether it was planned for 6 and stopped after 3 (`--stop-after`), or run
+/// for 3 and extended with `--resume --steps 6`: `--steps` is only the run's length, the
+/// schedule (`--cosine-end`, here the copy task's 600) does not follow it.
 #[test]
-fn stop_after_then_resume_equals_the_straight_run() {
-    let dir = temp_dir("stopafter");
-    let (straight, split) = (dir.join("straight"), dir.join("split"));
+fn split_runs_equal_the_straight_run() {
+    let dir = temp_dir("split");
     let train = |out: &Path, extra: &[&str]| {
-        let mut args = vec!["train", "--steps", "6", "--out", s(out)];
+        let mut args = vec!["train", "--out", s(out), "--threads", "1"];
         args.extend(extra);
         let o = course(&args);
         assert!(o.status.success(), "{}", text(&o));
         o
     };
-    train(&straight, &[]);
-    let o = train(&split, &["--stop-after", "3"]);
+    let straight = dir.join("straight");
+    let o = train(&straight, &["--steps", "6"]);
+    assert!(
+        text(&o).contains("note: the cosine ends at step 600, so the run stops at step 6"),
+        "the mismatch is pointed out: {}",
+        text(&o)
+    );
+    let last = |out: &Path| Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    let a = last(&straight);
+
+    let stopped = dir.join("stopped");
+    let o = train(&stopped, &["--steps", "6", "--stop-after", "3"]);
     assert!(
         text(&o).contains("stopped after step 3 of 6 as asked"),
         "{}",
         text(&o)
     );
-    let ckpt = split.join("checkpoint.safetensors");
-    assert_eq!(Checkpoint::load(&ckpt).unwrap().steps_done, 3);
-    let o = course(&[
-        "train",
-        "--resume",
-        s(&ckpt),
-        "--out",
-        s(&split),
-        "--threads",
-        "1",
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let a = Checkpoint::load(&straight.join("checkpoint.safetensors")).unwrap();
-    let b = Checkpoint::load(&ckpt).unwrap();
-    assert_eq!(b.steps_done, 6);
-    assert!(a.weights == b.weights && a.adam_m == b.adam_m && a.adam_v == b.adam_v);
-    assert_eq!(a.data_rng, b.data_rng);
-    assert_eq!(a.config, b.config);
+    assert_eq!(last(&stopped).steps_done, 3);
+    let extended = dir.join("extended");
+    train(&extended, &["--steps", "3"]);
+    assert_eq!(last(&extended).steps_done, 3);
+
+    for out in [&stopped, &extended] {
+        let ckpt = out.join("checkpoint.safetensors");
+        let o = train(out, &["--resume", s(&ckpt), "--steps", "6"]);
+        let b = last(out);
+        assert_eq!(b.steps_done, 6, "{}", text(&o));
+        assert!(a.weights == b.weights && a.adam_m == b.adam_m && a.adam_v == b.adam_v);
+        assert_eq!(a.data_rng, b.data_rng);
+        // The stored config records the final length, as the straight run's does.
+        assert_eq!(a.config, b.config);
+    }
+    // A different schedule is a different run: the same 6 steps with the decay fitted to them
+    // end elsewhere (so the equalities above are not vacuous).
+    let fitted = dir.join("fitted");
+    train(
+        &fitted,
+        &["--steps", "6", "--cosine-end", "6", "--warmup", "2"],
+    );
+    assert!(last(&fitted).weights != a.weights);
 }
 
 /// `kill -9` at arbitrary moments of a run that saves every step (so kills land in saves):

@@ -191,6 +191,10 @@ pub struct BenchArgs {
     /// Also print the time per op kind over the timed steps (timing adds a little overhead).
     #[arg(long)]
     pub profile: bool,
+    /// Instead of the train step, time greedy generation of up to this many tokens with and
+    /// without the KV cache (the reference model, its context widened to fit).
+    #[arg(long, conflicts_with_all = ["stock", "profile"])]
+    pub generate: Option<usize>,
 }
 
 /// Run the parsed command line.
@@ -710,6 +714,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     if let Some(t) = a.threads {
         transformer_course::backend::fast_cpu::set_threads(t);
     }
+    if let Some(n) = a.generate {
+        return bench_generation(n);
+    }
     // The reference model and batch, whatever the book LM's own settings are.
     let model = transformer_course::ch06_transformer::TransformerConfig::reference();
     let config = TrainConfig {
@@ -778,6 +785,58 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             let (per, ms) = (calls as f64 / steps, time.as_secs_f64() * 1e3 / steps);
             println!("| {kind} | {per:.0} | {ms:.1} |");
         }
+    }
+    std::io::stdout().flush().ok();
+    Ok(())
+}
+
+/// `bench --generate N`: greedy generation of N/8, N/4, N/2 and N tokens from a 4-token prompt,
+/// re-running the window for every token vs one cached step per token; the same tokens both
+/// ways (checked). Random weights: speed does not depend on them.
+fn bench_generation(n: usize) -> Result<()> {
+    if n < 8 {
+        return Err(CourseError::Config(format!(
+            "--generate must be at least 8 tokens, got {n}"
+        )));
+    }
+    let prompt = [84u32, 104, 101, 32]; // "The "
+    let config = transformer_course::ch06_transformer::TransformerConfig {
+        context_length: prompt.len() + n,
+        ..transformer_course::ch06_transformer::TransformerConfig::reference()
+    };
+    let model = ModelConfig::Lm(config.clone());
+    let weights = model.init_weights(&mut init::rng(0))?;
+    let mut plain = Generator::new(&model, Device::Cpu)?;
+    plain.load(&weights)?;
+    let mut cached = CachedGenerator::new(&config, Device::Cpu)?;
+    cached.load(&weights)?;
+    let greedy = Sampling::greedy();
+    let threads = transformer_course::backend::fast_cpu::threads();
+    println!(
+        "reference LM (d_model {}, {} layers, context {}), {}, greedy from a 4-token prompt\n",
+        config.d_model,
+        config.n_layers,
+        config.context_length,
+        plural(threads as u64, "thread")
+    );
+    println!("| new tokens | without cache | with KV cache | speed-up | same tokens |");
+    println!("|-----------:|--------------:|--------------:|---------:|:-----------:|");
+    for len in [n / 8, n / 4, n / 2, n] {
+        eprint!("generating {len} tokens...\r");
+        let t = Instant::now();
+        let a = plain.generate(&prompt, len, None, &greedy, &mut init::rng(0))?;
+        let without = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let b = cached.generate(&prompt, len, None, &greedy, &mut init::rng(0))?;
+        let with = t.elapsed().as_secs_f64();
+        let rate = |s: f64| len as f64 / s;
+        println!(
+            "| {len} | {without:.2} s ({:.0} tok/s) | {with:.2} s ({:.0} tok/s) | {:.1}x | {} |",
+            rate(without),
+            rate(with),
+            without / with,
+            if a == b { "yes" } else { "NO" }
+        );
     }
     std::io::stdout().flush().ok();
     Ok(())

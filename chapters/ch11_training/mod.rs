@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod generate;
+pub mod kv_cache;
 pub mod limits;
 pub mod step;
 pub mod train;
@@ -23,6 +24,7 @@ pub use data::{
     TaskData, TokenFile, TokenRange, TokenSource, TokenWidth,
 };
 pub use generate::{Generator, Sampling};
+pub use kv_cache::CachedGenerator;
 pub use step::{GradientGraph, LossGraph, Model, StepStats, TrainBatch, TrainStep};
 pub use train::{copy_score, CopyScore, Event, RunOptions, Trainer, EVAL_SEED};
 

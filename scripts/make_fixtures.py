@@ -2,6 +2,7 @@
 """Write the PyTorch reference fixtures that tests/pytorch_fixtures.rs compares against.
 
 usage: python3 scripts/make_fixtures.py        (writes tests/fixtures/*.safetensors)
+       python3 scripts/make_fixtures.py seq2seq_original   (writes only that fixture)
 
 Needs torch and safetensors (`python3 -m venv .venv && .venv/bin/pip install torch safetensors`);
 CI does not: the fixtures are committed. Regenerate only when a convention changes, and review
@@ -265,6 +266,99 @@ def main():
         save(name, {**before, **after, "out.norm": norm.reshape(1)}, {"max_norm": max_norm})
 
 
-if __name__ == "__main__":
+# ---- the original Transformer (chapter 6's `Seq2SeqConfig::original_transformer`) -----------
+def sinusoids(n, d):
+    """The paper's table (n, d): PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(same);
+    angles in float64."""
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    angles = pos * THETA ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    pe = torch.zeros(n, d, dtype=torch.float64)
+    pe[:, 0::2], pe[:, 1::2] = angles.sin(), angles.cos()
+    return pe.float()
+
+
+def course_names(model, emb, of=lambda p: p):
+    """torch.nn.Transformer's parameters under the course's state-dict names: in_proj_weight
+    splits into q/k/v (rows in that order), linear1/linear2 are ffn.w1/w2, normK is lnK, the
+    stacks' final norms are ln_final. Linear and attention biases are left out (they are held
+    at zero: the course's linear layers have none). Returns name -> of(parameter), e.g. with
+    `of=lambda p: p.grad` the gradients under the same names."""
+    out = {"token_embeddings.weight": of(emb)}
+    for stack in ("encoder", "decoder"):
+        for i, layer in enumerate(getattr(model, stack).layers):
+            p = f"{stack}.layers.{i}"
+            attns = [("self_attn", "attn" if stack == "encoder" else "self_attn")]
+            if stack == "decoder":
+                attns.append(("multihead_attn", "cross_attn"))
+            for torch_name, ours in attns:
+                mha_ = getattr(layer, torch_name)
+                q, k, v = of(mha_.in_proj_weight).chunk(3)
+                for n, w in (("q_proj", q), ("k_proj", k), ("v_proj", v), ("output_proj", of(mha_.out_proj.weight))):
+                    out[f"{p}.{ours}.{n}.weight"] = w
+            out[f"{p}.ffn.w1.weight"] = of(layer.linear1.weight)
+            out[f"{p}.ffn.w2.weight"] = of(layer.linear2.weight)
+            for j in (1, 2, 3) if stack == "decoder" else (1, 2):
+                norm = getattr(layer, f"norm{j}")
+                out[f"{p}.ln{j}.weight"], out[f"{p}.ln{j}.bias"] = of(norm.weight), of(norm.bias)
+        norm = getattr(model, stack).norm
+        out[f"{stack}.ln_final.weight"], out[f"{stack}.ln_final.bias"] = of(norm.weight), of(norm.bias)
+    return out
+
+
+def seq2seq_original():
+    """torch.nn.Transformer itself (post-norm: norm_first=False, LayerNorm with eps 1e-5, ReLU),
+    with sinusoids added to tied token embeddings (not scaled by sqrt(d_model), as in the
+    course) and the output projection = the embedding table. Logits, loss and gradients."""
+    torch.manual_seed(2017)
+    d, heads, d_ff, vocab = 16, 2, 48, 18
+    cfg = dict(vocab_size=vocab, context_length=16, d_model=d, n_heads=heads, n_encoder_layers=2,
+               n_decoder_layers=2, d_ff=d_ff, rope_theta=THETA, tie_embeddings=True,
+               norm_position="post", norm="layer_norm", positions="sinusoidal", ffn="relu")
+    model = torch.nn.Transformer(d_model=d, nhead=heads, num_encoder_layers=2, num_decoder_layers=2,
+                                 dim_feedforward=d_ff, dropout=0.0, activation="relu",
+                                 layer_norm_eps=EPS, batch_first=True, norm_first=False)
+    # Train mode (dropout is 0) keeps PyTorch off its inference fast path, which would return
+    # zeros at padded source positions.
+    model.train()
     with torch.no_grad():
-        main()
+        for name, p in model.named_parameters():
+            if "norm" in name:  # LayerNorm gains near 1 and biases near 0, not the init's 1 and 0
+                p.copy_(gain(d) if name.endswith("weight") else 0.1 * torch.randn(d))
+            elif name.endswith("bias"):
+                p.zero_()  # the course's linear layers have no bias
+                p.requires_grad_(False)
+    emb = torch.randn(vocab, d).requires_grad_(True)
+    src = torch.randint(2, vocab, (2, 7))
+    keep = torch.ones(2, 7, dtype=torch.bool)
+    keep[1, 4:] = False  # the second source is 4 tokens long, then padding
+    src[1, 4:] = 0
+    tgt = torch.randint(2, vocab, (2, 6))
+    tgt[:, 0] = 1
+    tgt_out = torch.randint(2, vocab, (2, 6))
+    tgt_mask = torch.ones(2, 6, dtype=torch.bool)
+    tgt_mask[0, 5] = False
+    (t, s), pe = (7, 6), sinusoids(16, d)
+    with torch.enable_grad():
+        # PyTorch's masks say where NOT to attend (True = blocked): the course's, negated.
+        out = model(emb[src] + pe[:t], emb[tgt] + pe[:s],
+                    tgt_mask=~torch.tril(torch.ones(s, s, dtype=torch.bool)),
+                    src_key_padding_mask=~keep, memory_key_padding_mask=~keep)
+        logits = out @ emb.T
+        per_token = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), reduction="none")
+        loss = (per_token * tgt_mask.flatten()).sum() / tgt_mask.sum()
+        loss.backward()
+    weights = course_names(model, emb, lambda p: p.detach())
+    grads = {f"grad.{k}": g for k, g in course_names(model, emb, lambda p: p.grad).items()}
+    save("seq2seq_original", {"in.src": src, "in.src_keep": keep, "in.tgt": tgt, "in.tgt_out": tgt_out,
+                              "in.tgt_mask": tgt_mask, **weights, "out.logits": logits,
+                              "out.loss": loss.reshape(1), **grads}, cfg)
+
+
+if __name__ == "__main__":
+    import sys
+    only = sys.argv[1:]
+    with torch.no_grad():
+        if not only:
+            main()
+    if not only or "seq2seq_original" in only:
+        seq2seq_original()

@@ -15,6 +15,9 @@ use crate::graph::error::Result;
 use crate::graph::params::{self, Parameters, Visitor};
 use crate::graph::tensor::{self, HostTensor};
 
+mod norm_layer;
+pub use norm_layer::*;
+
 /// The epsilon of the course's CS336 conventions (book chapter 2; also PyTorch's `nn.RMSNorm` / `nn.LayerNorm` defaults).
 pub const NORM_EPS: f32 = 1e-5;
 
@@ -151,12 +154,16 @@ impl<B: Dimension, S: Dimension, D: Dimension> Module<GraphTensor<(B, S, D)>> fo
 }
 // ANCHOR_END: layer_norm
 
-/// Which normalisation to run in [`run_norm`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which normalisation: for [`run_norm`], [`NormLayer`] and chapter 6's model configs
+/// (JSON `"rms_norm"` / `"layer_norm"`; RMSNorm when absent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Norm {
     /// [`RmsNorm`]: scale only.
+    #[default]
+    #[serde(rename = "rms_norm")]
     Rms,
     /// [`LayerNorm`]: subtract the mean, scale, add a bias.
+    #[serde(rename = "layer_norm")]
     Layer,
 }
 

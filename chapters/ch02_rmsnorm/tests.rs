@@ -149,3 +149,44 @@ fn gradients_match_finite_differences() {
         assert_gradcheck(&mut cx, params, loss);
     }
 }
+
+/// [`NormLayer`] runs the norm it was built as, with the norm's own parameter names (`ln.weight`,
+/// and `ln.bias` for LayerNorm only), and equals [`norm_ref_named`] reading the same state dict.
+/// Inputs up to 3 with gains near 1: 1e-5 relative to max(1, |y|), as for the plain norms.
+#[test]
+fn norm_layer_matches_the_named_reference() {
+    use crate::graph::params::{load_state_dict, StateDict};
+    let mut rng = crate::graph::init::rng(21);
+    let (shape, d) = ([2, 3, 6], 6);
+    let x = crate::testing::uniform(&mut rng, 36, 3.0);
+    for norm in [Norm::Rms, Norm::Layer] {
+        let mut cx = Graph::new();
+        let n = NormLayer::<DModel>::new(&mut cx, norm, d).unwrap();
+        let mut params = n.params();
+        params
+            .iter_mut()
+            .for_each(|p| p.name = format!("ln.{}", p.name));
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        let want_names = match norm {
+            Norm::Rms => vec!["ln.weight"],
+            Norm::Layer => vec!["ln.weight", "ln.bias"],
+        };
+        assert_eq!(names, want_names);
+        let mut dict = StateDict::new();
+        for p in &params {
+            let v = crate::testing::uniform(&mut rng, d, 0.5)
+                .iter()
+                .map(|v| v + 1.0)
+                .collect();
+            dict.insert(p.name.clone(), HostTensor::new(&[d], v).unwrap());
+        }
+        load_state_dict(&mut cx, &params, &dict).unwrap();
+        let xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+        let y = n.forward(xt).retrieve();
+        tensor::set(xt, &shape, x.clone()).unwrap();
+        tensor::execute(&mut cx).unwrap();
+        let got = tensor::read(y).unwrap();
+        let want = norm_ref_named(norm, &x, &dict, "ln", d);
+        crate::testing::assert_close(&got.data, &want, 1e-5).unwrap();
+    }
+}

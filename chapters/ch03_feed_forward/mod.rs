@@ -17,6 +17,9 @@ use crate::graph::init::CourseRng;
 use crate::graph::params::{self, Parameters, Visitor};
 use crate::graph::tensor::{self, HostTensor};
 
+mod ffn_layer;
+pub use ffn_layer::*;
+
 // ANCHOR: silu_ref
 /// SiLU (also called swish): `x * sigmoid(x) = x / (1 + e^-x)`.
 pub fn silu_ref(x: f32) -> f32 {
@@ -146,6 +149,12 @@ impl<D: Dimension, F: Dimension> ReluFfn<D, F> {
             w2: Linear::new(cx, d_ff, d_model)?,
         })
     }
+
+    /// Truncated-normal init of both weights (chapter 1).
+    pub fn init(&self, rng: &mut CourseRng) -> Result<()> {
+        self.w1.init(rng)?;
+        self.w2.init(rng)
+    }
 }
 
 impl<B: Dimension, S: Dimension, D: Dimension, F: Dimension> Module<GraphTensor<(B, S, D)>>
@@ -158,12 +167,16 @@ impl<B: Dimension, S: Dimension, D: Dimension, F: Dimension> Module<GraphTensor<
 }
 // ANCHOR_END: relu_ffn
 
-/// Which feed-forward network [`run_ffn`] builds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which feed-forward network: for [`run_ffn`], [`FfnLayer`] and chapter 6's model configs
+/// (JSON `"swiglu"` / `"relu"`; SwiGLU when absent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Ffn {
     /// [`SwiGlu`]: weights w1, w2, w3.
+    #[default]
+    #[serde(rename = "swiglu")]
     SwiGlu,
     /// [`ReluFfn`]: weights w1, w2.
+    #[serde(rename = "relu")]
     Relu,
 }
 

@@ -145,3 +145,41 @@ fn gradients_match_finite_differences() {
     let params = [f.params(), vec![Param::of(x, &[1, 2, 3])]].concat();
     assert_gradcheck(&mut cx, params, loss);
 }
+
+/// [`FfnLayer`] runs the network it was built as, names its weights `ffn.w1`, `ffn.w2` (and
+/// `ffn.w3` for SwiGLU only), and equals [`ffn_ref_named`] reading the same state dict, on
+/// the CPU device's compiled graph. Weights ~ 1/sqrt(fan-in), inputs up to 2: 1e-4 relative
+/// to max(1, |y|), as for the plain networks.
+#[test]
+fn ffn_layer_matches_the_named_reference() {
+    use crate::graph::params::{load_state_dict, StateDict};
+    let mut rng = crate::graph::init::rng(31);
+    let (shape, d, f) = ([2, 3, 4], 4, 10);
+    let x = crate::testing::uniform(&mut rng, 24, 2.0);
+    for kind in [Ffn::SwiGlu, Ffn::Relu] {
+        let mut cx = Graph::new();
+        let mut layer = FfnLayer::<DModel, DFf>::new(&mut cx, kind, d, f).unwrap();
+        let mut params = layer.params();
+        params
+            .iter_mut()
+            .for_each(|p| p.name = format!("ffn.{}", p.name));
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+        let mut want_names = vec!["ffn.w1.weight", "ffn.w2.weight", "ffn.w3.weight"];
+        want_names.truncate(if kind == Ffn::Relu { 2 } else { 3 });
+        assert_eq!(names, want_names);
+        let mut dict = StateDict::new();
+        for p in &params {
+            let v = crate::testing::uniform(&mut rng, d * f, 0.4);
+            dict.insert(p.name.clone(), HostTensor::new(&p.shape, v).unwrap());
+        }
+        load_state_dict(&mut cx, &params, &dict).unwrap();
+        let mut xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
+        let mut y = layer.forward(xt).retrieve();
+        Device::Cpu.compile(&mut cx, (&mut layer, &mut xt, &mut y));
+        tensor::set(xt, &shape, x.clone()).unwrap();
+        tensor::execute(&mut cx).unwrap();
+        let got = tensor::read(y).unwrap();
+        let want = ffn_ref_named(kind, &x, &dict, "ffn", [6, d, f]);
+        crate::testing::assert_close(&got.data, &want, 1e-4).unwrap();
+    }
+}

@@ -18,6 +18,9 @@ use crate::graph::dims::{Batch, DHead, Heads, MaxSeq, Pairs, Seq};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::tensor::{self, HostTensor};
 
+mod sinusoidal;
+pub use sinusoidal::*;
+
 /// The base of RoPE's angles in the CS336 conventions (book chapter 4), as in Llama and the RoFormer paper.
 pub const ROPE_THETA: f32 = 10_000.0;
 

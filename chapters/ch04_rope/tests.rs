@@ -193,3 +193,26 @@ fn rope_at_arbitrary_positions_matches_the_reference() {
     let err = run_rope_at(&x, [b, h, s, d], &[64; 10], max, ROPE_THETA, Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("position 64"), "{err}");
 }
+
+/// The sinusoidal table as a graph: position 0 is exactly [0, 1, 0, 1, ...] (sin 0, cos 0 =
+/// sin(pi/2) in f32), position 1 of a width-4 table is (sin 1, cos 1, sin 0.01, cos 0.01) by
+/// hand, and every entry of tables up to 128 x 33 (odd widths too) matches the f64-angle loop.
+/// Tolerance 1e-4 absolute (the entries are in [-1, 1]): the graph forms p w_i and the
+/// quarter-turn phase in f32, so the angle is off by a few ulp of p w_i < 128, i.e. < 4e-5.
+#[test]
+fn sinusoidal_table_graph_matches_the_loop() {
+    let pe = run_sinusoidal_table(2, 4, Device::Cpu).unwrap();
+    assert_eq!(pe.shape, vec![2, 4]);
+    assert_close(&pe.data[..4], &[0.0, 1.0, 0.0, 1.0], 1e-7).unwrap();
+    let by_hand = [1f32.sin(), 1f32.cos(), 0.01f32.sin(), 0.01f32.cos()];
+    assert_close(&pe.data[4..], &by_hand, 1e-6).unwrap();
+    let mut worst = 0.0f32;
+    for (s, d) in [(1, 1), (7, 5), (65, 16), (128, 33), (128, 64)] {
+        let got = run_sinusoidal_table(s, d, Device::Cpu).unwrap();
+        let want = sinusoidal_positions_ref(s, d);
+        assert_close(&got.data, &want, 1e-4).unwrap();
+        let err = got.data.iter().zip(&want).map(|(a, b)| (a - b).abs());
+        worst = err.fold(worst, f32::max);
+    }
+    println!("sinusoidal table: largest error vs the loop {worst:e}");
+}

@@ -4,7 +4,7 @@
 
 use luminal::prelude::*;
 
-use super::{block_ref, validate_sizes, Block};
+use super::{block_ref, validate_sizes, Architecture, Block};
 use crate::backend::Device;
 use crate::ch01_linear::{embedding_ref, linear_ref, Embedding, Linear};
 use crate::ch02_rmsnorm::{rms_norm_ref, RmsNorm, NORM_EPS};
@@ -64,7 +64,7 @@ impl TransformerConfig {
             ("n_heads", self.n_heads),
             ("d_ff", self.d_ff),
         ];
-        validate_sizes(&sizes, self.d_model, self.n_heads, self.rope_theta)
+        validate_sizes(&sizes, self.d_model, self.n_heads, self.rope_theta, true)
     }
 }
 // ANCHOR_END: config
@@ -89,6 +89,7 @@ pub fn lm_ref(
             &causal,
             sizes,
             Some(cfg.rope_theta),
+            Architecture::default(), // the LM is always pre-norm, RMSNorm, RoPE, SwiGLU
         );
     }
     let x = rms_norm_ref(&x, &dict["ln_final.weight"].data, d, NORM_EPS);

@@ -11,8 +11,8 @@
 
 use luminal::prelude::*;
 
-use crate::ch02_rmsnorm::{rms_norm_ref, RmsNorm, NORM_EPS};
-use crate::ch03_feed_forward::{swiglu_ref, SwiGlu};
+use crate::ch02_rmsnorm::{norm_ref_named, NormLayer};
+use crate::ch03_feed_forward::{ffn_ref_named, FfnLayer};
 use crate::ch04_rope::Rope;
 use crate::ch05_attention::{mha_ref, MultiHeadAttention};
 use crate::graph::dims::{DFf, DHead, DModel, MaxSeq};
@@ -20,17 +20,25 @@ use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
 use crate::graph::params::{Param, Parameters, StateDict, Visitor};
 
+mod decoder;
 pub mod lm;
+pub mod original;
 pub mod seq2seq;
+mod seq2seq_ref;
+pub use decoder::*;
 pub use lm::*;
+pub use original::*;
 pub use seq2seq::*;
+pub use seq2seq_ref::*;
 
-/// Checks shared by both model configs, each failure naming the setting.
+/// Checks shared by both model configs, each failure naming the setting. The head size must
+/// be even only when `rope` rotates pairs.
 fn validate_sizes(
     sizes: &[(&str, usize)],
     d_model: usize,
     n_heads: usize,
     theta: f32,
+    rope: bool,
 ) -> Result<()> {
     if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
         return Err(CourseError::Config(format!("{name} must be positive")));
@@ -40,7 +48,7 @@ fn validate_sizes(
             "d_model ({d_model}) must be divisible by n_heads ({n_heads})"
         )));
     }
-    if (d_model / n_heads) % 2 != 0 {
+    if rope && (d_model / n_heads) % 2 != 0 {
         return Err(CourseError::Config(format!(
             "the head size d_model / n_heads = {} must be even: RoPE rotates pairs",
             d_model / n_heads
@@ -55,8 +63,9 @@ fn validate_sizes(
 }
 
 // ANCHOR: block_ref
-/// A pre-norm block as loops, weights from `dict` under `prefix` (e.g. `layers.0`):
-/// `x` (b, s, d) with `mask` (b, s, s) -> (b, s, d).
+/// A block as loops, weights from `dict` under `prefix` (e.g. `layers.0`): `x` (b, s, d) with
+/// `mask` (b, s, s) -> (b, s, d). `arch` picks pre/post-norm, the norm and the FFN; positions
+/// come in through `rope_theta` (None: no rotation).
 pub fn block_ref(
     x: &[f32],
     dict: &StateDict,
@@ -64,69 +73,86 @@ pub fn block_ref(
     mask: &[bool],
     [b, s, d, heads, d_ff]: [usize; 5],
     rope_theta: Option<f32>,
+    arch: Architecture,
 ) -> Vec<f32> {
     let w = |name: &str| &dict[&format!("{prefix}.{name}.weight")].data[..];
-    let attn = |p| {
-        [
-            w(&format!("{p}.q_proj")),
-            w(&format!("{p}.k_proj")),
-            w(&format!("{p}.v_proj")),
-            w(&format!("{p}.output_proj")),
-        ]
+    let projections =
+        ["q_proj", "k_proj", "v_proj", "output_proj"].map(|p| w(&format!("attn.{p}")));
+    let attn = |x: &[f32]| mha_ref(x, x, projections, mask, [b, s, s, d], heads, rope_theta);
+    let ffn = |x: &[f32]| {
+        ffn_ref_named(
+            arch.ffn,
+            x,
+            dict,
+            &format!("{prefix}.ffn"),
+            [b * s, d, d_ff],
+        )
     };
-    let normed = rms_norm_ref(x, w("ln1"), d, NORM_EPS);
-    let a = mha_ref(
-        &normed,
-        &normed,
-        attn("attn"),
-        mask,
-        [b, s, s, d],
-        heads,
-        rope_theta,
-    );
-    let h: Vec<f32> = x.iter().zip(&a).map(|(x, a)| x + a).collect(); // residual
-    let normed = rms_norm_ref(&h, w("ln2"), d, NORM_EPS);
-    let f = swiglu_ref(
-        &normed,
-        [w("ffn.w1"), w("ffn.w2"), w("ffn.w3")],
-        b * s,
-        d,
-        d_ff,
-    );
-    h.iter().zip(&f).map(|(h, f)| h + f).collect() // residual
+    let norm =
+        |x: &[f32], name: &str| norm_ref_named(arch.norm, x, dict, &format!("{prefix}.{name}"), d);
+    match arch.norm_position {
+        NormPosition::Pre => {
+            let h = add(x, &attn(&norm(x, "ln1"))); // x + attn(ln1(x))
+            add(&h, &ffn(&norm(&h, "ln2"))) // h + ffn(ln2(h))
+        }
+        NormPosition::Post => {
+            let h = norm(&add(x, &attn(x)), "ln1"); // ln1(x + attn(x))
+            norm(&add(&h, &ffn(&h)), "ln2") // ln2(h + ffn(h))
+        }
+    }
+}
+
+/// Elementwise sum: the residual connection of the loop versions.
+fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(a, b)| a + b).collect()
 }
 // ANCHOR_END: block_ref
 
 // ANCHOR: block
-/// A pre-norm transformer block: `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`.
+/// A transformer block. Pre-norm (the default): `h = x + attn(ln1(x))`, `out = h + ffn(ln2(h))`;
+/// post-norm: `h = ln1(x + attn(x))`, `out = ln2(h + ffn(h))`.
 #[derive(Clone, Copy)]
 pub struct Block {
-    /// Norm before attention (`ln1`).
-    pub ln1: RmsNorm<DModel>,
+    /// Norm before attention (pre-norm) or after its residual sum (post-norm): `ln1`.
+    pub ln1: NormLayer<DModel>,
     /// Self-attention (`attn`), masked by the `allowed` given to `forward`.
     pub attn: MultiHeadAttention<DModel>,
-    /// Norm before the feed-forward network (`ln2`).
-    pub ln2: RmsNorm<DModel>,
-    /// SwiGLU feed-forward network (`ffn`).
-    pub ffn: SwiGlu<DModel, DFf>,
+    /// Norm of the feed-forward half (`ln2`).
+    pub ln2: NormLayer<DModel>,
+    /// Feed-forward network (`ffn`): SwiGLU or ReLU.
+    pub ffn: FfnLayer<DModel, DFf>,
+    /// Where the norms sit.
+    pub norm_position: NormPosition,
 }
 
 impl Block {
-    /// Add the block's weights to `cx`: `ln1`, `attn`, `ln2`, `ffn`.
+    /// Add a modern block's weights to `cx` (pre-norm, RMSNorm, SwiGLU): `ln1`, `attn`, `ln2`, `ffn`.
     pub fn new(
+        cx: &mut Graph,
+        sizes: [usize; 3],
+        rope: Option<Rope<MaxSeq, DHead>>,
+    ) -> Result<Self> {
+        Self::with_architecture(cx, sizes, rope, Architecture::default())
+    }
+
+    /// Add a block with the norm position, norm and FFN of `arch` (positions are the caller's:
+    /// `rope`, or none).
+    pub fn with_architecture(
         cx: &mut Graph,
         [d_model, n_heads, d_ff]: [usize; 3],
         rope: Option<Rope<MaxSeq, DHead>>,
+        arch: Architecture,
     ) -> Result<Self> {
         Ok(Self {
-            ln1: RmsNorm::new(cx, d_model)?,
+            ln1: NormLayer::new(cx, arch.norm, d_model)?,
             attn: MultiHeadAttention::new(cx, d_model, n_heads, rope)?,
-            ln2: RmsNorm::new(cx, d_model)?,
-            ffn: SwiGlu::new(cx, d_model, d_ff)?,
+            ln2: NormLayer::new(cx, arch.norm, d_model)?,
+            ffn: FfnLayer::new(cx, arch.ffn, d_model, d_ff)?,
+            norm_position: arch.norm_position,
         })
     }
 
-    /// Norm gains to 1, projections truncated normal.
+    /// Norm gains to 1 (biases to 0), projections truncated normal.
     pub fn init(&self, rng: &mut CourseRng) -> Result<()> {
         self.ln1.init()?;
         self.attn.init(rng)?;
@@ -140,9 +166,17 @@ impl Block {
         x: GraphTensor<(B, S, DModel)>,
         allowed: GraphTensor<(B, S, S)>,
     ) -> GraphTensor<(B, S, DModel)> {
-        let normed = self.ln1.forward(x);
-        let h = x + self.attn.attend(normed, normed, allowed); // (b, s, d)
-        h + self.ffn.forward(self.ln2.forward(h)) // (b, s, d)
+        match self.norm_position {
+            NormPosition::Pre => {
+                let normed = self.ln1.forward(x);
+                let h = x + self.attn.attend(normed, normed, allowed); // (b, s, d)
+                h + self.ffn.forward(self.ln2.forward(h)) // (b, s, d)
+            }
+            NormPosition::Post => {
+                let h = self.ln1.forward(x + self.attn.attend(x, x, allowed)); // (b, s, d)
+                self.ln2.forward(h + self.ffn.forward(h)) // (b, s, d)
+            }
+        }
     }
 }
 // ANCHOR_END: block

@@ -7,14 +7,14 @@
 
 use luminal::prelude::*;
 
-use super::{block_ref, validate_sizes, Block};
+use super::{validate_sizes, Block, DecoderBlock, NormPosition};
 use crate::backend::Device;
-use crate::ch01_linear::{embedding_ref, linear_ref, Embedding, Linear};
-use crate::ch02_rmsnorm::{rms_norm_ref, RmsNorm, NORM_EPS};
-use crate::ch03_feed_forward::{swiglu_ref, SwiGlu};
-use crate::ch04_rope::Rope;
-use crate::ch05_attention::{causal_mask, key_padding_mask, mha_ref, MultiHeadAttention};
-use crate::graph::dims::{Batch, DFf, DHead, DModel, MaxSeq, Seq, SrcSeq, Vocab};
+use crate::ch01_linear::{Embedding, Linear};
+use crate::ch02_rmsnorm::{Norm, NormLayer};
+use crate::ch03_feed_forward::Ffn;
+use crate::ch04_rope::{add_sinusoidal_positions, Positions, Rope};
+use crate::ch05_attention::{causal_mask, key_padding_mask};
+use crate::graph::dims::{Batch, DHead, DModel, MaxSeq, Seq, SrcSeq, Vocab};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
 use crate::graph::params::{self, Parameters, StateDict, Visitor};
@@ -49,10 +49,29 @@ pub struct Seq2SeqConfig {
     /// turns it on. No weights change.
     #[serde(default)]
     pub cross_attention_rope: bool,
+    /// Pre-norm (default) or post-norm blocks; see [`Seq2SeqConfig::original_transformer`].
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub norm_position: NormPosition,
+    /// RMSNorm (default) or LayerNorm, in every block and at the end of encoder and decoder.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub norm: Norm,
+    /// RoPE (default) or sinusoidal positions added to the token embeddings.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub positions: Positions,
+    /// SwiGLU (default) or ReLU feed-forward networks.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ffn: Ffn,
+}
+
+/// The four switches are left out of the JSON when they hold their defaults, so configs,
+/// checkpoint headers and printed outputs of the modern model read exactly as before.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl Seq2SeqConfig {
-    /// Sizes positive, d_model divisible by n_heads, an even head size, theta > 1.
+    /// Sizes positive, d_model divisible by n_heads, an even head size with RoPE, theta > 1,
+    /// no cross-attention RoPE without RoPE.
     pub fn validate(&self) -> Result<()> {
         let sizes = [
             ("vocab_size", self.vocab_size),
@@ -63,171 +82,13 @@ impl Seq2SeqConfig {
             ("n_decoder_layers", self.n_decoder_layers),
             ("d_ff", self.d_ff),
         ];
-        validate_sizes(&sizes, self.d_model, self.n_heads, self.rope_theta)
+        let rope = self.positions == Positions::Rope;
+        validate_sizes(&sizes, self.d_model, self.n_heads, self.rope_theta, rope)?;
+        self.validate_architecture()
     }
 }
 
 // ANCHOR_END: seq2seq_config
-
-// ANCHOR: decoder_block
-/// A pre-norm decoder block: causal self-attention, cross-attention to the encoder's output,
-/// feed-forward; each on a normalised copy of the residual stream.
-#[derive(Clone, Copy)]
-pub struct DecoderBlock {
-    /// Norm before self-attention.
-    pub ln1: RmsNorm<DModel>,
-    /// Causal self-attention over the target, with RoPE.
-    pub self_attn: MultiHeadAttention<DModel>,
-    /// Norm before cross-attention.
-    pub ln2: RmsNorm<DModel>,
-    /// Queries from the target, keys and values from the encoder's output.
-    pub cross_attn: MultiHeadAttention<DModel>,
-    /// Norm before the feed-forward network.
-    pub ln3: RmsNorm<DModel>,
-    /// SwiGLU feed-forward network.
-    pub ffn: SwiGlu<DModel, DFf>,
-}
-
-impl DecoderBlock {
-    /// Add the block's weights to `cx`: `ln1`, `self_attn`, `ln2`, `cross_attn`, `ln3`, `ffn`.
-    pub fn new(
-        cx: &mut Graph,
-        [d_model, n_heads, d_ff]: [usize; 3],
-        rope: Rope<MaxSeq, DHead>,
-        cross_rope: Option<Rope<MaxSeq, DHead>>,
-    ) -> Result<Self> {
-        Ok(Self {
-            ln1: RmsNorm::new(cx, d_model)?,
-            self_attn: MultiHeadAttention::new(cx, d_model, n_heads, Some(rope))?,
-            ln2: RmsNorm::new(cx, d_model)?,
-            // RoPE across sequences only on request (see `Seq2SeqConfig::cross_attention_rope`).
-            cross_attn: MultiHeadAttention::new(cx, d_model, n_heads, cross_rope)?,
-            ln3: RmsNorm::new(cx, d_model)?,
-            ffn: SwiGlu::new(cx, d_model, d_ff)?,
-        })
-    }
-
-    /// `x` (b, s, d), `memory` (b, t, d), `causal` (b, s, s), `src_allowed` (b, s, t) -> (b, s, d).
-    pub fn forward<B: Dimension, S: Dimension, T: Dimension>(
-        &self,
-        x: GraphTensor<(B, S, DModel)>,
-        memory: GraphTensor<(B, T, DModel)>,
-        causal: GraphTensor<(B, S, S)>,
-        src_allowed: GraphTensor<(B, S, T)>,
-    ) -> GraphTensor<(B, S, DModel)> {
-        let normed = self.ln1.forward(x);
-        let h = x + self.self_attn.attend(normed, normed, causal);
-        let h = h + self
-            .cross_attn
-            .attend(self.ln2.forward(h), memory, src_allowed);
-        h + self.ffn.forward(self.ln3.forward(h))
-    }
-}
-// ANCHOR_END: decoder_block
-
-impl Parameters for DecoderBlock {
-    fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
-        v.module("ln1", &mut self.ln1);
-        v.module("self_attn", &mut self.self_attn);
-        v.module("ln2", &mut self.ln2);
-        v.module("cross_attn", &mut self.cross_attn);
-        v.module("ln3", &mut self.ln3);
-        v.module("ffn", &mut self.ffn);
-    }
-}
-
-impl ToIdsMut for DecoderBlock {
-    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
-        self.handles()
-    }
-}
-
-// ANCHOR: seq2seq_ref
-/// The encoder-decoder as loops: `src` (b, t) with `src_keep` (b, t) (false = padding),
-/// `tgt` (b, s) -> logits (b, s, vocab).
-pub fn seq2seq_ref(
-    src: &[u32],
-    src_keep: &[bool],
-    tgt: &[u32],
-    dict: &StateDict,
-    cfg: &Seq2SeqConfig,
-    [b, t, s]: [usize; 3],
-) -> Vec<f32> {
-    let (d, heads, theta) = (cfg.d_model, cfg.n_heads, Some(cfg.rope_theta));
-    let table = &dict["token_embeddings.weight"].data;
-    let w = |name: String| &dict[&name].data[..];
-    // Encoder: every source position sees every real source position.
-    let enc_mask: Vec<bool> = (0..b * t * t)
-        .map(|i| src_keep[(i / (t * t)) * t + i % t])
-        .collect();
-    let mut memory = embedding_ref(src, table, d);
-    for i in 0..cfg.n_encoder_layers {
-        let p = format!("encoder.layers.{i}");
-        memory = block_ref(
-            &memory,
-            dict,
-            &p,
-            &enc_mask,
-            [b, t, d, heads, cfg.d_ff],
-            theta,
-        );
-    }
-    let memory = rms_norm_ref(&memory, w("encoder.ln_final.weight".into()), d, NORM_EPS);
-    // Decoder: causal over the target, padding-masked over the source.
-    let causal: Vec<bool> = (0..b * s * s).map(|i| i % s <= (i / s) % s).collect();
-    let cross: Vec<bool> = (0..b * s * t)
-        .map(|i| src_keep[(i / (s * t)) * t + i % t])
-        .collect();
-    let mut x = embedding_ref(tgt, table, d);
-    for i in 0..cfg.n_decoder_layers {
-        let p = |n: &str| format!("decoder.layers.{i}.{n}");
-        let attn = |a: &str| {
-            ["q_proj", "k_proj", "v_proj", "output_proj"].map(|m| w(p(&format!("{a}.{m}.weight"))))
-        };
-        let n = rms_norm_ref(&x, w(p("ln1.weight")), d, NORM_EPS);
-        let a = mha_ref(
-            &n,
-            &n,
-            attn("self_attn"),
-            &causal,
-            [b, s, s, d],
-            heads,
-            theta,
-        );
-        x = x.iter().zip(&a).map(|(x, a)| x + a).collect();
-        let n = rms_norm_ref(&x, w(p("ln2.weight")), d, NORM_EPS);
-        let a = mha_ref(
-            &n,
-            &memory,
-            attn("cross_attn"),
-            &cross,
-            [b, s, t, d],
-            heads,
-            if cfg.cross_attention_rope {
-                theta
-            } else {
-                None
-            },
-        );
-        x = x.iter().zip(&a).map(|(x, a)| x + a).collect();
-        let n = rms_norm_ref(&x, w(p("ln3.weight")), d, NORM_EPS);
-        let ffn = [
-            w(p("ffn.w1.weight")),
-            w(p("ffn.w2.weight")),
-            w(p("ffn.w3.weight")),
-        ];
-        let f = swiglu_ref(&n, ffn, b * s, d, cfg.d_ff);
-        x = x.iter().zip(&f).map(|(x, f)| x + f).collect();
-    }
-    let x = rms_norm_ref(&x, w("decoder.ln_final.weight".into()), d, NORM_EPS);
-    let head = if cfg.tie_embeddings {
-        table
-    } else {
-        &dict["lm_head.weight"].data
-    };
-    linear_ref(&x, head, b * s, d, cfg.vocab_size)
-}
-// ANCHOR_END: seq2seq_ref
 
 // ANCHOR: seq2seq
 /// An encoder-decoder transformer sharing one token embedding table.
@@ -237,16 +98,17 @@ pub struct Seq2Seq {
     pub config: Seq2SeqConfig,
     /// (vocab, d_model) table shared by source and target.
     pub token_embeddings: Embedding<Vocab, DModel>,
-    /// One set of RoPE tables, shared by every attention that rotates.
-    pub rope: Rope<MaxSeq, DHead>,
+    /// One set of RoPE tables, shared by every attention that rotates (None with sinusoidal
+    /// positions).
+    pub rope: Option<Rope<MaxSeq, DHead>>,
     /// The `n_encoder_layers` blocks, `encoder.layers.{i}`.
     pub encoder: Vec<Block>,
     /// Norm after the last encoder block (`encoder.ln_final`).
-    pub encoder_norm: RmsNorm<DModel>,
+    pub encoder_norm: NormLayer<DModel>,
     /// The `n_decoder_layers` blocks, `decoder.layers.{i}`.
     pub decoder: Vec<DecoderBlock>,
     /// Norm after the last decoder block (`decoder.ln_final`).
-    pub decoder_norm: RmsNorm<DModel>,
+    pub decoder_norm: NormLayer<DModel>,
     /// The output projection; with tied embeddings its weight *is* the embedding table.
     pub lm_head: Linear<DModel, Vocab>,
 }
@@ -255,21 +117,25 @@ impl Seq2Seq {
     /// Check the config and add every weight to `cx`.
     pub fn new(cx: &mut Graph, config: &Seq2SeqConfig) -> Result<Self> {
         config.validate()?;
-        let c = config;
+        let (c, arch) = (config, config.architecture());
         let sizes = [c.d_model, c.n_heads, c.d_ff];
-        let rope = Rope::new(cx, c.context_length, c.d_model / c.n_heads, c.rope_theta)?;
+        let rope = match c.positions {
+            Positions::Rope => {
+                let d_head = c.d_model / c.n_heads;
+                Some(Rope::new(cx, c.context_length, d_head, c.rope_theta)?)
+            }
+            Positions::Sinusoidal => None, // added to the embeddings in `encode` / `forward`
+        };
         let token_embeddings = Embedding::new(cx, c.vocab_size, c.d_model)?;
         let encoder = (0..c.n_encoder_layers)
-            .map(|_| Block::new(cx, sizes, Some(rope)))
+            .map(|_| Block::with_architecture(cx, sizes, rope, arch))
             .collect::<Result<_>>()?;
-        let encoder_norm = RmsNorm::new(cx, c.d_model)?;
+        let encoder_norm = NormLayer::new(cx, c.norm, c.d_model)?;
+        let cross = rope.filter(|_| c.cross_attention_rope);
         let decoder = (0..c.n_decoder_layers)
-            .map(|_| {
-                let cross = c.cross_attention_rope.then_some(rope);
-                DecoderBlock::new(cx, sizes, rope, cross)
-            })
+            .map(|_| DecoderBlock::new(cx, sizes, rope, cross, arch))
             .collect::<Result<_>>()?;
-        let decoder_norm = RmsNorm::new(cx, c.d_model)?;
+        let decoder_norm = NormLayer::new(cx, c.norm, c.d_model)?;
         let lm_head = if c.tie_embeddings {
             // (vocab, d_model) is exactly a Linear(d_model -> vocab) weight: share the node.
             Linear {
@@ -319,7 +185,7 @@ impl Seq2Seq {
         src_keep: GraphTensor<(B, T)>,
     ) -> GraphTensor<(B, T, DModel)> {
         let allowed = key_padding_mask::<B, T, T>(src_keep); // (b, t, t)
-        let mut x = self.token_embeddings.forward(src);
+        let mut x = self.embed(src); // (b, t, d)
         for layer in &self.encoder {
             x = layer.forward(x, allowed);
         }
@@ -336,11 +202,24 @@ impl Seq2Seq {
         let memory = self.encode(src, src_keep);
         let causal = causal_mask::<S>(tgt.graph()).expand::<(B, S, S), Axis<0>>();
         let cross = key_padding_mask::<B, S, T>(src_keep); // (b, s, t)
-        let mut x = self.token_embeddings.forward(tgt);
+        let mut x = self.embed(tgt); // (b, s, d)
         for layer in &self.decoder {
             x = layer.forward(x, memory, causal, cross);
         }
         self.lm_head.forward(self.decoder_norm.forward(x))
+    }
+
+    /// Token embeddings of `ids` (b, n) -> (b, n, d), plus the sinusoidal table's first n rows
+    /// when the config asks for sinusoidal positions (RoPE acts later, inside attention).
+    pub fn embed<B: Dimension, N: Dimension>(
+        &self,
+        ids: GraphTensor<(B, N)>,
+    ) -> GraphTensor<(B, N, DModel)> {
+        let x = self.token_embeddings.forward(ids); // (b, n, d)
+        match self.config.positions {
+            Positions::Rope => x,
+            Positions::Sinusoidal => add_sinusoidal_positions(x, self.config.d_model),
+        }
     }
 
     /// Feed ids (b, len) into `ids`, refusing sequences longer than `context_length`.
@@ -367,7 +246,9 @@ impl Seq2Seq {
 impl Parameters for Seq2Seq {
     fn visit<'a>(&'a mut self, v: &mut Visitor<'a>) {
         v.module("token_embeddings", &mut self.token_embeddings);
-        v.buffers(self.rope.to_ids_mut());
+        if let Some(rope) = &mut self.rope {
+            v.buffers(rope.to_ids_mut());
+        }
         v.modules("encoder.layers", &mut self.encoder);
         v.module("encoder.ln_final", &mut self.encoder_norm);
         v.modules("decoder.layers", &mut self.decoder);

@@ -29,6 +29,11 @@ fn tiny_seq2seq(tie_embeddings: bool) -> Seq2SeqConfig {
         rope_theta: 10_000.0,
         tie_embeddings,
         cross_attention_rope: false,
+        // Chapter 6's modern architecture: pre-norm, RMSNorm, RoPE, SwiGLU.
+        norm_position: Default::default(),
+        norm: Default::default(),
+        positions: Default::default(),
+        ffn: Default::default(),
     }
 }
 

@@ -163,6 +163,11 @@ pub fn copy_task_config() -> TrainConfig {
             tie_embeddings: false,
             // Align target and source positions by relative offset (see the book page).
             cross_attention_rope: true,
+            // Chapter 6's modern architecture: pre-norm, RMSNorm, RoPE, SwiGLU.
+            norm_position: Default::default(),
+            norm: Default::default(),
+            positions: Default::default(),
+            ffn: Default::default(),
         }),
         task: Task::Copy(task),
         batch_size: 32,

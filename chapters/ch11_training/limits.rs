@@ -5,6 +5,10 @@
 //! Book page: [Chapter 11](../../../book/ch11_training.html#checkpoints).
 
 use super::config::{ModelConfig, Task, TrainConfig};
+use crate::ch02_rmsnorm::Norm;
+use crate::ch03_feed_forward::Ffn;
+use crate::ch04_rope::Positions;
+use crate::ch06_transformer::Seq2SeqConfig;
 use crate::graph::error::{CourseError, Result};
 use crate::graph::files::memory_available;
 
@@ -18,19 +22,29 @@ fn sum(xs: &[u128]) -> u128 {
     xs.iter().fold(0u128, |a, &x| a.saturating_add(x))
 }
 
+/// Tensors per norm (LayerNorm: gain and bias) and weights per FFN (ReLU: no `w3`) of an
+/// encoder-decoder config (chapter 6's architecture switches).
+fn seq2seq_switches(c: &Seq2SeqConfig) -> (usize, usize) {
+    let per_norm = if c.norm == Norm::Layer { 2 } else { 1 };
+    let ffn = if c.ffn == Ffn::Relu { 2 } else { 3 };
+    (per_norm, ffn)
+}
+
 impl ModelConfig {
     /// How many tensors the state dict has (chapter 6's names), without building the model.
     pub fn num_tensors(&self) -> u128 {
         match self {
             // embedding, 9 per block (2 norms, 4 projections, 3 FFN weights), final norm, head
             ModelConfig::Lm(c) => sum(&[3, mul(&[9, c.n_layers])]),
-            // decoder blocks have 3 norms, 8 projections, 3 FFN weights; a tied head adds none
+            // decoder blocks have 3 norms, 8 projections, 3 FFN weights; a tied head adds none;
+            // chapter 6's switches: a LayerNorm has 2 tensors, a ReLU FFN 2 weights
             ModelConfig::Seq2Seq(c) => {
                 let head = u128::from(!c.tie_embeddings);
+                let (per_norm, ffn) = seq2seq_switches(c);
                 sum(&[
-                    3 + head,
-                    mul(&[9, c.n_encoder_layers]),
-                    mul(&[14, c.n_decoder_layers]),
+                    (1 + 2 * per_norm) as u128 + head,
+                    mul(&[2 * per_norm + 4 + ffn, c.n_encoder_layers]),
+                    mul(&[3 * per_norm + 8 + ffn, c.n_decoder_layers]),
                 ])
             }
         }
@@ -38,11 +52,12 @@ impl ModelConfig {
 
     /// How many values the parameters hold, without building the model.
     pub fn num_params(&self) -> u128 {
-        // A block: `attentions` x 4 projections (d, d), 3 FFN weights (d, f), `norms` gains (d).
-        let blocks = |n: usize, d, f, attentions, norms| {
+        // A block: `attentions` x 4 projections (d, d), `ffn` FFN weights (d, f), `norms`
+        // vectors (d) (a gain, or a gain and a bias).
+        let blocks = |n: usize, d, f, attentions, norms, ffn| {
             let one = sum(&[
                 mul(&[attentions, 4, d, d]),
-                mul(&[3, d, f]),
+                mul(&[ffn, d, f]),
                 mul(&[norms, d]),
             ]);
             one.saturating_mul(n as u128)
@@ -53,18 +68,19 @@ impl ModelConfig {
                 // embedding + head (v, d) each, the blocks, the final norm
                 sum(&[
                     mul(&[2, v, d]),
-                    blocks(c.n_layers, d, c.d_ff, 1, 2),
+                    blocks(c.n_layers, d, c.d_ff, 1, 2, 3),
                     d as u128,
                 ])
             }
             ModelConfig::Seq2Seq(c) => {
                 let (v, d) = (c.vocab_size, c.d_model);
                 let head = if c.tie_embeddings { 0 } else { mul(&[v, d]) };
+                let (per_norm, ffn) = seq2seq_switches(c);
                 sum(&[
                     mul(&[v, d]),
-                    blocks(c.n_encoder_layers, d, c.d_ff, 1, 2),
-                    blocks(c.n_decoder_layers, d, c.d_ff, 2, 3),
-                    mul(&[2, d]),
+                    blocks(c.n_encoder_layers, d, c.d_ff, 1, 2 * per_norm, ffn),
+                    blocks(c.n_decoder_layers, d, c.d_ff, 2, 3 * per_norm, ffn),
+                    mul(&[2 * per_norm, d]),
                     head,
                 ])
             }
@@ -87,7 +103,10 @@ impl ModelConfig {
         };
         let per_block = sum(&[mul(&[4, d]), mul(&[2, f]), mul(&[heads, seq])]);
         let activations = mul(&[batch, seq, layers]).saturating_mul(per_block);
-        let rope = mul(&[2, ctx, d / heads.max(1)]);
+        let rope = match self {
+            ModelConfig::Seq2Seq(c) if c.positions == Positions::Sinusoidal => 0,
+            _ => mul(&[2, ctx, d / heads.max(1)]),
+        };
         4u128.saturating_mul(sum(&[self.num_params(), rope, activations]))
     }
 

@@ -756,13 +756,25 @@ fn size_formulas_match_the_built_models() {
         rope_theta: 10_000.0,
         tie_embeddings: tie,
         cross_attention_rope: true,
+        // Chapter 6's modern architecture: pre-norm, RMSNorm, RoPE, SwiGLU.
+        norm_position: Default::default(),
+        norm: Default::default(),
+        positions: Default::default(),
+        ffn: Default::default(),
     };
-    let configs = [
+    let mut configs = vec![
         ModelConfig::Lm(TransformerConfig::reference()),
         ModelConfig::Lm(tiny_lm()),
         ModelConfig::Seq2Seq(s2s(true)),
         ModelConfig::Seq2Seq(s2s(false)),
     ];
+    // Chapter 6's architecture switches change the counts (LayerNorm biases, no ReLU `w3`).
+    for arch in crate::ch06_transformer::Architecture::all() {
+        let mut c = s2s(false);
+        c.set_architecture(arch);
+        c.cross_attention_rope = false; // only valid with RoPE
+        configs.push(ModelConfig::Seq2Seq(c));
+    }
     for config in configs {
         let model = Model::new(&mut Graph::new(), &config).unwrap();
         assert_eq!(

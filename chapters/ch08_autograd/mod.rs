@@ -4,6 +4,8 @@
 //! no autograd, so we build it: first on scalars ([`Scalar`], micrograd-sized, to see the idea),
 //! then on luminal's primitive graph ([`backward`](mod@backward)), where each op's rule adds gradient nodes
 //! to the same graph. [`GradCheck`] checks any gradient against central finite differences.
+//! [`by_hand`] derives the composite rules (softmax, norms, attention, SwiGLU, RoPE) and runs
+//! one transformer block's backward pass as plain loops, checked against both.
 //!
 //! Book page: [Chapter 8](../../book/ch08_autograd.html).
 
@@ -15,6 +17,7 @@ use crate::graph::params::Param;
 use crate::graph::tensor::HostTensor;
 
 pub mod backward;
+pub mod by_hand;
 mod rules;
 mod views;
 pub use backward::*;

@@ -54,6 +54,11 @@ pub enum Command {
     },
     /// Run each chapter's demo and print what it computes.
     Tour,
+    /// The learner track: write the chapters yourself in learn/, checked by the course's tests.
+    Learn {
+        #[command(subcommand)]
+        action: crate::learn_cli::LearnAction,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -211,6 +216,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Some(Command::Tour) => tour(),
+        Some(Command::Learn { action }) => crate::learn_cli::run(action),
     }
 }
 

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod learn;
+mod learn_cli;
 mod run_dir;
 
 fn main() -> ExitCode {

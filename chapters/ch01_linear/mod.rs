@@ -20,6 +20,7 @@ use crate::graph::tensor::{self, HostTensor};
 // ANCHOR: linear_ref
 /// `y = x W^T` as loops: `x` (n, d_in), `w` (d_out, d_in) -> `y` (n, d_out).
 pub fn linear_ref(x: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize) -> Vec<f32> {
+    // ANCHOR: learn_linear_ref ch01: y[i, o] = sum_k x[i, k] * w[o, k]; x (n, d_in), w (d_out, d_in) row-major -> y (n, d_out)
     let mut y = vec![0.0; n * d_out];
     for i in 0..n {
         for o in 0..d_out {
@@ -28,12 +29,14 @@ pub fn linear_ref(x: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize) -> 
         }
     }
     y
+    // ANCHOR_END: learn_linear_ref
 }
 // ANCHOR_END: linear_ref
 
 // ANCHOR: embedding_ref
 /// Row lookup: `ids` (n,) into `table` (vocab, d) -> (n, d).
 pub fn embedding_ref(ids: &[u32], table: &[f32], d: usize) -> Vec<f32> {
+    // ANCHOR: learn_embedding_ref ch01: row ids[i] of table (vocab, d), for each id in order -> (n, d)
     ids.iter()
         .flat_map(|&id| {
             table[id as usize * d..(id as usize + 1) * d]
@@ -41,6 +44,7 @@ pub fn embedding_ref(ids: &[u32], table: &[f32], d: usize) -> Vec<f32> {
                 .copied()
         })
         .collect()
+    // ANCHOR_END: learn_embedding_ref
 }
 // ANCHOR_END: embedding_ref
 
@@ -77,7 +81,9 @@ impl<I: Dimension, O: Dimension> Linear<I, O> {
 
     /// The init scale of the CS336 conventions (book chapter 1): sigma = sqrt(2 / (in + out)).
     pub fn init_sigma(&self) -> f32 {
+        // ANCHOR: learn_init_sigma ch01: sigma = sqrt(2 / (in_features + out_features))
         (2.0 / (self.in_features + self.out_features) as f32).sqrt()
+        // ANCHOR_END: learn_init_sigma
     }
 
     /// Fill the weight from N(0, sigma^2) truncated at +-3 sigma.
@@ -96,8 +102,10 @@ impl<I: Dimension, O: Dimension> Linear<I, O> {
 impl<N: Dimension, I: Dimension, O: Dimension> Module<GraphTensor<(N, I)>> for Linear<I, O> {
     type Output = GraphTensor<(N, O)>;
     fn forward(&self, x: GraphTensor<(N, I)>) -> Self::Output {
+        // ANCHOR: learn_linear_forward_2d ch01: x W^T as a matmul with a permuted (transposed) view of self.weight: (n, in) -> (n, out)
         // W^T is a view of W: no copy.
         x.matmul(self.weight.permute::<(I, O), _>())
+        // ANCHOR_END: learn_linear_forward_2d
     }
 }
 
@@ -107,7 +115,9 @@ impl<B: Dimension, S: Dimension, I: Dimension, O: Dimension> Module<GraphTensor<
 {
     type Output = GraphTensor<(B, S, O)>;
     fn forward(&self, x: GraphTensor<(B, S, I)>) -> Self::Output {
+        // ANCHOR: learn_linear_forward_3d ch01: the same x W^T for (batch, seq, in) -> (batch, seq, out): one weight for every position
         x.matmul(self.weight.permute::<(I, O), _>())
+        // ANCHOR_END: learn_linear_forward_3d
     }
 }
 // ANCHOR_END: linear
@@ -121,9 +131,11 @@ impl<B: Dimension, S: Dimension, I: Dimension, O: Dimension> Module<GraphTensor<
 pub fn one_hot<B: Dimension, S: Dimension, V: Dimension>(
     ids: GraphTensor<(B, S)>,
 ) -> GraphTensor<(B, S, V)> {
+    // ANCHOR: learn_one_hot ch01: 1 where v - 0.5 < id < v + 0.5 for class v: arange::<V>() expanded to (b, s, v), ids expanded along axis 2, two less_than
     let classes = ids.graph().arange::<V>().expand::<(B, S, V), Axes2<0, 1>>();
     let ids = ids.expand::<(B, S, V), Axis<2>>();
     (classes - 0.5).less_than(ids) * ids.less_than(classes + 0.5)
+    // ANCHOR_END: learn_one_hot
 }
 // ANCHOR_END: one_hot
 
@@ -194,7 +206,9 @@ impl<B: Dimension, S: Dimension, V: Dimension, D: Dimension> Module<GraphTensor<
 {
     type Output = GraphTensor<(B, S, D)>;
     fn forward(&self, ids: GraphTensor<(B, S)>) -> Self::Output {
+        // ANCHOR: learn_embedding_forward ch01: one_hot::<B, S, V>(ids) (b, s, vocab) times the table (vocab, d) -> (b, s, d)
         one_hot::<B, S, V>(ids).matmul(self.weight)
+        // ANCHOR_END: learn_embedding_forward
     }
 }
 // ANCHOR_END: embedding

@@ -11,6 +11,7 @@ use crate::graph::params::{Parameters, StateDict, Visitor};
 // ANCHOR: norm_layer
 /// RMSNorm or LayerNorm, chosen when the model is built. Its parameters keep the names of the
 /// norm inside (`weight`, and `bias` for LayerNorm), so a state dict reads the same either way.
+/// Book: [Chapter 2](../../book/ch02_rmsnorm.html#either-norm-chosen-at-run-time).
 // Variants differ in size (a GraphTensor carries its shape tracker inline, ~5 kB) but a model
 // holds only a few dozen of these, and boxing would cost the `Copy` the blocks rely on.
 #[allow(clippy::large_enum_variant)]
@@ -54,6 +55,7 @@ impl<B: Dimension, S: Dimension, D: Dimension> Module<GraphTensor<(B, S, D)>> fo
 // ANCHOR: norm_ref_named
 /// The loop version of [`NormLayer`], its weights read from `dict` under `prefix`
 /// (`{prefix}.weight`, and `{prefix}.bias` for LayerNorm): rows of length `d`.
+/// Book: [Chapter 2](../../book/ch02_rmsnorm.html#either-norm-chosen-at-run-time).
 pub fn norm_ref_named(norm: Norm, x: &[f32], dict: &StateDict, prefix: &str, d: usize) -> Vec<f32> {
     let w = |name: &str| &dict[&format!("{prefix}.{name}")].data[..];
     match norm {

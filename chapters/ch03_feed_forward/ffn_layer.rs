@@ -13,6 +13,7 @@ use crate::graph::params::{Parameters, StateDict, Visitor};
 // ANCHOR: ffn_layer
 /// SwiGLU or the ReLU FFN, chosen when the model is built. The weights keep their names
 /// (`w1`, `w2`, and `w3` for SwiGLU): a ReLU FFN's state dict simply has no `w3`.
+/// Book: [Chapter 3](../../book/ch03_feed_forward.html#either-network-chosen-at-run-time).
 // Variants differ in size (a GraphTensor carries its shape tracker inline, ~5 kB) but a model
 // holds only a few dozen of these, and boxing would cost the `Copy` the blocks rely on.
 #[allow(clippy::large_enum_variant)]
@@ -58,6 +59,7 @@ impl<B: Dimension, S: Dimension, D: Dimension, F: Dimension> Module<GraphTensor<
 // ANCHOR: ffn_ref_named
 /// The loop version of [`FfnLayer`] on `n` rows, weights read from `dict` as
 /// `{prefix}.w1.weight`, `{prefix}.w2.weight` (and `{prefix}.w3.weight` for SwiGLU).
+/// Book: [Chapter 3](../../book/ch03_feed_forward.html#either-network-chosen-at-run-time).
 pub fn ffn_ref_named(
     ffn: Ffn,
     x: &[f32],

@@ -14,7 +14,8 @@ use crate::graph::error::{CourseError, Result};
 use crate::graph::tensor::{self, HostTensor};
 
 /// How a model knows where each token sits (chapter 6's configs; JSON `"rope"` /
-/// `"sinusoidal"`; RoPE when absent).
+/// `"sinusoidal"`; RoPE when absent). Book:
+/// [Chapter 6](../../book/ch06_transformer.html#the-original-transformer-as-a-configuration).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Positions {
     /// Rotate queries and keys inside attention ([`Rope`](super::Rope)): relative positions.
@@ -30,6 +31,7 @@ pub enum Positions {
 /// [`sinusoidal_positions_ref`](super::sinusoidal_positions_ref) computed in the graph:
 /// `(seq, d_model)` with `PE[p, 2i] = sin(p w_i)`, `PE[p, 2i+1] = cos(p w_i)`,
 /// `w_i = 10000^(-2i/d)`. Built from aranges, so it costs no input and fits any length.
+/// Book: [Chapter 4](../../book/ch04_rope.html#the-sinusoidal-table-as-a-graph).
 pub fn sinusoidal_table<S: Dimension, D: Dimension>(
     cx: &mut Graph,
     d_model: usize,
@@ -50,7 +52,7 @@ pub fn sinusoidal_table<S: Dimension, D: Dimension>(
 /// The original transformer's input: token embeddings `x` (b, s, d) plus the table's first `s`
 /// rows, the same for every sequence of the batch. (The paper also multiplies the embeddings
 /// by sqrt(d_model); the course does not: its embeddings start as N(0, 1), already of the
-/// sinusoids' size.)
+/// sinusoids' size.) Book: [Chapter 4](../../book/ch04_rope.html#the-sinusoidal-table-as-a-graph).
 pub fn add_sinusoidal_positions<B: Dimension, S: Dimension, D: Dimension>(
     x: GraphTensor<(B, S, D)>,
     d_model: usize,
@@ -61,6 +63,7 @@ pub fn add_sinusoidal_positions<B: Dimension, S: Dimension, D: Dimension>(
 // ANCHOR_END: add_positions
 
 /// Run [`sinusoidal_table`] for `seq_len` positions of width `d_model` -> (seq_len, d_model).
+/// Book: [Chapter 4](../../book/ch04_rope.html#the-sinusoidal-table-as-a-graph).
 pub fn run_sinusoidal_table(seq_len: usize, d_model: usize, device: Device) -> Result<HostTensor> {
     if seq_len == 0 || d_model == 0 {
         return Err(CourseError::Config(format!(

@@ -12,6 +12,7 @@ use super::Seq2SeqConfig;
 
 // ANCHOR: norm_position
 /// Where a block normalises (JSON `"pre"` / `"post"`; pre-norm when absent).
+/// Book: [Chapter 6](../../../book/ch06_transformer.html#the-original-transformer-as-a-configuration).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NormPosition {
     /// `x + sublayer(norm(x))`: the residual stream itself is never normalised (GPT-2 onwards).
@@ -28,6 +29,7 @@ pub enum NormPosition {
 // ANCHOR: architecture
 /// The four switches between the course's modern encoder-decoder and the 2017 original.
 /// `Architecture::default()` is the modern one: pre-norm, RMSNorm, RoPE, SwiGLU.
+/// Book: [Chapter 6](../../../book/ch06_transformer.html#the-original-transformer-as-a-configuration).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Architecture {
     /// Normalise before each sub-layer (pre) or after its residual sum (post).
@@ -78,6 +80,7 @@ impl Seq2SeqConfig {
     /// positions, ReLU FFN, tied embeddings, no biases in the linear layers (the course's
     /// convention; the paper's have them). Like PyTorch's `nn.Transformer`, the encoder and the
     /// decoder each end with a norm, which the paper does not have.
+    /// Book: [Chapter 6](../../../book/ch06_transformer.html#the-original-transformer-as-a-configuration).
     pub fn original_transformer(
         vocab_size: usize,
         context_length: usize,

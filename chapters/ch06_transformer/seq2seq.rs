@@ -49,7 +49,8 @@ pub struct Seq2SeqConfig {
     /// turns it on. No weights change.
     #[serde(default)]
     pub cross_attention_rope: bool,
-    /// Pre-norm (default) or post-norm blocks; see [`Seq2SeqConfig::original_transformer`].
+    /// Pre-norm (default) or post-norm blocks; see [`Seq2SeqConfig::original_transformer`] and
+    /// [Chapter 6](../../../book/ch06_transformer.html#the-original-transformer-as-a-configuration).
     #[serde(default, skip_serializing_if = "is_default")]
     pub norm_position: NormPosition,
     /// RMSNorm (default) or LayerNorm, in every block and at the end of encoder and decoder.

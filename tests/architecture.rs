@@ -7,7 +7,7 @@
 //! 3. `src/backend/`: devices and the fast CPU passes; it uses the foundation, never a chapter.
 //! 4. The binary (`src/main.rs`, `src/cli.rs`): clap and printing, outside the library.
 //!
-//! Test code (`tests.rs` files, `src/testing.rs`) may use anything: a chapter's gradient checks
+//! Test code (`tests.rs` and `*_tests.rs` files, `src/testing.rs`) may use anything: a chapter's gradient checks
 //! need chapter 8, for instance.
 
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ enum Layer {
 
 fn layer_of(path: &Path) -> Layer {
     let p = path.to_string_lossy().replace('\\', "/");
-    if p.ends_with("/tests.rs") || p.ends_with("src/testing.rs") {
+    if p.ends_with("/tests.rs") || p.ends_with("_tests.rs") || p.ends_with("src/testing.rs") {
         return Layer::Test;
     }
     if p.contains("src/graph/") || p.ends_with("src/plot.rs") {

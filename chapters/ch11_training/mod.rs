@@ -24,7 +24,7 @@ pub use data::{
     TaskData, TokenFile, TokenRange, TokenSource, TokenWidth,
 };
 pub use generate::{Generator, Sampling};
-pub use kv_cache::CachedGenerator;
+pub use kv_cache::{CachedGenerator, CachedSeq2Seq};
 pub use step::{GradientGraph, LossGraph, Model, StepStats, TrainBatch, TrainStep};
 pub use train::{copy_score, CopyScore, Event, RunOptions, Trainer, EVAL_SEED};
 

@@ -6,21 +6,23 @@
 //! value never change once computed (attention is causal, and RoPE rotates by the position the
 //! token sits at), so they can be stored: the new token's query attends over the stored keys
 //! plus its own, and each token costs one position of work plus one attention row.
-//! Book page: [Chapter 11](../../../book/ch11_training.html#a-kv-cache).
+//! Book page: [Chapter 11](../../../../book/ch11_training.html#a-kv-cache).
 
 use luminal::prelude::*;
 
-use super::generate::Sampling;
+use crate::ch11_training::generate::Sampling;
+
+mod seq2seq;
 use crate::backend::Device;
 use crate::ch01_linear::one_hot;
-use crate::ch04_rope::Rope;
 use crate::ch05_attention::{scaled_dot_product_attention, MultiHeadAttention};
-use crate::ch06_transformer::{Block, TransformerConfig, TransformerLm};
+use crate::ch06_transformer::{Block, NormPosition, TransformerConfig, TransformerLm};
 use crate::graph::dims::{Batch, DHead, DModel, Heads, MaxSeq, Seq, Vocab};
 use crate::graph::error::{CourseError, Result};
 use crate::graph::init::CourseRng;
 use crate::graph::params::{self, Param, Parameters, StateDict};
 use crate::graph::tensor;
+pub use seq2seq::CachedSeq2Seq;
 
 /// One layer's cache, (batch, heads, context, d_head): row `j` holds position `j`'s key/value.
 type Cache = GraphTensor<(Batch, Heads, MaxSeq, DHead)>;
@@ -31,13 +33,15 @@ type Cache = GraphTensor<(Batch, Heads, MaxSeq, DHead)>;
 /// with row `position` written: the next run's caches.
 fn attend_cached(
     attn: &MultiHeadAttention<DModel>,
-    rope: Rope<MaxSeq, DHead>,
     x: GraphTensor<(Batch, Seq, DModel)>,
     position: GraphTensor<(Batch, Seq)>,
     [cache_k, cache_v]: [Cache; 2],
 ) -> (GraphTensor<(Batch, Seq, DModel)>, [Cache; 2]) {
-    let q = rope.forward_at(heads(attn.q_proj.forward(x)), position); // (b, h, 1, d_head)
-    let k = rope.forward_at(heads(attn.k_proj.forward(x)), position); // (b, h, 1, d_head)
+    let (mut q, mut k) = (heads(attn.q_proj.forward(x)), heads(attn.k_proj.forward(x)));
+    if let Some(rope) = attn.rope {
+        q = rope.forward_at(q, position); // (b, h, 1, d_head), rotated by its position
+        k = rope.forward_at(k, position); // (b, h, 1, d_head)
+    }
     let v = heads(attn.v_proj.forward(x)); // (b, h, 1, d_head)
                                            // Write row `position`: a one-hot over the cache rows picks where the new row goes.
     let slot = one_hot::<Batch, Seq, MaxSeq>(position)
@@ -57,29 +61,47 @@ fn attend_cached(
         (position + 0.5).expand::<(Batch, Heads, Seq, MaxSeq), Axes2<1, 3>>(), // j < p + 1/2
     );
     let att = scaled_dot_product_attention(q, new_k, new_v, allowed, attn.d_model / attn.n_heads);
-    let merged = att
-        .permute::<(Batch, Seq, Heads, DHead), Axes4<0, 2, 1, 3>>() // (b, 1, h, d_head)
-        .reshape::<(Batch, Seq, DModel)>(); // (b, 1, d)
-    (attn.output_proj.forward(merged), [new_k, new_v])
+    (merge(attn, att), [new_k, new_v])
 }
 
 /// `(b, len, d)` -> `(b, h, len, d_head)`, as chapter 5 splits heads.
-fn heads(x: GraphTensor<(Batch, Seq, DModel)>) -> GraphTensor<(Batch, Heads, Seq, DHead)> {
-    x.reshape::<(Batch, Seq, Heads, DHead)>() // (b, len, h, d_head)
+fn heads<L: Dimension>(
+    x: GraphTensor<(Batch, L, DModel)>,
+) -> GraphTensor<(Batch, Heads, L, DHead)> {
+    x.reshape::<(Batch, L, Heads, DHead)>() // (b, len, h, d_head)
         .permute::<_, Axes4<0, 2, 1, 3>>() // (b, h, len, d_head)
 }
 
-/// Chapter 6's pre-norm block for one new token, attention reading and writing the cache.
+/// The heads' outputs (b, h, 1, d_head) side by side, through the output projection: (b, 1, d).
+fn merge(
+    attn: &MultiHeadAttention<DModel>,
+    att: GraphTensor<(Batch, Heads, Seq, DHead)>,
+) -> GraphTensor<(Batch, Seq, DModel)> {
+    let merged = att
+        .permute::<(Batch, Seq, Heads, DHead), Axes4<0, 2, 1, 3>>() // (b, 1, h, d_head)
+        .reshape::<(Batch, Seq, DModel)>(); // (b, 1, d)
+    attn.output_proj.forward(merged)
+}
+
+/// Chapter 6's block for one new token, attention reading and writing the cache.
 fn block_cached(
     block: &Block,
-    rope: Rope<MaxSeq, DHead>,
     x: GraphTensor<(Batch, Seq, DModel)>,
     position: GraphTensor<(Batch, Seq)>,
     cache: [Cache; 2],
 ) -> (GraphTensor<(Batch, Seq, DModel)>, [Cache; 2]) {
-    let (att, cache) = attend_cached(&block.attn, rope, block.ln1.forward(x), position, cache);
-    let h = x + att; // (b, 1, d)
-    (h + block.ffn.forward(block.ln2.forward(h)), cache)
+    match block.norm_position {
+        NormPosition::Pre => {
+            let (att, cache) = attend_cached(&block.attn, block.ln1.forward(x), position, cache);
+            let h = x + att; // (b, 1, d)
+            (h + block.ffn.forward(block.ln2.forward(h)), cache)
+        }
+        NormPosition::Post => {
+            let (att, cache) = attend_cached(&block.attn, x, position, cache);
+            let h = block.ln1.forward(x + att); // (b, 1, d)
+            (block.ln2.forward(h + block.ffn.forward(h)), cache)
+        }
+    }
 }
 // ANCHOR_END: attend_cached
 
@@ -117,7 +139,7 @@ impl CachedGenerator {
                 tensor::input(&mut cx, &format!("cache.{i}.k")),
                 tensor::input(&mut cx, &format!("cache.{i}.v")),
             ];
-            let (y, next) = block_cached(layer, model.rope, x, position, cache);
+            let (y, next) = block_cached(layer, x, position, cache);
             x = y;
             caches.extend(cache);
             next_caches.extend(next.map(|c| c.keep()));
@@ -236,5 +258,4 @@ impl CachedGenerator {
 }
 
 #[cfg(test)]
-#[path = "kv_cache_tests.rs"]
 mod tests;

@@ -3,6 +3,8 @@
 # (book chapter 6, "The original Transformer as a configuration").
 #
 # usage: scripts/ablation_norm_warmup.sh          (about 10 minutes of CPU on 2 cores)
+#        LR=0.03 scripts/ablation_norm_warmup.sh  (the same at another peak learning rate, lr_min
+#                                                  = LR / 10; results in runs/ablation-lr0.03)
 #
 # Four runs of the copy task's default config (`transformer-course config copy`), changing only
 # the model's `norm_position` ("pre" / "post") and `schedule.warmup` (the default, 50 / 0);
@@ -18,7 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EVAL_EVERY="${EVAL_EVERY:-50}"
-OUT=runs/ablation
+LR="${LR:-}"
+OUT=runs/ablation${LR:+-lr$LR}
 BIN=./target/release/transformer-course
 
 cargo build --release
@@ -30,14 +33,16 @@ runs=()
 for norm in pre post; do
     for warmup in "$default_warmup" 0; do
         name="${norm}norm_warmup${warmup}"
-        python3 - "$OUT/copy_default.json" "$OUT/$name.json" "$norm" "$warmup" <<'PY'
+        python3 - "$OUT/copy_default.json" "$OUT/$name.json" "$norm" "$warmup" "$LR" <<'PY'
 import json, sys
-src, dst, norm, warmup = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+src, dst, norm, warmup, lr = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 cfg = json.load(open(src))
 (model,) = cfg["model"].values()  # the copy task's encoder-decoder config (key "seq2_seq")
 assert "n_encoder_layers" in model, "the copy task's model is no longer an encoder-decoder"
 model["norm_position"] = norm
 cfg["schedule"]["warmup"] = warmup
+if lr:
+    cfg["schedule"]["lr_max"], cfg["schedule"]["lr_min"] = float(lr), float(lr) / 10
 json.dump(cfg, open(dst, "w"), indent=2)
 PY
         runs+=("$name")

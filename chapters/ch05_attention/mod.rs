@@ -31,10 +31,12 @@ pub const MASKED_SCORE: f32 = -1e9;
 /// nothing overflows however large the scores are, and the result is unchanged
 /// (`e^(x - m) / sum e^(x - m) = e^x / sum e^x`).
 pub fn softmax_ref(row: &[f32]) -> Vec<f32> {
+    // ANCHOR: learn_softmax_ref ch05: m = max(row), p_j = exp(row_j - m) / sum_k exp(row_k - m): row (len) -> (len), every exp in (0, 1] so nothing overflows
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = row.iter().map(|x| (x - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.iter().map(|e| e / sum).collect()
+    // ANCHOR_END: learn_softmax_ref
 }
 // ANCHOR_END: softmax_ref
 
@@ -50,6 +52,7 @@ pub fn sdpa_ref(
     mask: &[bool],
     [n, s, t, dk, dv]: [usize; 5],
 ) -> Vec<f32> {
+    // ANCHOR: learn_sdpa_ref ch05: out[b, i] = sum over allowed j of softmax_j(q[b, i] . k[b, j] / sqrt(dk)) * v[b, j]; q (n, s, dk), k (n, t, dk), v (n, t, dv), mask (n, s, t) -> (n, s, dv); a row with no allowed key stays 0
     let scale = 1.0 / (dk as f32).sqrt();
     let mut out = vec![0.0; n * s * dv];
     for b in 0..n {
@@ -72,6 +75,7 @@ pub fn sdpa_ref(
         }
     }
     out
+    // ANCHOR_END: learn_sdpa_ref
 }
 // ANCHOR_END: sdpa_ref
 
@@ -79,9 +83,13 @@ pub fn sdpa_ref(
 /// The causal mask, (s, s): query `i` may attend key `j` iff `j <= i` (1.0 = allowed).
 /// Built from two aranges and a `LessThan`, so it costs no input and fits any length.
 pub fn causal_mask<S: Dimension>(cx: &mut Graph) -> GraphTensor<(S, S)> {
+    // ANCHOR: learn_causal_mask ch05: (s, s) of 1.0 where key j <= query i: arange::<S>() expanded along axis 1 (row index i) and along axis 0 (column index j), then j.less_than(i + 0.5)
     let query = cx.arange::<S>().expand::<(S, S), Axis<1>>(); // row index i
     let key = cx.arange::<S>().expand::<(S, S), Axis<0>>(); // column index j
-    key.less_than(query + 0.5) // j < i + 1/2  <=>  j <= i
+
+    // j < i + 1/2  <=>  j <= i
+    key.less_than(query + 0.5)
+    // ANCHOR_END: learn_causal_mask
 }
 
 /// A key-padding mask, (batch, t) of 1.0 (real token) / 0.0 (padding), broadcast to every
@@ -89,7 +97,9 @@ pub fn causal_mask<S: Dimension>(cx: &mut Graph) -> GraphTensor<(S, S)> {
 pub fn key_padding_mask<B: Dimension, S: Dimension, T: Dimension>(
     keep: GraphTensor<(B, T)>,
 ) -> GraphTensor<(B, S, T)> {
+    // ANCHOR: learn_key_padding_mask ch05: keep (b, t) is the same for every query: expand it along a new query axis 1 -> (b, s, t)
     keep.expand::<(B, S, T), Axis<1>>()
+    // ANCHOR_END: learn_key_padding_mask
 }
 // ANCHOR_END: masks
 
@@ -103,6 +113,7 @@ pub fn masked_softmax<B: Dimension, H: Dimension, S: Dimension, T: Dimension>(
     scores: GraphTensor<(B, H, S, T)>,
     allowed: GraphTensor<(B, H, S, T)>,
 ) -> GraphTensor<(B, H, S, T)> {
+    // ANCHOR: learn_masked_softmax ch05: scores + (allowed - 1) * 1e9 (-MASKED_SCORE), minus the max over axis 3, exp, times allowed, divided by the row sum (a sum of 0 becomes 1, via less_than); (b, h, s, t) -> (b, h, s, t)
     let biased = scores + (allowed - 1.0) * -MASKED_SCORE; // masked: score - 1e9
     let max = biased.max_reduce::<(B, H, S), Axis<3>>(); // (b, h, s)
     let exps = (biased - max.expand::<(B, H, S, T), Axis<3>>()).exp() * allowed;
@@ -110,6 +121,7 @@ pub fn masked_softmax<B: Dimension, H: Dimension, S: Dimension, T: Dimension>(
     let half = sum.graph().constant(0.5).expand::<(B, H, S), _>();
     let safe_sum = sum + sum.less_than(half); // an all-masked row: 0 -> 1
     exps / safe_sum.expand::<(B, H, S, T), Axis<3>>()
+    // ANCHOR_END: learn_masked_softmax
 }
 // ANCHOR_END: masked_softmax
 
@@ -130,9 +142,13 @@ pub fn scaled_dot_product_attention<
     allowed: GraphTensor<(B, H, S, T)>,
     d_k: usize,
 ) -> GraphTensor<(B, H, S, V)> {
+    // ANCHOR: learn_scaled_dot_product_attention ch05: masked_softmax(q K^T / sqrt(d_k), allowed) V with K^T a permuted view of k; q (b, h, s, dk), k (b, h, t, dk), v (b, h, t, dv) -> (b, h, s, dv)
     let k_t = k.permute::<(B, H, K, T), Axes4<0, 1, 3, 2>>(); // K^T: a view
     let scores = q.matmul(k_t) * (1.0 / (d_k as f32).sqrt()); // (b, h, s, t)
-    masked_softmax(scores, allowed).matmul(v) // (b, h, s, dv)
+
+    // softmax over the keys, then the weights times the values: (b, h, s, dv)
+    masked_softmax(scores, allowed).matmul(v)
+    // ANCHOR_END: learn_scaled_dot_product_attention
 }
 // ANCHOR_END: sdpa
 

@@ -19,6 +19,7 @@ use crate::graph::tensor::{self, HostTensor};
 // ANCHOR: mha_ref
 /// `(b, len, d)` -> `(b * heads, len, d_head)`: head `h` takes features `h*d_head ..`.
 fn split_heads(m: &[f32], [len, d]: [usize; 2], heads: usize) -> Vec<f32> {
+    // ANCHOR: learn_split_heads ch05: element (row = bi * len + p, feature f) of m (b * len, d) goes to ((bi * heads + f / d_head) * len + p, f % d_head): (b, len, d) -> (b * heads, len, d_head)
     let dk = d / heads;
     let mut out = vec![0.0; m.len()];
     for (i, v) in m.iter().enumerate() {
@@ -27,6 +28,7 @@ fn split_heads(m: &[f32], [len, d]: [usize; 2], heads: usize) -> Vec<f32> {
         out[((bi * heads + h) * len + p) * dk + c] = *v;
     }
     out
+    // ANCHOR_END: learn_split_heads
 }
 
 /// Multi-head attention as loops. `x` (b, s, d) gives the queries, `memory` (b, t, d) the
@@ -41,6 +43,7 @@ pub fn mha_ref(
     heads: usize,
     rope_theta: Option<f32>,
 ) -> Vec<f32> {
+    // ANCHOR: learn_mha_ref ch05: q = x Wq^T, k = memory Wk^T, v = memory Wv^T (linear_ref), split_heads, RoPE (rope_ref) on q and k if rope_theta, sdpa_ref per (batch, head) with its sequence mask, heads concatenated back to (b, s, d), then times Wo^T
     let dk = d / heads;
     let mut q = split_heads(&linear_ref(x, w[0], b * s, d, d), [s, d], heads);
     let mut k = split_heads(&linear_ref(memory, w[1], b * t, d, d), [t, d], heads);
@@ -62,6 +65,7 @@ pub fn mha_ref(
         merged[((bh / heads) * s + p) * d + (bh % heads) * dk + c] = *val;
     }
     linear_ref(&merged, w[3], b * s, d, d)
+    // ANCHOR_END: learn_mha_ref
 }
 // ANCHOR_END: mha_ref
 
@@ -141,6 +145,7 @@ impl<D: Dimension> MultiHeadAttention<D> {
         memory: GraphTensor<(B, T, D)>,
         allowed: GraphTensor<(B, S, T)>,
     ) -> GraphTensor<(B, S, D)> {
+        // ANCHOR: learn_attend ch05: q, k, v = heads(proj.forward(..)) (b, h, len, d_head), rope on q and k if set, scaled_dot_product_attention with allowed expanded over the heads axis, permuted to (b, s, h, d_head) and reshaped to (b, s, d), then output_proj
         let mut q = heads(self.q_proj.forward(x)); // (b, h, s, d_head)
         let mut k = heads(self.k_proj.forward(memory)); // (b, h, t, d_head)
         let v = heads(self.v_proj.forward(memory)); // (b, h, t, d_head)
@@ -154,6 +159,7 @@ impl<D: Dimension> MultiHeadAttention<D> {
             .permute::<(B, S, Heads, DHead), Axes4<0, 2, 1, 3>>() // (b, s, h, d_head)
             .reshape::<(B, S, D)>(); // (b, s, d): heads side by side (reshape copies the view)
         self.output_proj.forward(merged)
+        // ANCHOR_END: learn_attend
     }
 
     /// The attention weights themselves, (b, h, s, t): how much each query takes from each
@@ -164,6 +170,7 @@ impl<D: Dimension> MultiHeadAttention<D> {
         memory: GraphTensor<(B, T, D)>,
         allowed: GraphTensor<(B, S, T)>,
     ) -> GraphTensor<(B, Heads, S, T)> {
+        // ANCHOR: learn_attention_weights ch05: as in attend but without V: masked_softmax(q k^T / sqrt(d_model / n_heads), allowed expanded over heads) -> (b, h, s, t)
         let mut q = heads(self.q_proj.forward(x));
         let mut k = heads(self.k_proj.forward(memory));
         if let Some(rope) = self.rope {
@@ -173,6 +180,7 @@ impl<D: Dimension> MultiHeadAttention<D> {
         let scale = 1.0 / ((self.d_model / self.n_heads) as f32).sqrt();
         let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale; // (b, h, s, t)
         super::masked_softmax(scores, allowed.expand::<(B, Heads, S, T), Axis<1>>())
+        // ANCHOR_END: learn_attention_weights
     }
 }
 
@@ -180,8 +188,11 @@ impl<D: Dimension> MultiHeadAttention<D> {
 fn heads<B: Dimension, L: Dimension, D: Dimension>(
     x: GraphTensor<(B, L, D)>,
 ) -> GraphTensor<(B, Heads, L, DHead)> {
-    x.reshape::<(B, L, Heads, DHead)>() // (b, len, h, d_head)
-        .permute::<_, Axes4<0, 2, 1, 3>>() // (b, h, len, d_head): a view
+    // ANCHOR: learn_heads ch05: reshape (b, len, d) to (b, len, h, d_head), then swap axes 1 and 2 (a permute view) -> (b, h, len, d_head)
+    // (b, len, h, d_head), then (b, h, len, d_head): the permute is a view
+    x.reshape::<(B, L, Heads, DHead)>()
+        .permute::<_, Axes4<0, 2, 1, 3>>()
+    // ANCHOR_END: learn_heads
 }
 
 // ANCHOR_END: mha

@@ -21,9 +21,11 @@ use crate::graph::tensor::{self, HostTensor};
 /// Cross-entropy of one row of logits against the target index, by log-sum-exp:
 /// `-x[t] + m + ln(sum_j e^(x_j - m))` with `m = max_j x_j`, so no `exp` overflows.
 pub fn cross_entropy_ref(logits: &[f32], target: usize) -> f32 {
+    // ANCHOR: learn_cross_entropy_ref ch07: -x[target] + m + ln(sum_j exp(x_j - m)) with m = max_j x_j (log-sum-exp, no overflow); logits (v) -> scalar
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|x| (x - m).exp()).sum();
     -logits[target] + m + sum.ln()
+    // ANCHOR_END: learn_cross_entropy_ref
 }
 // ANCHOR_END: cross_entropy_ref
 
@@ -41,6 +43,7 @@ pub enum Weighting {
 /// The mean of `losses` (b, s) over positions where `mask` is true, weighted per `w`.
 /// A sequence (or batch) with nothing unmasked contributes 0 instead of 0 / 0.
 pub fn masked_mean_ref(losses: &[f32], mask: &[bool], [b, s]: [usize; 2], w: Weighting) -> f32 {
+    // ANCHOR: learn_masked_mean_ref ch07: Token: sum of the unmasked losses / their count; Sequence: the mean over the b rows of each row's own masked mean; losses, mask (b, s) -> scalar; a count of 0 divides by 1
     let kept = |r: usize| (0..s).filter(move |&j| mask[r * s + j]);
     match w {
         Weighting::Token => {
@@ -59,6 +62,7 @@ pub fn masked_mean_ref(losses: &[f32], mask: &[bool], [b, s]: [usize; 2], w: Wei
             per_seq.sum::<f32>() / b as f32
         }
     }
+    // ANCHOR_END: learn_masked_mean_ref
 }
 // ANCHOR_END: masked_mean_ref
 
@@ -68,6 +72,7 @@ pub fn masked_mean_ref(losses: &[f32], mask: &[bool], [b, s]: [usize; 2], w: Wei
 /// For the LM, `t` is a window of text; for seq2seq, the target sequence starting with the
 /// start token.
 pub fn teacher_forcing(sequence: &[u32]) -> Result<(Vec<u32>, Vec<u32>)> {
+    // ANCHOR: learn_teacher_forcing ch07: input = sequence[..n-1], target = sequence[1..]; fewer than 2 tokens is a CourseError::OutOfRange
     if sequence.len() < 2 {
         return Err(CourseError::OutOfRange {
             what: format!("a sequence of {} tokens", sequence.len()),
@@ -76,12 +81,15 @@ pub fn teacher_forcing(sequence: &[u32]) -> Result<(Vec<u32>, Vec<u32>)> {
     }
     let n = sequence.len();
     Ok((sequence[..n - 1].to_vec(), sequence[1..].to_vec()))
+    // ANCHOR_END: learn_teacher_forcing
 }
 // ANCHOR_END: teacher_forcing
 
 /// Perplexity from a mean cross-entropy (in nats).
 pub fn perplexity(mean_cross_entropy: f32) -> f32 {
+    // ANCHOR: learn_perplexity ch07: exp(mean cross-entropy in nats)
     mean_cross_entropy.exp()
+    // ANCHOR_END: learn_perplexity
 }
 
 // ANCHOR: cross_entropy
@@ -93,6 +101,7 @@ pub fn cross_entropy<B: Dimension, S: Dimension, V: Dimension>(
     logits: GraphTensor<(B, S, V)>,
     targets: GraphTensor<(B, S)>,
 ) -> GraphTensor<(B, S)> {
+    // ANCHOR: learn_cross_entropy ch07: max over axis 2, log_sum = ln(sum exp(logits - max)), target logit = sum over v of logits * one_hot(targets); (max - target_logit) + log_sum; logits (b, s, v), targets (b, s) -> (b, s)
     let max = logits.max_reduce::<(B, S), Axis<2>>(); // (b, s)
     let shifted = logits - max.expand::<(B, S, V), Axis<2>>(); // every entry <= 0
     let log_sum = shifted.exp().sum_reduce::<(B, S), Axis<2>>().ln(); // (b, s), in [0, ln v]
@@ -100,6 +109,7 @@ pub fn cross_entropy<B: Dimension, S: Dimension, V: Dimension>(
     // (max - target) first: two large, close numbers subtract exactly; adding ln(sum) to the
     // max first would round at the logits' scale (an error of ~1e-4 for logits ~3000).
     (max - target_logit) + log_sum
+    // ANCHOR_END: learn_cross_entropy
 }
 // ANCHOR_END: cross_entropy
 
@@ -110,6 +120,7 @@ pub fn masked_mean<B: Dimension, S: Dimension>(
     mask: GraphTensor<(B, S)>,
     weighting: Weighting,
 ) -> GraphTensor<()> {
+    // ANCHOR: learn_masked_mean ch07: losses * mask; Token: total / at_least_one(mask total); Sequence: per-row sum / at_least_one(per-row count), then the mean over rows; (b, s) -> scalar
     let masked = losses * mask;
     match weighting {
         Weighting::Token => {
@@ -122,6 +133,7 @@ pub fn masked_mean<B: Dimension, S: Dimension>(
             per_seq.mean_reduce::<(), Axis<0>>()
         }
     }
+    // ANCHOR_END: learn_masked_mean
 }
 // ANCHOR_END: masked_mean
 
@@ -135,7 +147,9 @@ pub fn lm_loss<B: Dimension, S: Dimension>(
     mask: GraphTensor<(B, S)>,
     weighting: Weighting,
 ) -> GraphTensor<()> {
+    // ANCHOR: learn_lm_loss ch07: masked_mean of cross_entropy(model.forward(ids), targets) under mask: ids, targets (b, s) -> scalar
     masked_mean(cross_entropy(model.forward(ids), targets), mask, weighting)
+    // ANCHOR_END: learn_lm_loss
 }
 
 /// The encoder-decoder's training loss: decoder input `tgt_in` (b, s), prediction targets
@@ -150,8 +164,10 @@ pub fn seq2seq_loss<B: Dimension, T: Dimension, S: Dimension>(
     tgt_mask: GraphTensor<(B, S)>,
     weighting: Weighting,
 ) -> GraphTensor<()> {
+    // ANCHOR: learn_seq2seq_loss ch07: masked_mean of cross_entropy(model.forward(src, src_keep, tgt_in), tgt_out) under tgt_mask -> scalar
     let logits = model.forward(src, src_keep, tgt_in);
     masked_mean(cross_entropy(logits, tgt_out), tgt_mask, weighting)
+    // ANCHOR_END: learn_seq2seq_loss
 }
 // ANCHOR_END: model_losses
 
@@ -226,7 +242,9 @@ pub fn loss_demo() -> Result<String> {
 
 /// `max(n, 1)` for whole-number counts `n`: adds 1 exactly where the count is 0.
 fn at_least_one<S: Shape>(n: GraphTensor<S>) -> GraphTensor<S> {
+    // ANCHOR: learn_at_least_one ch07: n + (n < 0.5): adds 1 exactly where a whole-number count is 0
     n + n.less_than(n.graph().constant(0.5).expand())
+    // ANCHOR_END: learn_at_least_one
 }
 
 #[cfg(test)]

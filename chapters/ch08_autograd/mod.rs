@@ -51,25 +51,34 @@ impl Tape {
     }
     /// a + b: d/da = 1, d/db = 1.
     pub fn add(&mut self, a: Scalar, b: Scalar) -> Scalar {
+        // ANCHOR: learn_tape_add ch08: push the value a + b with the local derivatives (a, 1) and (b, 1)
         self.push(self.value(a) + self.value(b), vec![(a.0, 1.0), (b.0, 1.0)])
+        // ANCHOR_END: learn_tape_add
     }
     /// a * b: d/da = b, d/db = a.
     pub fn mul(&mut self, a: Scalar, b: Scalar) -> Scalar {
+        // ANCHOR: learn_tape_mul ch08: push the value a b with the local derivatives d/da = b, d/db = a
         let (x, y) = (self.value(a), self.value(b));
         self.push(x * y, vec![(a.0, y), (b.0, x)])
+        // ANCHOR_END: learn_tape_mul
     }
     /// e^a: d/da = e^a.
     pub fn exp(&mut self, a: Scalar) -> Scalar {
+        // ANCHOR: learn_tape_exp ch08: push the value e^a with the local derivative d/da = e^a
         let y = self.value(a).exp();
         self.push(y, vec![(a.0, y)])
+        // ANCHOR_END: learn_tape_exp
     }
     /// 1 / a: d/da = -1 / a^2.
     pub fn recip(&mut self, a: Scalar) -> Scalar {
+        // ANCHOR: learn_tape_recip ch08: push the value 1/a with the local derivative d/da = -1/a^2
         let x = self.value(a);
         self.push(1.0 / x, vec![(a.0, -1.0 / (x * x))])
+        // ANCHOR_END: learn_tape_recip
     }
     /// d out / d node for every node: the chain rule, summed over every path, newest first.
     pub fn grad(&self, out: Scalar) -> Vec<f32> {
+        // ANCHOR: learn_tape_grad ch08: g = zeros (one per node), g[out] = 1; for n from out down to 0, for each recorded (input, local): g[input] += g[n] * local
         let mut g = vec![0.0; self.nodes.len()];
         g[out.0] = 1.0;
         for n in (0..=out.0).rev() {
@@ -78,6 +87,7 @@ impl Tape {
             }
         }
         g
+        // ANCHOR_END: learn_tape_grad
     }
 }
 // ANCHOR_END: scalar

@@ -24,6 +24,7 @@ pub(super) fn rule(
     ins: &[Input],
     active: &HashSet<NodeIndex>,
 ) -> Result<Vec<(NodeIndex, Factor)>> {
+    // ANCHOR: learn_rule ch08: unary ops on flat buffers: Log2 g/(x ln2), Exp2 g y ln2, Sin g sin(x + pi/2), Sqrt g/(2y), Recip -g y^2; otherwise check_views, then pull back with undo_view: Add/Contiguous g, Mul g times the other input, SumReduce g broadcast back, MaxReduce g where x is not below the max, LessThan nothing, Mod g to the dividend and an error for the divisor
     use std::f32::consts::{FRAC_PI_2, LN_2, LOG2_E};
     use Primitive::*;
     // Unary ops map their input's *buffer* element by element, whatever view the edge carries:
@@ -96,6 +97,7 @@ pub(super) fn rule(
         Log2 | Exp2 | Sin | Sqrt | Recip => unreachable!("handled above"),
     }
     Ok(out)
+    // ANCHOR_END: learn_rule
 }
 // ANCHOR_END: rules
 
@@ -114,19 +116,23 @@ fn contiguous_grad(node: NodeIndex, dims: &[Expression], d: usize) -> Grad {
 /// A reduction's gradient `g` (of the reduced shape) read back over the input's `dims`:
 /// broadcast along the reduced axis `d`. A lazy gradient view is broadcast further.
 fn broadcast_back(g: &Grad, dims: &[Expression], d: usize) -> Factor {
+    // ANCHOR: learn_broadcast_back ch08: g's view (or contiguous over dims without axis d), expanded along axis d to dims[d] -> (g.id, view)
     let mut reduced = dims.to_vec();
     reduced.remove(d);
     let mut t = g.view.unwrap_or_else(|| contiguous(&reduced));
     t.expand(d, dims[d]);
     (g.id, t)
+    // ANCHOR_END: learn_broadcast_back
 }
 
 /// `1 - a` for a contiguous node `a` of shape `dims`, as `a * -1 + 1`.
 fn one_minus(cx: &mut Graph, a: NodeIndex, dims: &[Expression]) -> NodeIndex {
+    // ANCHOR: learn_one_minus ch08: a * -1 + 1 with apply(op::Mul / op::Add) on the contiguous view of a and constant(..) broadcasts over dims
     let minus = constant(cx, -1.0, dims);
     let neg = apply(cx, op::Mul, &[(a, contiguous(dims)), minus]);
     let one = constant(cx, 1.0, dims);
     apply(cx, op::Add, &[(neg, contiguous(dims)), one])
+    // ANCHOR_END: learn_one_minus
 }
 
 /// Views that [`undo_view`] cannot pull back exactly are refused rather than differentiated

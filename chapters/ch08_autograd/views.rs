@@ -14,6 +14,7 @@ use crate::graph::flat::apply;
 /// The logical size of each axis of a view: padded, then sliced.
 /// (luminal 0.2.0's `ShapeTracker::shape` gets two-sided slices wrong.)
 pub fn logical_dims(t: &ShapeTracker) -> Vec<Expression> {
+    // ANCHOR: learn_logical_dims ch08: for each logical axis, p = t.indexes[axis]: min(dims[p] + padding before + after, slice end) - slice start
     (0..t.len())
         .map(|axis| {
             let p = t.indexes[axis];
@@ -21,6 +22,7 @@ pub fn logical_dims(t: &ShapeTracker) -> Vec<Expression> {
             padded.min(t.slices[p].1) - t.slices[p].0
         })
         .collect()
+    // ANCHOR_END: learn_logical_dims
 }
 
 /// Elements of the buffer a view reads: the product of its real (not broadcast) dims.
@@ -66,6 +68,7 @@ pub(super) fn is_padded(view: &ShapeTracker, p: usize) -> bool {
 /// Returns the gradient in the buffer's layout: a contiguous node, or (when the view was the
 /// identity) the single factor as it was, still a lazy view such as a broadcast.
 pub(super) fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracker) -> Factor {
+    // ANCHOR: learn_undo_view ch08: unpermute the factors, sum_broadcast over the broadcast dims, make the result contiguous if any real dim is sliced or padded, then unslice, then unpad
     let real: Vec<usize> = (0..view.len()).filter(|&p| !view.fake[p]).collect();
     let (g, dims) = unpermute(cx, factors, view, real.len());
     let (mut g, dims) = sum_broadcast(cx, g, dims, real.len());
@@ -85,6 +88,7 @@ pub(super) fn undo_view(cx: &mut Graph, factors: Vec<Factor>, view: &ShapeTracke
         g = unpad(cx, g, view, &real);
     }
     g
+    // ANCHOR_END: learn_undo_view
 }
 
 /// Step 1, permute: the factors read in buffer order (real dims first, broadcast dims last),
@@ -95,6 +99,7 @@ fn unpermute(
     view: &ShapeTracker,
     n_real: usize,
 ) -> (Factor, Vec<Expression>) {
+    // ANCHOR: learn_unpermute ch08: permute every factor so the real dims come first in buffer order and the broadcast dims last (merge_broadcast_dims when it applies), multiply them with op::Mul -> (product, its logical dims)
     let n = view.len();
     let axis_of = |p: usize| {
         (0..n)
@@ -125,6 +130,7 @@ fn unpermute(
         g = (apply(cx, op::Mul, &[g, f]), contiguous(&dims));
     }
     (g, dims)
+    // ANCHOR_END: learn_unpermute
 }
 
 /// Step 2, broadcast: sum the trailing broadcast dims, down to the buffer's `n_real` dims.
@@ -134,16 +140,19 @@ fn sum_broadcast(
     mut dims: Vec<Expression>,
     n_real: usize,
 ) -> (Factor, Vec<Expression>) {
+    // ANCHOR: learn_sum_broadcast ch08: op::SumReduce of the last axis until only n_real dims are left -> (contiguous gradient, its dims)
     while dims.len() > n_real {
         let id = apply(cx, op::SumReduce(dims.len() - 1), &[g]);
         dims.pop();
         g = (id, contiguous(&dims));
     }
     (g, dims)
+    // ANCHOR_END: learn_sum_broadcast
 }
 
 /// Step 3a, slice: the elements a slice cut off did not affect the loss; pad with zeros.
 fn unslice(cx: &mut Graph, mut g: Factor, view: &ShapeTracker, real: &[usize]) -> Factor {
+    // ANCHOR: learn_unslice ch08: pad the gradient with zeros by (slice start, full - min(full, slice end)) per real dim, full = dims + padding, then op::Contiguous -> dims full
     let full = |p: usize| view.dims[p] + view.padding[p].0 + view.padding[p].1;
     let pads: Vec<(Expression, Expression)> = real
         .iter()
@@ -152,10 +161,12 @@ fn unslice(cx: &mut Graph, mut g: Factor, view: &ShapeTracker, real: &[usize]) -
     g.1.pad(&pads);
     let dims: Vec<Expression> = real.iter().map(|&p| full(p)).collect();
     (apply(cx, op::Contiguous, &[g]), contiguous(&dims))
+    // ANCHOR_END: learn_unslice
 }
 
 /// Step 3b, pad: the padding came from no element; slice it off.
 fn unpad(cx: &mut Graph, mut g: Factor, view: &ShapeTracker, real: &[usize]) -> Factor {
+    // ANCHOR: learn_unpad ch08: slice the gradient to (padding before, padding before + dims[p]) per real dim, then op::Contiguous -> view.dims
     let cuts: Vec<(Expression, Expression)> = real
         .iter()
         .map(|&p| (view.padding[p].0, view.padding[p].0 + view.dims[p]))
@@ -163,6 +174,7 @@ fn unpad(cx: &mut Graph, mut g: Factor, view: &ShapeTracker, real: &[usize]) -> 
     g.1.slice(&cuts);
     let dims: Vec<Expression> = real.iter().map(|&p| view.dims[p]).collect();
     (apply(cx, op::Contiguous, &[g]), contiguous(&dims))
+    // ANCHOR_END: learn_unpad
 }
 // ANCHOR_END: undo_view
 

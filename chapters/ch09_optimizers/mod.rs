@@ -61,8 +61,10 @@ impl AdamWConfig {
     /// The bias-corrected step size of step `t` (t starts at 1):
     /// `a_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)`.
     pub fn step_size(&self, lr: f32, t: u64) -> f32 {
+        // ANCHOR: learn_step_size ch09: a_t = lr sqrt(1 - beta2^t) / (1 - beta1^t), t from 1
         let t = t as i32;
         lr * (1.0 - self.beta2.powi(t)).sqrt() / (1.0 - self.beta1.powi(t))
+        // ANCHOR_END: learn_step_size
     }
 }
 // ANCHOR_END: config
@@ -70,12 +72,16 @@ impl AdamWConfig {
 // ANCHOR: sgd_ref
 /// Plain SGD, in place: `theta -= lr * g`.
 pub fn sgd_ref(theta: &mut [f32], grad: &[f32], lr: f32) {
+    // ANCHOR: learn_sgd_ref ch09: theta -= lr * g, element by element, in place
     theta.iter_mut().zip(grad).for_each(|(p, g)| *p -= lr * g);
+    // ANCHOR_END: learn_sgd_ref
 }
 
 /// The CS336 handout's decaying SGD at step `t` (from 0): `theta -= lr / sqrt(t + 1) * g`.
 pub fn sgd_decaying_ref(theta: &mut [f32], grad: &[f32], lr: f32, t: u64) {
+    // ANCHOR: learn_sgd_decaying_ref ch09: an SGD step with the learning rate lr / sqrt(t + 1)
     sgd_ref(theta, grad, lr / ((t + 1) as f32).sqrt());
+    // ANCHOR_END: learn_sgd_decaying_ref
 }
 // ANCHOR_END: sgd_ref
 
@@ -93,6 +99,7 @@ pub fn adamw_ref(
     lr: f32,
     c: &AdamWConfig,
 ) {
+    // ANCHOR: learn_adamw_ref ch09: per element: theta -= lr wd theta; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; theta -= a_t m / (sqrt(v) + eps) with a_t = c.step_size(lr, t)
     let a_t = c.step_size(lr, t);
     for i in 0..theta.len() {
         theta[i] -= lr * c.weight_decay * theta[i];
@@ -100,6 +107,7 @@ pub fn adamw_ref(
         v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * grad[i] * grad[i];
         theta[i] -= a_t * m[i] / (v[i].sqrt() + c.eps);
     }
+    // ANCHOR_END: learn_adamw_ref
 }
 // ANCHOR_END: adamw_ref
 
@@ -142,6 +150,7 @@ pub struct AdamWSlot {
 impl AdamW {
     /// Add the update of every parameter to `cx`, from its gradient.
     pub fn new(cx: &mut Graph, grads: &[Gradient], config: AdamWConfig) -> Result<Self> {
+        // ANCHOR: learn_adamw_graph ch09: validate; scalar inputs neg_step_size, neg_decay; per gradient, inputs m and v (zeros, kept) and as Flat: new_m = b1 m + (1-b1) g, new_v = b2 v + (1-b2) g^2, new_theta = theta + theta neg_decay + new_m / (sqrt(new_v) + eps) neg_step; keep the outputs; one AdamWSlot each, t = 1
         config.validate()?;
         let neg_step_size = tensor::input::<()>(cx, "adamw.neg_step_size");
         let neg_decay = tensor::input::<()>(cx, "adamw.neg_decay");
@@ -186,6 +195,7 @@ impl AdamW {
             neg_decay: neg_decay.id,
             t: 1,
         })
+        // ANCHOR_END: learn_adamw_graph
     }
 
     /// Feed this step's scalars (from the current learning rate `lr`) before executing.

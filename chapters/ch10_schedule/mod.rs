@@ -55,6 +55,7 @@ impl CosineSchedule {
 
     /// The learning rate at step `t`.
     pub fn lr(&self, t: u64) -> f32 {
+        // ANCHOR: learn_schedule_lr ch10: t < warmup: lr_max t / warmup; t > cosine_end: lr_min; else lr_min + (1 + cos(pi (t - warmup) / (cosine_end - warmup))) / 2 (lr_max - lr_min)
         if t < self.warmup {
             return self.lr_max * t as f32 / self.warmup as f32;
         }
@@ -65,6 +66,7 @@ impl CosineSchedule {
         let progress = (t - self.warmup) as f64 / span;
         let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
         (self.lr_min as f64 + cosine * (self.lr_max - self.lr_min) as f64) as f32
+        // ANCHOR_END: learn_schedule_lr
     }
 }
 // ANCHOR_END: cosine_schedule
@@ -76,6 +78,7 @@ pub const CLIP_EPS: f32 = 1e-6;
 /// Global-norm clipping in place: if the L2 norm of all gradients together exceeds
 /// `max_norm`, scale every gradient by `max_norm / (norm + 1e-6)`. Returns the norm before.
 pub fn clip_grad_norm_ref(grads: &mut [Vec<f32>], max_norm: f32) -> f32 {
+    // ANCHOR: learn_clip_grad_norm_ref ch10: norm = sqrt(sum of every g^2) (sum in f64); if norm > max_norm, every g *= max_norm / (norm + CLIP_EPS); return the norm before clipping
     let norm = grads
         .iter()
         .flatten()
@@ -87,6 +90,7 @@ pub fn clip_grad_norm_ref(grads: &mut [Vec<f32>], max_norm: f32) -> f32 {
         grads.iter_mut().flatten().for_each(|g| *g *= scale);
     }
     norm
+    // ANCHOR_END: learn_clip_grad_norm_ref
 }
 // ANCHOR_END: clip_ref
 
@@ -99,6 +103,7 @@ pub fn clip_grad_norm(
     grads: &[Gradient],
     max_norm: f32,
 ) -> (Vec<Gradient>, NodeIndex) {
+    // ANCHOR: learn_clip_grad_norm ch10: norm = global_norm of Flat views of the gradients (kept); scale = 1 + (M < norm) (M / max(norm + eps, M) - 1) built with less_than; each gradient times scale (kept) -> (clipped, norm.id)
     let flat: Vec<Flat> = grads
         .iter()
         .map(|g| Flat::new(cx, g.grad, g.param.numel()))
@@ -120,12 +125,15 @@ pub fn clip_grad_norm(
         })
         .collect();
     (clipped, norm.id)
+    // ANCHOR_END: learn_clip_grad_norm
 }
 
 /// `sqrt(sum over every gradient of sum(g^2))`, the norm that clipping caps (0 for no gradients).
 pub fn global_norm(cx: &mut Graph, grads: &[Flat]) -> Flat {
+    // ANCHOR: learn_global_norm ch10: sqrt of the sum over the gradients of (g * g).sum(); Flat::constant 0 when there are none
     let total = grads.iter().map(|&g| (g * g).sum()).reduce(|a, b| a + b);
     total.unwrap_or_else(|| Flat::constant(cx, 0.0)).sqrt()
+    // ANCHOR_END: learn_global_norm
 }
 // ANCHOR_END: clip
 

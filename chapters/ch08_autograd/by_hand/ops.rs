@@ -24,6 +24,7 @@ pub fn linear_backward(
     w: &[f32],
     [n, d_in, d_out]: [usize; 3],
 ) -> (Vec<f32>, Vec<f32>) {
+    // ANCHOR: learn_linear_backward ch08: dx = dy W (n, d_in) and dW = dy^T x (d_out, d_in); dy (n, d_out), x (n, d_in), w (d_out, d_in)
     let mut dx = vec![0.0; n * d_in];
     let mut dw = vec![0.0; d_out * d_in];
     for i in 0..n {
@@ -37,6 +38,7 @@ pub fn linear_backward(
         }
     }
     (dx, dw)
+    // ANCHOR_END: learn_linear_backward
 }
 // ANCHOR_END: linear_backward
 
@@ -45,8 +47,10 @@ pub fn linear_backward(
 /// `ds = p ⊙ (dp - (dp · p))`, without building the (len, len) Jacobian.
 /// Book: [softmax](../../../book/ch08_autograd.html#softmax).
 pub fn softmax_backward(p: &[f32], dp: &[f32]) -> Vec<f32> {
+    // ANCHOR: learn_softmax_backward ch08: ds = p * (dp - (dp . p)) elementwise, no Jacobian; p, dp (len) -> (len)
     let mean_dp = dot(p, dp); // the p-weighted mean of dp
     p.iter().zip(dp).map(|(p, g)| p * (g - mean_dp)).collect()
+    // ANCHOR_END: learn_softmax_backward
 }
 // ANCHOR_END: softmax_backward
 
@@ -62,6 +66,7 @@ pub fn rms_norm_backward(
     d: usize,
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>) {
+    // ANCHOR: learn_rms_norm_backward ch08: per row, rms = sqrt(mean(x^2) + eps): dx = g dy / rms - x mean(x g dy) / rms^3; dg (d) = sum over rows of dy x / rms; x, dy (rows, d)
     let mut dx = vec![0.0; x.len()];
     let mut dg = vec![0.0; d];
     for ((x, dy), dx) in x.chunks(d).zip(dy.chunks(d)).zip(dx.chunks_mut(d)) {
@@ -74,6 +79,7 @@ pub fn rms_norm_backward(
         }
     }
     (dx, dg)
+    // ANCHOR_END: learn_rms_norm_backward
 }
 // ANCHOR_END: rms_norm_backward
 
@@ -90,6 +96,7 @@ pub fn layer_norm_backward(
     d: usize,
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    // ANCHOR: learn_layer_norm_backward ch08: per row, x_hat = (x - mean) / sqrt(var + eps), g_hat = gamma dy: dx = (g_hat - mean(g_hat) - x_hat mean(g_hat x_hat)) / sqrt(var + eps); dgamma, dbeta (d) = sums over rows of dy x_hat and dy
     let mut dx = vec![0.0; x.len()];
     let (mut dgamma, mut dbeta) = (vec![0.0; d], vec![0.0; d]);
     for ((x, dy), dx) in x.chunks(d).zip(dy.chunks(d)).zip(dx.chunks_mut(d)) {
@@ -109,6 +116,7 @@ pub fn layer_norm_backward(
         }
     }
     (dx, dgamma, dbeta)
+    // ANCHOR_END: learn_layer_norm_backward
 }
 // ANCHOR_END: layer_norm_backward
 
@@ -116,8 +124,10 @@ pub fn layer_norm_backward(
 /// `silu'(a) = σ(a) (1 + a (1 - σ(a)))`, the derivative of chapter 3's `silu_ref`.
 /// Book: [SwiGLU](../../../book/ch08_autograd.html#swiglu-and-rope).
 pub fn silu_grad(a: f32) -> f32 {
+    // ANCHOR: learn_silu_grad ch08: sigma(a) (1 + a (1 - sigma(a))) with sigma(a) = 1 / (1 + e^-a)
     let sigmoid = 1.0 / (1.0 + (-a).exp());
     sigmoid * (1.0 + a * (1.0 - sigmoid))
+    // ANCHOR_END: learn_silu_grad
 }
 
 /// Backward of SwiGLU `y = (silu(x W1^T) ⊙ x W3^T) W2^T` (chapter 3's `swiglu_ref`):
@@ -132,6 +142,7 @@ pub fn swiglu_backward(
     d_model: usize,
     d_ff: usize,
 ) -> (Vec<f32>, [Vec<f32>; 3]) {
+    // ANCHOR: learn_swiglu_backward ch08: recompute gate = x W1^T, value = x W3^T (n, d_ff), hidden = silu(gate) value; linear_backward through W2, d_gate = d_hidden value silu_grad(gate), d_value = d_hidden silu(gate), linear_backward through W1 and W3; dx = the sum of both
     let gate = linear_ref(x, w1, n, d_model, d_ff); // (n, d_ff)
     let value = linear_ref(x, w3, n, d_model, d_ff); // (n, d_ff)
     let hidden: Vec<f32> = gate
@@ -152,6 +163,7 @@ pub fn swiglu_backward(
     // x fed both projections: its gradients add up.
     let dx = dx_gate.iter().zip(&dx_value).map(|(a, b)| a + b).collect();
     (dx, [dw1, dw2, dw3])
+    // ANCHOR_END: learn_swiglu_backward
 }
 // ANCHOR_END: swiglu_backward
 
@@ -160,6 +172,7 @@ pub fn swiglu_backward(
 /// its gradient is turned back by `-angle`: `(dy0 cos + dy1 sin, -dy0 sin + dy1 cos)`.
 /// Book: [RoPE](../../../book/ch08_autograd.html#swiglu-and-rope).
 pub fn rope_backward(dy: &[f32], positions: &[usize], d: usize, theta: f32) -> Vec<f32> {
+    // ANCHOR: learn_rope_backward ch08: turn each pair (2k, 2k+1) of dy back by -rope_angle(pos, k, d, theta): (g0 cos + g1 sin, -g0 sin + g1 cos); dy (rows, d) -> dx (rows, d)
     let mut dx = dy.to_vec();
     for (row, &pos) in dx.chunks_mut(d).zip(positions) {
         for k in 0..d / 2 {
@@ -170,6 +183,7 @@ pub fn rope_backward(dy: &[f32], positions: &[usize], d: usize, theta: f32) -> V
         }
     }
     dx
+    // ANCHOR_END: learn_rope_backward
 }
 // ANCHOR_END: rope_backward
 
@@ -185,6 +199,7 @@ pub fn attention_forward(
     mask: &[bool],
     [n, s, t, dk, dv]: [usize; 5],
 ) -> (Vec<f32>, Vec<f32>) {
+    // ANCHOR: learn_attention_forward ch08: sdpa_ref step for step, also returning probs (n, s, t) = softmax of q . k / sqrt(dk) over the allowed keys, 0 where masked -> (out (n, s, dv), probs)
     let scale = 1.0 / (dk as f32).sqrt();
     let (mut out, mut probs) = (vec![0.0; n * s * dv], vec![0.0; n * s * t]);
     for b in 0..n {
@@ -204,6 +219,7 @@ pub fn attention_forward(
         }
     }
     (out, probs)
+    // ANCHOR_END: learn_attention_forward
 }
 // ANCHOR_END: attention_forward
 
@@ -219,6 +235,7 @@ pub fn attention_backward(
     [q, k, v, probs]: [&[f32]; 4],
     [n, s, t, dk, dv]: [usize; 5],
 ) -> [Vec<f32>; 3] {
+    // ANCHOR: learn_attention_backward ch08: per query row: dP = dO V^T, dV += P^T dO, dS = softmax_backward(P, dP), dQ = dS K / sqrt(dk), dK += dS^T Q / sqrt(dk) -> [dq (n, s, dk), dk (n, t, dk), dv (n, t, dv)]
     let scale = 1.0 / (dk as f32).sqrt();
     let (mut dq, mut dkey, mut dval) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
     for b in 0..n {
@@ -246,5 +263,6 @@ pub fn attention_backward(
         }
     }
     [dq, dkey, dval]
+    // ANCHOR_END: learn_attention_backward
 }
 // ANCHOR_END: attention_backward

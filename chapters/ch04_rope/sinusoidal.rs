@@ -38,11 +38,13 @@ pub fn sinusoidal_table<S: Dimension, D: Dimension>(
 ) -> GraphTensor<(S, D)> {
     let col = cx.arange::<D>(); // (d,): 0, 1, 2, 3, ...
     let odd = col % 2.0; // (d,): 0, 1, 0, 1, ...
-                         // Both columns of pair i share w_i = theta^(-2i/d) = 2^(-(2i/d) log2 theta), 2i = col - odd.
+
+    // Both columns of pair i share w_i = theta^(-2i/d) = 2^(-(2i/d) log2 theta), 2i = col - odd.
     let freq = ((col - odd) * (-ROPE_THETA.log2() / d_model as f32)).exp2(); // (d,)
     let pos = cx.arange::<S>().expand::<(S, D), Axis<1>>(); // (s, d): the row index p
     let angle = pos * freq.expand::<(S, D), Axis<0>>(); // (s, d): p w_i
-                                                        // cos a = sin(a + pi/2): odd columns get a quarter turn, then one Sin serves both.
+
+    // cos a = sin(a + pi/2): odd columns get a quarter turn, then one Sin serves both.
     let phase = (odd * FRAC_PI_2).expand::<(S, D), Axis<0>>(); // (s, d)
     (angle + phase).sin() // (s, d)
 }

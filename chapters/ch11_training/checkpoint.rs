@@ -1,7 +1,7 @@
 //! Checkpoints: everything a run needs to continue exactly where it stopped, in one
 //! safetensors file written atomically.
 //!
-//! Book page: [Chapter 11](../../../book/ch11_training.html#checkpoints).
+//! Book page: [Chapter 11](../../../book/ch11_checkpoints.html#checkpoints).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Generation: pick the next token from the logits (greedy, temperature, top-k, top-p), append
 //! it, run the model again.
 //!
-//! Book page: [Chapter 11](../../../book/ch11_training.html#generation).
+//! Book page: [Chapter 11](../../../book/ch11_generation.html#generation).
 
 use luminal::prelude::*;
 use rand::Rng;

@@ -2,7 +2,7 @@
 //! a config read from a file (a checkpoint's header, `--config`, a flag) is refused before it
 //! asks for more memory than the machine has, or for more tensors than the file holds.
 //!
-//! Book page: [Chapter 11](../../../book/ch11_training.html#checkpoints).
+//! Book page: [Chapter 11](../../../book/ch11_checkpoints.html#checkpoints).
 
 use super::config::{ModelConfig, Task, TrainConfig};
 use crate::ch02_rmsnorm::Norm;

@@ -220,7 +220,9 @@ fn check(root: &Path, chapters: Vec<String>) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     copy_course(root, &scratch)?;
     // Share the course's target folder: dependencies are built once. Only library tests run
-    // here (`--lib`), so the course's own binary is never rebuilt from stubs.
+    // here (`--lib`), so the course's binary is never rebuilt from stubs; but cargo names the
+    // scratch copy's test binary like the course's own (paths are relative to the workspace),
+    // so never run this while the course's tests are being built or run.
     let target = root.join("target");
     let mut problems = Vec::new();
     let exempt_text = std::fs::read_to_string(root.join(EXEMPT)).unwrap_or_default();

@@ -207,3 +207,36 @@ proptest! {
         }
     }
 }
+
+/// Book, chapter 0, exercise "Predict what `x.exp()` records": one input, then a `Constant`
+/// ($1/\ln 2$), a `Mul` and an `Exp2` (4 nodes); compiling fuses the `Mul` and the `Exp2` into one
+/// op (3 nodes). Node counts are exact: no tolerance.
+#[test]
+fn exercise_exp_records_three_nodes_and_fuses_to_one() {
+    let mut cx = Graph::new();
+    let mut x = tensor::input::<(Rows, In)>(&mut cx, "x");
+    assert_eq!(cx.graph.node_count(), 1);
+    let mut y = x.exp().retrieve();
+    assert_eq!(cx.graph.node_count(), 4);
+    let built = crate::graph::viz::op_listing(&cx);
+    assert!(built.contains("Constant(1.442695)"), "{built}");
+    assert!(built.contains("Exp2("), "{built}");
+    Device::Cpu.compile(&mut cx, (&mut x, &mut y));
+    assert_eq!(cx.graph.node_count(), 3);
+    let compiled = crate::graph::viz::op_listing(&cx);
+    assert!(compiled.contains("Fused(Mul, Exp2)"), "{compiled}");
+}
+
+/// Book, chapter 0, exercise "Signs and NaN": `Mod` takes the sign of `a` (C's `fmod`), and
+/// `LessThan` with a NaN operand is 0. Small integers and 0/1 flags: exact, no tolerance.
+#[test]
+fn exercise_mod_and_less_than_edge_cases() {
+    let a = [-7.0, 7.0, f32::NAN, -0.5];
+    let b = [3.0, -3.0, 1.0, 1.0];
+    let modulo = run_primitive(Primitive::Mod, &a, &b, 1, 4, Device::Cpu).unwrap();
+    assert_eq!(&modulo.data[..2], &[-1.0, 1.0]);
+    assert!(modulo.data[2].is_nan());
+    assert_eq!(modulo.data[3], -0.5);
+    let less = run_primitive(Primitive::LessThan, &a, &b, 1, 4, Device::Cpu).unwrap();
+    assert_eq!(less.data, vec![1.0, 0.0, 0.0, 1.0]);
+}

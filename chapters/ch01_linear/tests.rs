@@ -162,3 +162,67 @@ fn gradients_match_finite_differences() {
     let loss = weighted_sum(emb.forward(ids), &[2, 3, 3], 3);
     assert_gradcheck(&mut cx, emb.params(), loss);
 }
+
+/// Book, chapter 1, exercise "Predict the initial weights": a $128 \to 384$ layer has
+/// $\sigma = \sqrt{2/512} = 0.0625$, and the truncated normal's standard deviation is
+/// $0.9866\,\sigma = 0.06166$ (measured with seed 0: 0.06178). Tolerance 2 %: the standard error
+/// of a standard deviation from 49 152 samples is about 0.3 %.
+#[test]
+fn exercise_initial_weight_std_of_a_128_to_384_layer() {
+    let mut cx = Graph::new();
+    let layer = Linear::<In, Out>::new(&mut cx, 128, 384).unwrap();
+    assert_eq!(layer.init_sigma(), 0.0625);
+    layer.init(&mut crate::graph::init::rng(0)).unwrap();
+    let w = tensor::read(layer.weight).unwrap().data;
+    assert_eq!(w.len(), 49_152);
+    let std = (w.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+    let want = 0.0625 * crate::graph::init::TRUNC3_STD_FRACTION as f64;
+    assert!((std / want - 1.0).abs() < 0.02, "std {std}, want {want}");
+}
+
+/// Book, chapter 1, exercise "Predict the output variance": through a Glorot $128 \to 384$
+/// layer, $\mathrm{Var}(y) / \mathrm{Var}(x) = i\,(0.9866\,\sigma)^2 = 128 \cdot 0.9733 \cdot 2/512
+/// = 0.4867$ (measured with these seeds: 0.4884). Tolerance 5 %: 256 input rows of 128 features
+/// give a sampling error of about 1 %.
+#[test]
+fn exercise_glorot_output_variance_is_half_the_input_variance() {
+    let mut cx = Graph::new();
+    let layer = Linear::<In, Out>::new(&mut cx, 128, 384).unwrap();
+    layer.init(&mut crate::graph::init::rng(0)).unwrap();
+    let w = tensor::read(layer.weight).unwrap().data;
+    let rows = 256;
+    let x = trunc_normal(&mut crate::graph::init::rng(1), rows * 128, 1.0);
+    let y = linear_ref(&x, &w, rows, 128, 384);
+    let mean_square =
+        |v: &[f32]| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>() / v.len() as f64;
+    let ratio = mean_square(&y) / mean_square(&x);
+    let fraction = crate::graph::init::TRUNC3_STD_FRACTION as f64;
+    let want = 128.0 * (2.0 / 512.0) * fraction * fraction;
+    assert!(
+        (ratio / want - 1.0).abs() < 0.05,
+        "ratio {ratio}, want {want}"
+    );
+}
+
+/// Book, chapter 1, exercise "Ids that are not whole numbers": class $v$ is hot when
+/// $v - 0.5 < \text{id} < v + 0.5$, strictly, so 2.4 picks class 2, -0.4 class 0, and the
+/// half-integers 2.5, 1.5, 0.5 and the out-of-range 3.0 pick none. 0/1 values: exact.
+#[test]
+fn exercise_half_integer_ids_match_no_class() {
+    let mut cx = Graph::new();
+    let mut ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
+    let mut hot = one_hot::<Batch, Seq, Vocab>(ids).retrieve();
+    tensor::bind_dim::<Vocab>(&mut cx, 3, "vocab").unwrap();
+    Device::Cpu.compile(&mut cx, (&mut ids, &mut hot));
+    tensor::set(ids, &[1, 6], vec![2.4, 2.5, 3.0, -0.4, 1.5, 0.5]).unwrap();
+    tensor::execute(&mut cx).unwrap();
+    let want = [
+        [0., 0., 1.], // 2.4
+        [0., 0., 0.], // 2.5
+        [0., 0., 0.], // 3.0
+        [1., 0., 0.], // -0.4
+        [0., 0., 0.], // 1.5
+        [0., 0., 0.], // 0.5
+    ];
+    assert_eq!(tensor::read(hot).unwrap().data, want.concat());
+}

@@ -291,3 +291,50 @@ fn gradients_match_finite_differences() {
     let params = [attn.params(), vec![Param::of(x, &[2, 3, 4])]].concat();
     assert_gradcheck(&mut cx, params, loss);
 }
+
+/// Book, chapter 5, exercise "Queries of zero": with $W_q = 0$ every score is 0, so causal
+/// query $i$ gives each of its $i + 1$ keys the weight $1/(i+1)$, whatever $W_k$, $x$ and RoPE
+/// (a rotated zero is zero). Tolerance $10^{-6}$: one reciprocal and one product in f32.
+#[test]
+fn exercise_zero_queries_attend_uniformly() {
+    let (b, s, d, heads) = (1, 4, 4, 2);
+    let mut rng = crate::graph::init::rng(0);
+    let w: Vec<Vec<f32>> = (0..4)
+        .map(|_| crate::graph::init::trunc_normal(&mut rng, d * d, 0.5))
+        .collect();
+    let zero = vec![0.0; d * d];
+    let ws = [&zero[..], &w[1], &w[2], &w[3]];
+    let x = crate::graph::init::trunc_normal(&mut rng, b * s * d, 1.0);
+    let causal = MaskSpec {
+        causal: true,
+        key_padding: None,
+    };
+    let theta = Some(ROPE_THETA);
+    let p = run_attention_weights(&x, ws, [b, s, d], heads, &causal, theta, Device::Cpu).unwrap();
+    let mut want = vec![];
+    for _head in 0..heads {
+        for i in 0..s {
+            want.extend((0..s).map(|j| if j <= i { 1.0 / (i + 1) as f32 } else { 0.0 }));
+        }
+    }
+    assert_close(&p.data, &want, 1e-6).unwrap();
+}
+
+/// Book, chapter 5, exercise "Forget the $1/\sqrt{d_k}$": scores $(1, 2, 3)$ scaled by
+/// $\sqrt{64} = 8$ give $(1.125 \cdot 10^{-7}, 3.354 \cdot 10^{-4}, 0.99966)$, and the largest
+/// diagonal entry of the softmax's Jacobian, $a_j(1 - a_j)$, falls from 0.2227 to
+/// $3.354 \cdot 10^{-4}$. Values from float64 by hand; tolerance 1 % relative for the tiny
+/// weight (f32 exp) and $10^{-6}$ absolute for the others.
+#[test]
+fn exercise_unscaled_scores_saturate_the_softmax() {
+    let jacobian_max = |p: &[f32]| p.iter().map(|a| a * (1.0 - a)).fold(0.0f32, f32::max);
+    let scaled = softmax_ref(&[1.0, 2.0, 3.0]);
+    let unscaled = softmax_ref(&[8.0, 16.0, 24.0]);
+    assert!(
+        (unscaled[0] / 1.124_974_2e-7 - 1.0).abs() < 0.01,
+        "{unscaled:?}"
+    );
+    assert_close(&unscaled[1..], &[3.353_501e-4, 0.999_664_5], 1e-6).unwrap();
+    assert!((jacobian_max(&scaled) - 0.222_695_4).abs() < 1e-6);
+    assert!((jacobian_max(&unscaled) - 3.353_501e-4).abs() < 1e-6);
+}

@@ -168,3 +168,97 @@ fn gradients_match_finite_differences() {
         assert_gradcheck(&mut cx, vec![Param::of(x, &[2, 3, 4])], loss);
     }
 }
+
+/// Book, chapter 7, exercise "Predict the loss at initialisation": not exactly $\ln V$. With
+/// logits of variance $s^2$ at each position, the expected loss is about $\ln V + s^2/2$. For
+/// the book's LM (`book_lm_config`: $V = 256$, $d = 128$) the head's Glorot weights give
+/// $s^2 = 128 \cdot 0.9733 \cdot 2/384 = 0.649$, so about $5.545 + 0.324 = 5.87$. Measured with
+/// weights of seed 0 on 16 x 64 random tokens (seed 1): loss 5.890, logit variance 0.658.
+/// Tolerances: 0.1 for the loss against $\ln V + s^2/2$ with the measured $s^2$ (1024 positions
+/// with a spread of about $s \approx 0.8$ each: a standard error near 0.03), and 10 % for $s^2$
+/// against 0.649 (one draw of 32 768 head weights).
+#[test]
+fn exercise_loss_at_initialisation_is_ln_vocab_plus_half_logit_variance() {
+    use crate::ch06_transformer::{init_lm_weights, run_lm};
+    use crate::ch11_training::{book_lm_config, ModelConfig};
+    use rand::Rng;
+    let ModelConfig::Lm(config) = book_lm_config().model else {
+        unreachable!("the book's LM config is an LM")
+    };
+    let (b, s, v) = (16, 64, config.vocab_size);
+    // Random tokens: at initialisation the loss does not depend on the text.
+    let mut rng = crate::graph::init::rng(1);
+    let tokens: Vec<u32> = (0..b * s * 2).map(|_| rng.gen_range(0..v as u32)).collect();
+    let (ids, targets) = tokens.split_at(b * s);
+    let dict = init_lm_weights(&config, 0).unwrap();
+    let logits = run_lm(ids, [b, s], &dict, &config, Device::Cpu).unwrap();
+    let variance = logits
+        .data
+        .chunks(v)
+        .map(|row| {
+            let mean = row.iter().map(|&x| x as f64).sum::<f64>() / v as f64;
+            row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v as f64
+        })
+        .sum::<f64>()
+        / (b * s) as f64;
+    let predicted_variance = 128.0 * 0.9733 * 2.0 / 384.0;
+    let mask = vec![true; b * s];
+    let loss = run_loss(
+        &logits.data,
+        [b, s, v],
+        targets,
+        &mask,
+        Weighting::Token,
+        Device::Cpu,
+    )
+    .unwrap() as f64;
+    assert!(
+        (variance / predicted_variance - 1.0).abs() < 0.1,
+        "s^2 = {variance}"
+    );
+    let ln_v = (v as f64).ln();
+    assert!(loss > ln_v, "loss {loss} is not above ln V = {ln_v}");
+    assert!(
+        (loss - (ln_v + variance / 2.0)).abs() < 0.1,
+        "loss {loss}, s^2 {variance}"
+    );
+}
+
+/// Book, chapter 7, exercise "A confident mistake": logits $(10, 0, 0)$ with target 1 cost
+/// $10 + \ln(1 + 2e^{-10}) = 10.0000908$. Tolerance $10^{-5}$: an f32 step at 10 is
+/// $9.5 \cdot 10^{-7}$, and the graph adds a few roundings.
+#[test]
+fn exercise_a_confident_mistake_costs_about_ten_nats() {
+    let logits = [10.0, 0.0, 0.0];
+    let want = 10.000_090_8;
+    assert!((cross_entropy_ref(&logits, 1) - want).abs() < 1e-5);
+    let graph = run_loss(
+        &logits,
+        [1, 1, 3],
+        &[1],
+        &[true],
+        Weighting::Token,
+        Device::Cpu,
+    );
+    assert!((graph.unwrap() - want).abs() < 1e-5);
+}
+
+/// Book, chapter 7, exercise "Token or sequence mean": A = (1, 1, 1, 1) all kept, B = (5, ., ., .)
+/// with only its first position kept. Token mean $(4 + 5)/5 = 1.8$; sequence mean
+/// $\frac12 (1 + 5) = 3$. Tolerance $10^{-6}$: sums of a few small numbers in f32.
+#[test]
+fn exercise_token_and_sequence_means_of_a_short_sequence() {
+    let losses = [1.0, 1.0, 1.0, 1.0, 5.0, 6.0, 7.0, 8.0];
+    let mask = [true, true, true, true, true, false, false, false];
+    let token = masked_mean_ref(&losses, &mask, [2, 4], Weighting::Token);
+    let sequence = masked_mean_ref(&losses, &mask, [2, 4], Weighting::Sequence);
+    assert!((token - 1.8).abs() < 1e-6, "{token}");
+    assert!((sequence - 3.0).abs() < 1e-6, "{sequence}");
+}
+
+/// Book, chapter 7, exercise "Nats, bits and perplexity": a validation loss of 1.86 nats per
+/// byte is a perplexity of $e^{1.86} = 6.4237$. Tolerance $10^{-4}$ relative: one f32 `exp`.
+#[test]
+fn exercise_perplexity_of_the_book_lm() {
+    assert_relative_eq!(perplexity(1.86), 6.423_737, max_relative = 1e-4);
+}

@@ -180,3 +180,78 @@ proptest! {
         }
     }
 }
+
+/// Book, chapter 9, exercise "Predict a first step": $\theta = 0.5$, $g = -0.02$, $\eta = 0.01$,
+/// $\lambda = 0.01$. Decay: $0.5 (1 - 10^{-4}) = 0.49995$; then a step of $\eta$ against the
+/// sign of $g$: $0.50995$. Tolerance $10^{-6}$: the $\varepsilon$ term changes the step by
+/// $\eta\,\varepsilon / (\sqrt{0.001} \cdot 0.02) \approx 1.6 \cdot 10^{-10}$, and f32 rounding near
+/// 0.5 is $3 \cdot 10^{-8}$.
+#[test]
+fn exercise_first_step_for_a_small_negative_gradient() {
+    let c = AdamWConfig {
+        weight_decay: 0.01,
+        ..AdamWConfig::default()
+    };
+    let (mut theta, mut m, mut v) = (vec![0.5f32], vec![0.0f32], vec![0.0f32]);
+    adamw_ref(&mut theta, &[-0.02], &mut m, &mut v, 1, 0.01, &c);
+    assert!((theta[0] - 0.509_95).abs() < 1e-6, "{}", theta[0]);
+}
+
+/// Book, chapter 9, exercise "The step size over time": $a_t / \eta =
+/// \sqrt{1 - 0.999^t} / (1 - 0.9^t)$ is 0.31623 at $t = 1$, falls to its minimum 0.15224 at
+/// $t = 12$, and is back to 0.30857 at $t = 100$ and 0.79518 at $t = 1000$ (float64 by hand).
+/// Tolerance $10^{-4}$ relative: `step_size` works in f32, where $1 - 0.999$ is already off by
+/// $1.3 \cdot 10^{-5}$ relative.
+#[test]
+fn exercise_step_size_dips_then_rises() {
+    let c = AdamWConfig::default();
+    for (t, want) in [
+        (1, 0.316_227_8),
+        (10, 0.153_189_1),
+        (12, 0.152_241_3),
+        (100, 0.308_565_9),
+        (1000, 0.795_175_8),
+    ] {
+        assert_relative_eq!(c.step_size(1.0, t), want, max_relative = 1e-4);
+    }
+    let ratios: Vec<f32> = (1..=100).map(|t| c.step_size(1.0, t)).collect();
+    let lowest = (1..=100).min_by(|&a, &b| ratios[a - 1].total_cmp(&ratios[b - 1]));
+    assert_eq!(lowest, Some(12));
+}
+
+/// Book, chapter 9, exercise "Multiply the loss by 1000": Adam's steps do not change, since
+/// $m$ and $\sqrt v$ both scale by 1000. Five steps of three weights with gradients $g$ and
+/// $1000\,g$ end within $10^{-6}$ of each other: the only difference is $\varepsilon$, relative
+/// $\varepsilon / \sqrt{v} \approx 10^{-8} / 10^{-2}$ of a step of about $\eta = 0.01$, plus f32
+/// rounding.
+#[test]
+fn exercise_adam_ignores_the_gradient_scale() {
+    let c = AdamWConfig::default();
+    let run = |scale: f32| {
+        let (mut theta, mut m, mut v) = (vec![0.3f32, -1.0, 2.0], vec![0.0; 3], vec![0.0; 3]);
+        for t in 1..=5 {
+            // A gradient that changes with the weights: 2 (theta - 1), times the scale.
+            let g: Vec<f32> = theta.iter().map(|w| scale * 2.0 * (w - 1.0)).collect();
+            adamw_ref(&mut theta, &g, &mut m, &mut v, t, 0.01, &c);
+        }
+        theta
+    };
+    assert_close(&run(1.0), &run(1000.0), 1e-6).unwrap();
+}
+
+/// Book, chapter 9, exercise "Decay with no gradient": with $g = 0$ the Adam step is 0 and only
+/// the decay acts: 1000 steps at $\eta = 2 \cdot 10^{-3}$, $\lambda = 0.1$ leave
+/// $(1 - 2 \cdot 10^{-4})^{1000} = 0.818714$ of a weight (measured: 0.8187148). Tolerance
+/// $10^{-5}$: 1000 f32 multiplications, each off by at most $6 \cdot 10^{-8}$ relative.
+#[test]
+fn exercise_weight_decay_alone_over_1000_steps() {
+    let c = AdamWConfig {
+        weight_decay: 0.1,
+        ..AdamWConfig::default()
+    };
+    let (mut theta, mut m, mut v) = (vec![1.0f32], vec![0.0f32], vec![0.0f32]);
+    for t in 1..=1000 {
+        adamw_ref(&mut theta, &[0.0], &mut m, &mut v, t, 2e-3, &c);
+    }
+    assert!((theta[0] - 0.818_714).abs() < 1e-5, "{}", theta[0]);
+}

@@ -160,3 +160,83 @@ proptest! {
         prop_assert!(after <= max_norm.max(norm) * (1.0 + 1e-5) && (after - norm.min(max_norm)).abs() < 1e-4 * max_norm.max(1.0));
     }
 }
+
+/// Book, chapter 10, exercise "Read the copy task's schedule": `copy_task_config` (peak
+/// $3 \cdot 10^{-3}$ after 50 warmup steps, cosine to $3 \cdot 10^{-4}$ at step 600). The trainer
+/// feeds steps 1 to 600. Tolerance $10^{-9}$: f32 values near $10^{-3}$ are spaced about
+/// $10^{-10}$ apart.
+#[test]
+fn exercise_copy_task_schedule_values() {
+    let s = crate::ch11_training::copy_task_config().schedule;
+    for (t, want) in [
+        (0, 0.0),
+        (1, 6e-5), // 3e-3 / 50
+        (25, 1.5e-3),
+        (50, 3e-3),
+        (325, 1.65e-3), // the midpoint: (3e-3 + 3e-4) / 2
+        (600, 3e-4),
+        (601, 3e-4),
+    ] {
+        assert!((s.lr(t) - want).abs() < 1e-9, "lr({t}) = {}", s.lr(t));
+    }
+}
+
+/// Book, chapter 10, exercise "A quarter of the way down": a quarter through the cosine the
+/// factor is $\frac12 (1 + \cos\frac\pi4) = 0.853553$; for the book's LM (`book_lm_config`:
+/// $2 \cdot 10^{-3}$ to $2 \cdot 10^{-4}$, steps 100 to 1000) that is step 325, at
+/// $2 \cdot 10^{-4} + 0.853553 \cdot 1.8 \cdot 10^{-3} = 1.736396 \cdot 10^{-3}$. Tolerance
+/// $10^{-9}$, as above.
+#[test]
+fn exercise_a_quarter_of_the_way_down_the_cosine() {
+    let s = crate::ch11_training::book_lm_config().schedule;
+    assert!((s.lr(325) - 1.736_396e-3).abs() < 1e-9, "{}", s.lr(325));
+}
+
+/// Book, chapter 10, exercise "How far does weight decay pull?": over the book LM's 1000 steps
+/// the learning rates add up to $\sum_t \eta_t = 1.0901$, and a weight with no gradient keeps
+/// $\prod_t (1 - 0.1\,\eta_t) = 0.89671$ of its value, about $e^{-0.1 \cdot 1.0901}$.
+/// Tolerances $10^{-4}$ (the sum: 1000 terms in f64, each an f32) and $10^{-5}$ (the product).
+#[test]
+fn exercise_weight_decay_over_the_book_lm_run() {
+    let config = crate::ch11_training::book_lm_config();
+    let lrs: Vec<f64> = (1..=config.steps)
+        .map(|t| config.schedule.lr(t) as f64)
+        .collect();
+    let sum: f64 = lrs.iter().sum();
+    let kept: f64 = lrs
+        .iter()
+        .map(|lr| 1.0 - config.adamw.weight_decay as f64 * lr)
+        .product();
+    assert!((sum - 1.0901).abs() < 1e-4, "{sum}");
+    assert!((kept - 0.89671).abs() < 1e-5, "{kept}");
+}
+
+/// Book, chapter 10, exercise "Clipping and Adam's first step": gradients (3, 4) and (12),
+/// clipped at $M = 1$ to $(0.2308, 0.3077, 0.9231)$, give the same first AdamW step as the raw
+/// ones, $\eta\,\mathrm{sign}(g)$. Tolerance $10^{-7}$: the only difference is $\varepsilon$
+/// against $\sqrt{0.001}\,|g| \geq 0.0073$, a relative $1.4 \cdot 10^{-6}$ of a step of $10^{-2}$.
+#[test]
+fn exercise_clipping_does_not_change_adams_first_step() {
+    use crate::ch09_optimizers::{adamw_ref, AdamWConfig};
+    let raw = vec![vec![3.0f32, 4.0], vec![12.0]];
+    let mut clipped = raw.clone();
+    assert_eq!(clip_grad_norm_ref(&mut clipped, 1.0), 13.0);
+    assert_close(
+        &clipped.concat(),
+        &[0.230_769_2, 0.307_692_3, 0.923_076_9],
+        1e-6,
+    )
+    .unwrap();
+    let c = AdamWConfig::default();
+    let first_step = |g: &[f32]| {
+        let (mut theta, mut m, mut v) = (vec![1.0f32; 3], vec![0.0; 3], vec![0.0; 3]);
+        adamw_ref(&mut theta, g, &mut m, &mut v, 1, 0.01, &c);
+        theta
+    };
+    assert_close(
+        &first_step(&raw.concat()),
+        &first_step(&clipped.concat()),
+        1e-7,
+    )
+    .unwrap();
+}

@@ -190,3 +190,53 @@ fn norm_layer_matches_the_named_reference() {
         crate::testing::assert_close(&got.data, &want, 1e-5).unwrap();
     }
 }
+
+/// Book, chapter 2, Exercises 1: a vector with all entries equal. RMSNorm keeps it (divided by
+/// its RMS); LayerNorm centres it to zero and returns the bias. Tolerance 1e-6: the graph and
+/// the closed form differ by f32 rounding only.
+#[test]
+fn exercise_constant_vector_rms_vs_layer_norm() {
+    let x = [2.0f32; 4];
+    let g = [1.0f32; 4];
+    let rms = run_norm(Norm::Rms, &x, [1, 1, 4], &g, &[], Device::Cpu).unwrap();
+    let want = 2.0 / (4.0f32 + NORM_EPS).sqrt(); // 0.99999875
+    for v in &rms.data {
+        assert!((v - want).abs() < 1e-6, "RMSNorm {v} vs {want}");
+    }
+    let beta = [0.5f32; 4];
+    let ln = run_norm(Norm::Layer, &x, [1, 1, 4], &g, &beta, Device::Cpu).unwrap();
+    for v in &ln.data {
+        assert!((v - 0.5).abs() < 1e-6, "LayerNorm {v} vs the bias 0.5");
+    }
+}
+
+/// Book, chapter 2, Exercises 3: when does epsilon matter? x = (0.001, 0, 0, 0) has
+/// mean(x^2) = 2.5e-7, so RMS(y)^2 = 2.5e-7 / (2.5e-7 + 1e-5) = 1/41 and RMS(y) = 0.156;
+/// at RMS(x) = 0.0222 the output's RMS is back at 0.99. Tolerance 1e-4 relative: f32 rounding
+/// of a mean of squares near 1e-7.
+#[test]
+fn exercise_epsilon_shrinks_small_vectors() {
+    let rms_of = |v: &[f32]| (v.iter().map(|a| a * a).sum::<f32>() / v.len() as f32).sqrt();
+    let y = rms_norm_ref(&[1e-3, 0.0, 0.0, 0.0], &[1.0; 4], 4, NORM_EPS);
+    assert_relative_eq!(rms_of(&y), (1.0f32 / 41.0).sqrt(), max_relative = 1e-4);
+    assert_relative_eq!(y[0], 1e-3 / 1.025e-5f32.sqrt(), max_relative = 1e-4); // 0.3123
+                                                                               // mean(x^2) = 49.25 eps gives RMS(y)^2 = 49.25 / 50.25 = 0.99^2.
+    let a = (49.25f32 * NORM_EPS).sqrt(); // RMS(x) = 0.0222
+    let y = rms_norm_ref(&[a; 4], &[1.0; 4], 4, NORM_EPS);
+    assert_relative_eq!(rms_of(&y), 0.99, max_relative = 1e-4);
+}
+
+/// Book, chapter 2, Exercises 4: LayerNorm with gamma = g and beta = 0 is RMSNorm of the
+/// centred vector. Tolerance 1e-5 relative: the two loops round the same sums differently.
+#[test]
+fn exercise_layer_norm_is_rms_norm_of_the_centred_vector() {
+    let x = [3.0f32, -1.0, 0.5, 2.5, 7.0, -4.0];
+    let g = [1.0f32, 2.0, 0.5, -1.0, 1.5, 0.25];
+    let mean = x.iter().sum::<f32>() / 6.0;
+    let centred: Vec<f32> = x.iter().map(|v| v - mean).collect();
+    let rms = rms_norm_ref(&centred, &g, 6, NORM_EPS);
+    let ln = layer_norm_ref(&x, &g, &[0.0; 6], 6, NORM_EPS);
+    for (a, b) in rms.iter().zip(&ln) {
+        assert_relative_eq!(a, b, max_relative = 1e-5);
+    }
+}

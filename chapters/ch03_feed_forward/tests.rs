@@ -183,3 +183,38 @@ fn ffn_layer_matches_the_named_reference() {
         crate::testing::assert_close(&got.data, &want, 1e-4).unwrap();
     }
 }
+
+/// Book, chapter 3, Exercises 1: SwiGLU's width and parameter count at d = 64 and d = 768.
+/// Integer arithmetic: exact.
+#[test]
+fn exercise_swiglu_parameter_count() {
+    // d = 64: 8 * 64 / 3 = 170.7 -> 171 -> 192; 36 864 weights against 32 768 for ReLU at 4d.
+    assert_eq!(default_d_ff(64), 192);
+    assert_eq!(3 * 64 * default_d_ff(64), 36_864);
+    assert_eq!(2 * 64 * (4 * 64), 32_768);
+    // d = 768: 8 * 768 / 3 = 2048 exactly, so parity is exact.
+    assert_eq!(default_d_ff(768), 2048);
+    assert_eq!(3 * 768 * default_d_ff(768), 2 * 768 * (4 * 768));
+    assert_eq!(3 * 768 * 2048, 4_718_592);
+}
+
+/// Book, chapter 3, Exercises 2: the slope of SiLU at -3 and at 0, where ReLU's is 0.
+/// silu'(x) = sigma(x) (1 + x (1 - sigma(x))): -0.0881 at -3 and 0.5 at 0. Checked against a
+/// central difference of `silu_ref` with h = 1e-2, tolerance 1e-3 (the difference's
+/// truncation error, h^2 |silu'''| / 6, is below 1e-5; f32 rounding of the quotient ~1e-5).
+#[test]
+fn exercise_silu_slope_for_negative_inputs() {
+    let slope = |x: f32| {
+        let s = 1.0 / (1.0 + (-x).exp());
+        s * (1.0 + x * (1.0 - s))
+    };
+    let fd = |x: f32| (silu_ref(x + 1e-2) - silu_ref(x - 1e-2)) / 2e-2;
+    for (x, want) in [(-3.0f32, -0.0881f32), (0.0, 0.5)] {
+        assert!((slope(x) - want).abs() < 1e-4, "silu'({x}) = {}", slope(x));
+        assert!(
+            (fd(x) - want).abs() < 1e-3,
+            "finite difference at {x}: {}",
+            fd(x)
+        );
+    }
+}

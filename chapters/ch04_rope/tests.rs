@@ -216,3 +216,67 @@ fn sinusoidal_table_graph_matches_the_loop() {
     }
     println!("sinusoidal table: largest error vs the loop {worst:e}");
 }
+
+/// Book, chapter 4, Exercises 1: the slowest pair of the reference model's heads (d_head = 32)
+/// turns by 10000^(-30/32) = 1.778e-4 radian per position: 0.0226 radian at position 127, and a
+/// full turn takes 35 337 positions. Tolerance 1e-3 relative: the numbers are quoted to 4 digits.
+#[test]
+fn exercise_slowest_pair_angle() {
+    let per_position = rope_angle(1, 15, 32, ROPE_THETA);
+    assert_relative_eq!(per_position, 1.778e-4, max_relative = 1e-3);
+    assert_relative_eq!(
+        rope_angle(127, 15, 32, ROPE_THETA),
+        0.02258,
+        max_relative = 1e-3
+    );
+    let turn = std::f32::consts::TAU / per_position;
+    assert!(
+        (35_300.0..35_400.0).contains(&turn),
+        "full turn after {turn} positions"
+    );
+}
+
+/// Book, chapter 4, Exercises 2: (1, 0, 1, 0) at position 3, d = 4. Pair 0 turns by 3 radians,
+/// pair 1 by 3 * 10000^(-1/2) = 0.03: (cos 3, sin 3, cos 0.03, sin 0.03)
+/// = (-0.98999, 0.14112, 0.99955, 0.02999). Graph against the closed form within 1e-6 (f32
+/// rounding of a sine and a cosine).
+#[test]
+fn exercise_rope_value_at_position_3() {
+    let x = [1.0, 0.0, 1.0, 0.0].repeat(4);
+    let y = run_rope(&x, [1, 1, 4, 4], 8, ROPE_THETA, Device::Cpu).unwrap();
+    let (s0, c0) = 3f32.sin_cos();
+    let (s1, c1) = 0.03f32.sin_cos();
+    for (a, b) in y.data[12..].iter().zip([c0, s0, c1, s1]) {
+        assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    }
+    println!("position 3: {:?}", &y.data[12..]);
+}
+
+/// Book, chapter 4, Exercises 3: half-split RoPE (feature k paired with k + d/2) is interleaved
+/// RoPE after the permutation new[2k] = old[k], new[2k + 1] = old[k + d/2]. Tolerance 1e-6:
+/// the same products, rounded the same way, only stored in another order.
+#[test]
+fn exercise_half_split_is_a_permutation_of_interleaved() {
+    let d = 8;
+    let x: Vec<f32> = (0..d)
+        .map(|i| (i as f32 * 0.7).sin() + 0.1 * i as f32)
+        .collect();
+    let perm: Vec<usize> = (0..d)
+        .map(|j| if j % 2 == 0 { j / 2 } else { j / 2 + d / 2 })
+        .collect();
+    assert_eq!(perm, [0, 4, 1, 5, 2, 6, 3, 7]);
+    for pos in [0, 1, 5, 17] {
+        // Half-split, written out: pair k is (x[k], x[k + d/2]).
+        let mut half = x.clone();
+        for k in 0..d / 2 {
+            let (s, c) = rope_angle(pos, k, d, ROPE_THETA).sin_cos();
+            half[k] = x[k] * c - x[k + d / 2] * s;
+            half[k + d / 2] = x[k] * s + x[k + d / 2] * c;
+        }
+        let permuted: Vec<f32> = perm.iter().map(|&i| x[i]).collect();
+        let inter = rope_ref(&permuted, &[pos], d, ROPE_THETA);
+        for (j, &i) in perm.iter().enumerate() {
+            assert!((inter[j] - half[i]).abs() < 1e-6, "pos {pos}, feature {i}");
+        }
+    }
+}

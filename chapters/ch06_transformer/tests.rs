@@ -321,3 +321,55 @@ fn lm_gradients_match_finite_differences() {
     let loss = weighted_sum(model.forward(idt), &[1, 3, 5], 13);
     assert_gradcheck(&mut cx, model.params(), loss);
 }
+
+/// Book, chapter 6, Exercises 1 and 2: the copy task's model (chapter 11) has 199 680
+/// parameters; the same sizes as the original Transformer have 166 528, and 199 296 with the
+/// ReLU FFN widened to d_ff = 192 for parity. Counts of a fresh state dict: exact.
+#[test]
+fn exercise_copy_model_parameter_counts() {
+    let count = |cfg: &Seq2SeqConfig| -> usize {
+        let dict = init_seq2seq_weights(cfg, 0).unwrap();
+        dict.values().map(|t| t.data.len()).sum()
+    };
+    let crate::ch11_training::ModelConfig::Seq2Seq(modern) =
+        crate::ch11_training::copy_task_config().model
+    else {
+        panic!("the copy task uses the encoder-decoder")
+    };
+    // Encoder layer 16 384 + 24 576 + 128, decoder layer 2 * 16 384 + 24 576 + 192,
+    // embeddings and head 2 * 18 * 64, two final norms 2 * 64.
+    assert_eq!(count(&modern), 199_680);
+    let original = Seq2SeqConfig::original_transformer(18, 64, 64, 4, 2, 128);
+    assert_eq!(count(&original), 166_528);
+    let wide = Seq2SeqConfig::original_transformer(18, 64, 64, 4, 2, 192);
+    assert_eq!(count(&wide), 199_296);
+}
+
+/// Book, chapter 6, Exercises 3: with every `attn.output_proj` and `ffn.w2` at zero, each
+/// pre-norm block adds nothing, so the logits at a position depend on its own token only.
+/// Compared with `==`: the blocks add exact zeros, so nothing is rounded differently.
+#[test]
+fn exercise_zeroed_blocks_leave_the_identity_path() {
+    let cfg = TransformerConfig {
+        vocab_size: 11,
+        context_length: 8,
+        d_model: 8,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 12,
+        rope_theta: crate::ch04_rope::ROPE_THETA,
+    };
+    let mut dict = init_lm_weights(&cfg, 0).unwrap();
+    for (name, t) in dict.iter_mut() {
+        if name.ends_with("attn.output_proj.weight") || name.ends_with("ffn.w2.weight") {
+            t.data.iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+    let a = lm_ref(&[3, 1, 4, 1, 5], &dict, &cfg, [1, 5]);
+    let b = lm_ref(&[7, 2, 9, 1, 5], &dict, &cfg, [1, 5]);
+    // Position 3 (token 1) and position 4 (token 5) have the same tokens in both sequences.
+    assert_eq!(&a[3 * 11..], &b[3 * 11..]);
+    // And position 1 of `a` (token 1) equals position 3 of `a` (token 1).
+    assert_eq!(&a[11..22], &a[33..44]);
+    assert_ne!(&a[..11], &b[..11]);
+}

@@ -24,6 +24,7 @@ impl Primitive {
     /// Reductions reduce the last dimension; `Contiguous` is applied to the transpose of `a`
     /// (a view), so it returns `a^T` materialised, shape (cols, rows).
     pub fn reference(self, a: &[f32], b: &[f32], rows: usize, cols: usize) -> HostTensor {
+        // ANCHOR: learn_primitive_reference ch00: each of the 12 ops as loops on a, b (rows, cols): elementwise -> (rows, cols), Sum/MaxReduce over the last axis -> (rows,), Contiguous -> a^T (cols, rows)
         let elementwise = |f: fn(f32, f32) -> f32| {
             let data = a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect();
             HostTensor {
@@ -66,6 +67,7 @@ impl Primitive {
                 }
             }
         }
+        // ANCHOR_END: learn_primitive_reference
     }
     // ANCHOR_END: primitive_ref
 
@@ -73,6 +75,7 @@ impl Primitive {
     /// The same op as a graph node, through luminal's high-level API.
     /// The result is shapeless (`GraphTensor<()>`) because reductions change the rank.
     pub fn apply(self, a: GraphTensor<(Rows, In)>, b: GraphTensor<(Rows, In)>) -> GraphTensor<()> {
+        // ANCHOR: learn_primitive_apply ch00: each op through the GraphTensor API (log2, exp2, ..., sum_reduce/max_reduce over Axis<1>, permute then contiguous), .no_shape() on each result
         match self {
             Primitive::Log2 => a.log2().no_shape(),
             Primitive::Exp2 => a.exp2().no_shape(),
@@ -90,6 +93,7 @@ impl Primitive {
                 .contiguous()
                 .no_shape(),
         }
+        // ANCHOR_END: learn_primitive_apply
     }
     // ANCHOR_END: primitive_graph
 }
@@ -117,6 +121,7 @@ pub fn run_primitive(
 // ANCHOR: matmul_ref
 /// Matrix product as three loops: `x` (n, k) times `w` (k, m) gives (n, m).
 pub fn matmul_ref(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> {
+    // ANCHOR: learn_matmul_ref ch00: y[i, j] = sum_p x[i, p] * w[p, j]; x (n, k), w (k, m) row-major -> y (n, m)
     let mut y = vec![0.0; n * m];
     for i in 0..n {
         for j in 0..m {
@@ -124,6 +129,7 @@ pub fn matmul_ref(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32
         }
     }
     y
+    // ANCHOR_END: learn_matmul_ref
 }
 // ANCHOR_END: matmul_ref
 
@@ -142,6 +148,7 @@ pub struct Affine {
 
 /// Record `y = x W + c` in `cx`. Nothing is computed here: each line adds nodes.
 pub fn affine(cx: &mut Graph) -> Affine {
+    // ANCHOR: learn_affine ch00: inputs "x" (Rows, In), "W" (In, Out), "c" (Out,); y = x.matmul(W) + c expanded along Axis<0> to (Rows, Out), retrieved
     let x = tensor::input::<(Rows, In)>(cx, "x");
     let w = tensor::input::<(In, Out)>(cx, "W");
     let c = tensor::input::<(Out,)>(cx, "c");
@@ -153,6 +160,7 @@ pub fn affine(cx: &mut Graph) -> Affine {
         c,
         y: y.retrieve(),
     }
+    // ANCHOR_END: learn_affine
 }
 // ANCHOR_END: affine
 

@@ -24,6 +24,7 @@ pub const NORM_EPS: f32 = 1e-5;
 // ANCHOR: rms_norm_ref
 /// RMSNorm as loops over rows of length `d`: `y = x / sqrt(mean(x^2) + eps) * g`.
 pub fn rms_norm_ref(x: &[f32], g: &[f32], d: usize, eps: f32) -> Vec<f32> {
+    // ANCHOR: learn_rms_norm_ref ch02: y = x / sqrt(mean(x^2) + eps) * g, row by row; x (n * d,) in rows of length d, g (d,) -> (n * d,)
     x.chunks(d)
         .flat_map(|row| {
             let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
@@ -31,12 +32,14 @@ pub fn rms_norm_ref(x: &[f32], g: &[f32], d: usize, eps: f32) -> Vec<f32> {
             row.iter().zip(g).map(move |(v, gain)| v * inv_rms * gain)
         })
         .collect()
+    // ANCHOR_END: learn_rms_norm_ref
 }
 // ANCHOR_END: rms_norm_ref
 
 // ANCHOR: layer_norm_ref
 /// LayerNorm as loops: `y = (x - mean) / sqrt(var + eps) * gamma + beta` (biased variance).
 pub fn layer_norm_ref(x: &[f32], gamma: &[f32], beta: &[f32], d: usize, eps: f32) -> Vec<f32> {
+    // ANCHOR: learn_layer_norm_ref ch02: y = (x - mean) / sqrt(var + eps) * gamma + beta per row of length d, var biased (divide by d) -> same shape as x
     x.chunks(d)
         .flat_map(|row| {
             let mean = row.iter().sum::<f32>() / d as f32;
@@ -47,6 +50,7 @@ pub fn layer_norm_ref(x: &[f32], gamma: &[f32], beta: &[f32], d: usize, eps: f32
                 .map(move |(v, (g, b))| (v - mean) * inv_std * g + b)
         })
         .collect()
+    // ANCHOR_END: learn_layer_norm_ref
 }
 // ANCHOR_END: layer_norm_ref
 
@@ -88,10 +92,12 @@ impl<D: Dimension> RmsNorm<D> {
 impl<B: Dimension, S: Dimension, D: Dimension> Module<GraphTensor<(B, S, D)>> for RmsNorm<D> {
     type Output = GraphTensor<(B, S, D)>;
     fn forward(&self, x: GraphTensor<(B, S, D)>) -> Self::Output {
+        // ANCHOR: learn_rms_norm_forward ch02: mean over Axis<2> of x*x (b, s), + eps, sqrt, recip, expanded back to (b, s, d), times x and the gain expanded over Axes2<0, 1>
         let mean_sq = (x * x).mean_reduce::<(B, S), Axis<2>>(); // (batch, seq)
         let inv_rms = (mean_sq + self.eps).sqrt().recip(); // (batch, seq)
         let inv_rms = inv_rms.expand::<(B, S, D), Axis<2>>(); // broadcast along d: a view
         x * inv_rms * self.weight.expand::<(B, S, D), Axes2<0, 1>>()
+        // ANCHOR_END: learn_rms_norm_forward
     }
 }
 // ANCHOR_END: rms_norm
@@ -139,6 +145,7 @@ impl<D: Dimension> LayerNorm<D> {
 impl<B: Dimension, S: Dimension, D: Dimension> Module<GraphTensor<(B, S, D)>> for LayerNorm<D> {
     type Output = GraphTensor<(B, S, D)>;
     fn forward(&self, x: GraphTensor<(B, S, D)>) -> Self::Output {
+        // ANCHOR: learn_layer_norm_forward ch02: centred = x - mean (over Axis<2>, expanded back); var = mean(centred^2); centred / sqrt(var + eps) * gamma + beta, gamma and beta expanded over Axes2<0, 1> to (b, s, d)
         let mean = x
             .mean_reduce::<(B, S), Axis<2>>()
             .expand::<(B, S, D), Axis<2>>();
@@ -150,6 +157,7 @@ impl<B: Dimension, S: Dimension, D: Dimension> Module<GraphTensor<(B, S, D)>> fo
             .expand::<(B, S, D), Axis<2>>();
         centred * inv_std * self.weight.expand::<(B, S, D), Axes2<0, 1>>()
             + self.bias.expand::<(B, S, D), Axes2<0, 1>>()
+        // ANCHOR_END: learn_layer_norm_forward
     }
 }
 // ANCHOR_END: layer_norm

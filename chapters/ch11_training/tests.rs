@@ -979,3 +979,65 @@ fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
         "the checkpoint on disk changed"
     );
 }
+
+/// Book, chapter 11, Exercises: the copy task's learning rates. Training page: step 1 runs at
+/// 3e-3 * 1/50 = 6e-5, step 50 at the peak 3e-3, step 600 at the floor 3e-4 (tolerance 1e-6
+/// relative: f32 rounding of the schedule's products). Checkpoints page: step 100 at 2.945e-3
+/// and step 300 at 1.842e-3 (tolerance 5e-7: the book quotes four digits, and this is half a
+/// unit of the last).
+#[test]
+fn exercise_copy_task_learning_rates() {
+    let s = copy_task_config().schedule;
+    for (t, want) in [(1, 6e-5f32), (50, 3e-3), (600, 3e-4)] {
+        let lr = s.lr(t);
+        assert!((lr - want).abs() <= 1e-6 * want, "step {t}: {lr} vs {want}");
+    }
+    for (t, want) in [(100, 2.945e-3f32), (300, 1.842e-3)] {
+        let lr = s.lr(t);
+        assert!((lr - want).abs() <= 5e-7, "step {t}: {lr} vs {want}");
+    }
+}
+
+/// Book, chapter 11 (checkpoints page), Exercises 1: the book LM (2 layers) has 21 weight
+/// tensors and 492 160 parameters, so a checkpoint holds 63 tensors and 3 * 4 * 492 160
+/// = 5 905 920 bytes of f32 data. Counts of a fresh state dict: exact.
+#[test]
+fn exercise_book_lm_checkpoint_size() {
+    let ModelConfig::Lm(cfg) = book_lm_config().model else {
+        panic!("the book LM is a decoder-only LM")
+    };
+    let dict = crate::ch06_transformer::init_lm_weights(&cfg, 0).unwrap();
+    assert_eq!(dict.len(), 1 + 9 * cfg.n_layers + 2);
+    assert_eq!(dict.len(), 21);
+    let params: usize = dict.values().map(|t| t.data.len()).sum();
+    assert_eq!(params, 492_160);
+    assert_eq!(3 * 4 * params, 5_905_920);
+}
+
+/// Book, chapter 11 (generation page), Exercises 1: the logits (3, 2.5, 2, 1, 0.5, 0, -1, -2)
+/// at T = 0.5 with top-k 2 keep (1/(1 + e^-1), e^-1/(1 + e^-1)) = (0.7311, 0.2689); at T = 1
+/// with top-p 0.5 the first token (0.441) is short of 0.5, so two are kept, renormalised to
+/// (0.6225, 0.3775). Tolerance 1e-4: f32 exponentials and sums.
+#[test]
+fn exercise_sampling_distributions() {
+    let logits = [3.0, 2.5, 2.0, 1.0, 0.5, 0.0, -1.0, -2.0];
+    let top_k = Sampling {
+        temperature: 0.5,
+        top_k: Some(2),
+        top_p: None,
+    };
+    let got = top_k.distribution(&logits);
+    let e = (-1f32).exp();
+    assert_eq!(got.len(), 2);
+    assert!((got[0].1 - 1.0 / (1.0 + e)).abs() < 1e-4 && (got[1].1 - e / (1.0 + e)).abs() < 1e-4);
+    let top_p = Sampling {
+        temperature: 1.0,
+        top_k: None,
+        top_p: Some(0.5),
+    };
+    let got = top_p.distribution(&logits);
+    let h = (-0.5f32).exp();
+    assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 1]);
+    assert!((got[0].1 - 1.0 / (1.0 + h)).abs() < 1e-4, "{got:?}");
+    assert!((got[0].1 - 0.6225).abs() < 1e-4 && (got[1].1 - 0.3775).abs() < 1e-4);
+}

@@ -23,7 +23,9 @@ pub use ffn_layer::*;
 // ANCHOR: silu_ref
 /// SiLU (also called swish): `x * sigmoid(x) = x / (1 + e^-x)`.
 pub fn silu_ref(x: f32) -> f32 {
+    // ANCHOR: learn_silu_ref ch03: SiLU(x) = x * sigmoid(x) = x / (1 + e^-x), one scalar
     x / (1.0 + (-x).exp())
+    // ANCHOR_END: learn_silu_ref
 }
 // ANCHOR_END: silu_ref
 
@@ -37,6 +39,7 @@ pub fn swiglu_ref(
     d_model: usize,
     d_ff: usize,
 ) -> Vec<f32> {
+    // ANCHOR: learn_swiglu_ref ch03: W2 (SiLU(W1 x) * W3 x) with linear_ref: x (n, d_model), w1 and w3 (d_ff, d_model), w2 (d_model, d_ff) -> (n, d_model)
     let gate = linear_ref(x, w1, n, d_model, d_ff); // (n, d_ff)
     let value = linear_ref(x, w3, n, d_model, d_ff); // (n, d_ff)
     let hidden: Vec<f32> = gate
@@ -44,7 +47,9 @@ pub fn swiglu_ref(
         .zip(&value)
         .map(|(&g, &v)| silu_ref(g) * v)
         .collect();
-    linear_ref(&hidden, w2, n, d_ff, d_model) // (n, d_model)
+    // (n, d_model)
+    linear_ref(&hidden, w2, n, d_ff, d_model)
+    // ANCHOR_END: learn_swiglu_ref
 }
 // ANCHOR_END: swiglu_ref
 
@@ -57,11 +62,13 @@ pub fn relu_ffn_ref(
     d_model: usize,
     d_ff: usize,
 ) -> Vec<f32> {
+    // ANCHOR: learn_relu_ffn_ref ch03: W2 ReLU(W1 x) with linear_ref: x (n, d_model), w1 (d_ff, d_model), w2 (d_model, d_ff) -> (n, d_model)
     let hidden: Vec<f32> = linear_ref(x, w1, n, d_model, d_ff)
         .into_iter()
         .map(|h| h.max(0.0))
         .collect();
     linear_ref(&hidden, w2, n, d_ff, d_model)
+    // ANCHOR_END: learn_relu_ffn_ref
 }
 // ANCHOR_END: relu_ffn_ref
 
@@ -69,7 +76,9 @@ pub fn relu_ffn_ref(
 /// The hidden width the CS336 conventions suggest (book chapter 3): about 8/3 d_model, rounded up to a multiple of 64
 /// (so that SwiGLU's three matrices hold about as many parameters as a 4 d_model ReLU FFN's two).
 pub fn default_d_ff(d_model: usize) -> usize {
+    // ANCHOR: learn_default_d_ff ch03: 8/3 * d_model rounded up to an integer, then up to a multiple of 64
     (8 * d_model).div_ceil(3).div_ceil(64) * 64
+    // ANCHOR_END: learn_default_d_ff
 }
 // ANCHOR_END: default_d_ff
 
@@ -79,7 +88,9 @@ pub fn default_d_ff(d_model: usize) -> usize {
 /// For very negative x, `exp(-x)` overflows to +inf, `recip` gives 0 and the product is -0:
 /// the right limit, no NaN.
 pub fn silu<S: Shape>(x: GraphTensor<S>) -> GraphTensor<S> {
+    // ANCHOR: learn_silu_graph ch03: x * sigmoid(x) from graph ops: x times the reciprocal of (exp(-x) + 1), any shape
     x * ((-x).exp() + 1.0).recip()
+    // ANCHOR_END: learn_silu_graph
 }
 // ANCHOR_END: silu
 
@@ -123,9 +134,11 @@ impl<B: Dimension, S: Dimension, D: Dimension, F: Dimension> Module<GraphTensor<
 {
     type Output = GraphTensor<(B, S, D)>;
     fn forward(&self, x: GraphTensor<(B, S, D)>) -> Self::Output {
+        // ANCHOR: learn_swiglu_forward ch03: w2(silu(w1(x)) * w3(x)): (b, s, d_model) -> (b, s, d_ff) gate and value -> (b, s, d_model)
         let gate = silu(self.w1.forward(x)); // (batch, seq, d_ff)
         let value = self.w3.forward(x); // (batch, seq, d_ff)
-        self.w2.forward(gate * value) // (batch, seq, d_model)
+        self.w2.forward(gate * value)
+        // ANCHOR_END: learn_swiglu_forward
     }
 }
 // ANCHOR_END: swiglu
@@ -162,7 +175,10 @@ impl<B: Dimension, S: Dimension, D: Dimension, F: Dimension> Module<GraphTensor<
 {
     type Output = GraphTensor<(B, S, D)>;
     fn forward(&self, x: GraphTensor<(B, S, D)>) -> Self::Output {
-        self.w2.forward(self.w1.forward(x).relu()) // (batch, seq, d_model)
+        // ANCHOR: learn_relu_ffn_forward ch03: w2(relu(w1(x))): (b, s, d_model) -> (b, s, d_ff) -> (b, s, d_model)
+        // (batch, seq, d_model)
+        self.w2.forward(self.w1.forward(x).relu())
+        // ANCHOR_END: learn_relu_ffn_forward
     }
 }
 // ANCHOR_END: relu_ffn

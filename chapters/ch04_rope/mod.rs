@@ -28,8 +28,10 @@ pub const ROPE_THETA: f32 = 10_000.0;
 /// The angle by which RoPE turns pair `k` of a `d`-wide vector at position `pos`:
 /// `pos * theta^(-2k/d)`. Pair 0 turns fastest (1 radian per position); the last pair slowest.
 pub fn rope_angle(pos: usize, k: usize, d: usize, theta: f32) -> f32 {
+    // ANCHOR: learn_rope_angle ch04: angle = pos * theta^(-2k/d) for pair k (compute in f64, return f32)
     // In f64: pos * freq loses digits in f32 for long sequences; the tables are exact to f32.
     (pos as f64 * (theta as f64).powf(-2.0 * k as f64 / d as f64)) as f32
+    // ANCHOR_END: learn_rope_angle
 }
 // ANCHOR_END: rope_angle
 
@@ -37,6 +39,7 @@ pub fn rope_angle(pos: usize, k: usize, d: usize, theta: f32) -> f32 {
 /// RoPE as loops: row `r` of `x` (n, d) sits at position `positions[r]`; each adjacent pair
 /// `(x0, x1)` becomes `(x0 cos a - x1 sin a, x0 sin a + x1 cos a)`.
 pub fn rope_ref(x: &[f32], positions: &[usize], d: usize, theta: f32) -> Vec<f32> {
+    // ANCHOR: learn_rope_ref ch04: rotate each pair (x[2k], x[2k+1]) of each row (length d, position positions[row]) by rope_angle: (x0 cos - x1 sin, x0 sin + x1 cos)
     assert!(d % 2 == 0, "RoPE needs an even width, got {d}");
     let mut out = x.to_vec();
     for (row, &pos) in out.chunks_mut(d).zip(positions) {
@@ -48,6 +51,7 @@ pub fn rope_ref(x: &[f32], positions: &[usize], d: usize, theta: f32) -> Vec<f32
         }
     }
     out
+    // ANCHOR_END: learn_rope_ref
 }
 // ANCHOR_END: rope_ref
 
@@ -55,6 +59,7 @@ pub fn rope_ref(x: &[f32], positions: &[usize], d: usize, theta: f32) -> Vec<f32
 /// The original transformer's absolute positions, added to the embeddings: (seq_len, d_model)
 /// with `PE[pos, 2i] = sin(pos / 10000^(2i/d))` and `PE[pos, 2i+1] = cos(pos / 10000^(2i/d))`.
 pub fn sinusoidal_positions_ref(seq_len: usize, d_model: usize) -> Vec<f32> {
+    // ANCHOR: learn_sinusoidal_positions_ref ch04: PE[pos, 2i] = sin(angle), PE[pos, 2i+1] = cos(angle) (if that column exists), angle = rope_angle(pos, i, d_model, ROPE_THETA) -> (seq_len, d_model)
     let mut pe = vec![0.0; seq_len * d_model];
     for pos in 0..seq_len {
         for i in 0..d_model.div_ceil(2) {
@@ -66,6 +71,7 @@ pub fn sinusoidal_positions_ref(seq_len: usize, d_model: usize) -> Vec<f32> {
         }
     }
     pe
+    // ANCHOR_END: learn_sinusoidal_positions_ref
 }
 // ANCHOR_END: sinusoidal_ref
 
@@ -73,6 +79,7 @@ pub fn sinusoidal_positions_ref(seq_len: usize, d_model: usize) -> Vec<f32> {
 /// The precomputed tables, (max_seq_len, d): `cos[p, 2k] = cos[p, 2k+1] = cos(angle(p, k))`,
 /// and the same for `sin`. Each value appears twice so the graph can multiply elementwise.
 pub fn rope_tables(max_seq_len: usize, d: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
+    // ANCHOR: learn_rope_tables ch04: cos and sin tables (max_seq_len, d): column j of row pos holds cos/sin of rope_angle(pos, j / 2, d, theta)
     let (mut cos, mut sin) = (Vec::with_capacity(max_seq_len * d), Vec::new());
     for pos in 0..max_seq_len {
         for j in 0..d {
@@ -82,6 +89,7 @@ pub fn rope_tables(max_seq_len: usize, d: usize, theta: f32) -> (Vec<f32>, Vec<f
         }
     }
     (cos, sin)
+    // ANCHOR_END: learn_rope_tables
 }
 // ANCHOR_END: rope_tables
 
@@ -91,6 +99,7 @@ pub fn rope_tables(max_seq_len: usize, d: usize, theta: f32) -> (Vec<f32>, Vec<f
 pub fn swap_pairs<B: Dimension, H: Dimension, S: Dimension, K: Dimension>(
     x: GraphTensor<(B, H, S, K)>,
 ) -> GraphTensor<(B, H, S, K)> {
+    // ANCHOR: learn_swap_pairs ch04: (x0, x1) -> (-x1, x0) per pair of the last axis: contiguous, reshape to (b, h, s, k/2, 2), slice each half, pad it into the other slot, subtract, reshape back
     // reshape needs a contiguous buffer (luminal 0.2.0 ignores views in reshape).
     let pairs = x.contiguous().reshape::<(B, H, S, Pairs, Const<2>)>(); // (b, h, s, k/2, 2)
     let x0 = pairs.slice((.., .., .., .., ..Expression::from(1))); // (b, h, s, k/2, 1)
@@ -101,7 +110,8 @@ pub fn swap_pairs<B: Dimension, H: Dimension, S: Dimension, K: Dimension>(
         x0.pad(&[none, none, none, none, (1, 0)]);
     let x1_front: GraphTensor<(B, H, S, Pairs, Const<2>)> =
         x1.pad(&[none, none, none, none, (0, 1)]);
-    (x0_back - x1_front).reshape::<(B, H, S, K)>() // (b, h, s, k)
+    (x0_back - x1_front).reshape::<(B, H, S, K)>()
+    // ANCHOR_END: learn_swap_pairs
 }
 // ANCHOR_END: swap_pairs
 
@@ -171,10 +181,12 @@ impl<B: Dimension, H: Dimension, S: Dimension, M: Dimension, K: Dimension>
 {
     type Output = GraphTensor<(B, H, S, K)>;
     fn forward(&self, x: GraphTensor<(B, H, S, K)>) -> Self::Output {
+        // ANCHOR: learn_rope_forward ch04: x * cos + swap_pairs(x) * sin, with the first S rows of each table (Self::rows) expanded to (b, h, s, k)
         let cos = Self::rows::<S>(self.cos).expand::<(B, H, S, K), Axes2<0, 1>>();
         let sin = Self::rows::<S>(self.sin).expand::<(B, H, S, K), Axes2<0, 1>>();
         // (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin): the pair's rotation, all at once.
         x * cos + swap_pairs(x) * sin
+        // ANCHOR_END: learn_rope_forward
     }
 }
 // ANCHOR_END: rope
@@ -190,10 +202,12 @@ impl<M: Dimension, K: Dimension> Rope<M, K> {
         x: GraphTensor<(B, H, S, K)>,
         positions: GraphTensor<(B, S)>,
     ) -> GraphTensor<(B, H, S, K)> {
+        // ANCHOR: learn_rope_forward_at ch04: cos, sin rows picked by one_hot(positions) (b, s, max_seq) matmul table -> (b, s, k), expanded along heads; x * cos + swap_pairs(x) * sin
         let pick = one_hot::<B, S, M>(positions); // (b, s, max_seq)
         let cos = pick.matmul(self.cos).expand::<(B, H, S, K), Axis<1>>(); // (b, h, s, k)
         let sin = pick.matmul(self.sin).expand::<(B, H, S, K), Axis<1>>(); // (b, h, s, k)
         x * cos + swap_pairs(x) * sin
+        // ANCHOR_END: learn_rope_forward_at
     }
 }
 // ANCHOR_END: rope_at

@@ -36,6 +36,7 @@ pub fn sinusoidal_table<S: Dimension, D: Dimension>(
     cx: &mut Graph,
     d_model: usize,
 ) -> GraphTensor<(S, D)> {
+    // ANCHOR: learn_sinusoidal_table ch04: from aranges: w_i = theta^(-2i/d) via exp2, angle = p * w_i (s, d), sin(angle + pi/2 on odd columns) so one Sin gives sin and cos
     let col = cx.arange::<D>(); // (d,): 0, 1, 2, 3, ...
     let odd = col % 2.0; // (d,): 0, 1, 0, 1, ...
 
@@ -46,7 +47,8 @@ pub fn sinusoidal_table<S: Dimension, D: Dimension>(
 
     // cos a = sin(a + pi/2): odd columns get a quarter turn, then one Sin serves both.
     let phase = (odd * FRAC_PI_2).expand::<(S, D), Axis<0>>(); // (s, d)
-    (angle + phase).sin() // (s, d)
+    (angle + phase).sin()
+    // ANCHOR_END: learn_sinusoidal_table
 }
 // ANCHOR_END: sinusoidal_table
 
@@ -59,8 +61,10 @@ pub fn add_sinusoidal_positions<B: Dimension, S: Dimension, D: Dimension>(
     x: GraphTensor<(B, S, D)>,
     d_model: usize,
 ) -> GraphTensor<(B, S, D)> {
+    // ANCHOR: learn_add_sinusoidal_positions ch04: x (b, s, d) + sinusoidal_table::<S, D> (s, d) expanded along the batch axis
     let table = sinusoidal_table::<S, D>(x.graph(), d_model); // (s, d)
-    x + table.expand::<(B, S, D), Axis<0>>() // (b, s, d)
+    x + table.expand::<(B, S, D), Axis<0>>()
+    // ANCHOR_END: learn_add_sinusoidal_positions
 }
 // ANCHOR_END: add_positions
 

@@ -64,6 +64,7 @@ impl DecoderBlock {
         causal: GraphTensor<(B, S, S)>,
         src_allowed: GraphTensor<(B, S, T)>,
     ) -> GraphTensor<(B, S, DModel)> {
+        // ANCHOR: learn_decoder_block_forward ch06: three residual sublayers: causal self-attention, cross-attention (queries from h, keys/values from memory (b, t, d), src_allowed), ffn; pre-norm: h + f(ln(h)), post-norm: ln(h + f(h))
         match self.norm_position {
             NormPosition::Pre => {
                 let normed = self.ln1.forward(x);
@@ -81,6 +82,7 @@ impl DecoderBlock {
                 self.ln3.forward(h + self.ffn.forward(h))
             }
         }
+        // ANCHOR_END: learn_decoder_block_forward
     }
 }
 // ANCHOR_END: decoder_block

@@ -77,6 +77,7 @@ pub fn lm_ref(
     cfg: &TransformerConfig,
     [b, s]: [usize; 2],
 ) -> Vec<f32> {
+    // ANCHOR: learn_lm_ref ch06: embedding_ref, then n_layers block_ref ("layers.{i}", causal mask: key <= query, RoPE at cfg.rope_theta, default Architecture), rms_norm_ref with ln_final, linear_ref with lm_head -> (b, s, vocab)
     let d = cfg.d_model;
     let mut x = embedding_ref(ids, &dict["token_embeddings.weight"].data, d); // (b, s, d)
     let causal: Vec<bool> = (0..b * s * s).map(|i| i % s <= (i / s) % s).collect(); // key <= query
@@ -93,7 +94,9 @@ pub fn lm_ref(
         );
     }
     let x = rms_norm_ref(&x, &dict["ln_final.weight"].data, d, NORM_EPS);
-    linear_ref(&x, &dict["lm_head.weight"].data, b * s, d, cfg.vocab_size) // (b, s, vocab)
+    // (b, s, vocab)
+    linear_ref(&x, &dict["lm_head.weight"].data, b * s, d, cfg.vocab_size)
+    // ANCHOR_END: learn_lm_ref
 }
 // ANCHOR_END: lm_ref
 
@@ -149,12 +152,15 @@ impl TransformerLm {
         &self,
         ids: GraphTensor<(B, S)>,
     ) -> GraphTensor<(B, S, Vocab)> {
+        // ANCHOR: learn_lm_forward ch06: causal_mask::<S> expanded to (b, s, s); token embeddings (b, s, d); every layer; ln_final; lm_head -> (b, s, vocab)
         let causal = causal_mask::<S>(ids.graph()).expand::<(B, S, S), Axis<0>>();
         let mut x = self.token_embeddings.forward(ids); // (b, s, d)
         for layer in &self.layers {
             x = layer.forward(x, causal);
         }
-        self.lm_head.forward(self.ln_final.forward(x)) // (b, s, vocab)
+        // (b, s, vocab)
+        self.lm_head.forward(self.ln_final.forward(x))
+        // ANCHOR_END: learn_lm_forward
     }
 
     /// Feed token ids (b, s), refusing sequences longer than the context and unknown ids.

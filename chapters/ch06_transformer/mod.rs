@@ -75,6 +75,7 @@ pub fn block_ref(
     rope_theta: Option<f32>,
     arch: Architecture,
 ) -> Vec<f32> {
+    // ANCHOR: learn_block_ref ch06: pre-norm h = x + attn(ln1(x)), out = h + ffn(ln2(h)); post-norm h = ln1(x + attn(x)), out = ln2(h + ffn(h)); mha_ref, ffn_ref_named, norm_ref_named with the block's weight names; x (b, s, d) -> (b, s, d)
     let w = |name: &str| &dict[&format!("{prefix}.{name}.weight")].data[..];
     let projections =
         ["q_proj", "k_proj", "v_proj", "output_proj"].map(|p| w(&format!("attn.{p}")));
@@ -100,6 +101,7 @@ pub fn block_ref(
             norm(&add(&h, &ffn(&h)), "ln2") // ln2(h + ffn(h))
         }
     }
+    // ANCHOR_END: learn_block_ref
 }
 
 /// Elementwise sum: the residual connection of the loop versions.
@@ -166,6 +168,7 @@ impl Block {
         x: GraphTensor<(B, S, DModel)>,
         allowed: GraphTensor<(B, S, S)>,
     ) -> GraphTensor<(B, S, DModel)> {
+        // ANCHOR: learn_block_forward ch06: pre-norm h = x + attn(ln1(x)), h + ffn(ln2(h)); post-norm h = ln1(x + attn(x)), ln2(h + ffn(h)); self.attn.attend(q_in, kv_in, allowed); (b, s, d) -> (b, s, d)
         match self.norm_position {
             NormPosition::Pre => {
                 let normed = self.ln1.forward(x);
@@ -177,6 +180,7 @@ impl Block {
                 self.ln2.forward(h + self.ffn.forward(h)) // (b, s, d)
             }
         }
+        // ANCHOR_END: learn_block_forward
     }
 }
 // ANCHOR_END: block

@@ -185,12 +185,14 @@ impl Seq2Seq {
         src: GraphTensor<(B, T)>,
         src_keep: GraphTensor<(B, T)>,
     ) -> GraphTensor<(B, T, DModel)> {
+        // ANCHOR: learn_seq2seq_encode ch06: key_padding_mask::<B, T, T>(src_keep) (b, t, t); embed(src); every encoder layer; encoder_norm -> memory (b, t, d)
         let allowed = key_padding_mask::<B, T, T>(src_keep); // (b, t, t)
         let mut x = self.embed(src); // (b, t, d)
         for layer in &self.encoder {
             x = layer.forward(x, allowed);
         }
         self.encoder_norm.forward(x)
+        // ANCHOR_END: learn_seq2seq_encode
     }
 
     /// Logits (b, s, vocab) for target `tgt` (b, s) given the source.
@@ -200,6 +202,7 @@ impl Seq2Seq {
         src_keep: GraphTensor<(B, T)>,
         tgt: GraphTensor<(B, S)>,
     ) -> GraphTensor<(B, S, Vocab)> {
+        // ANCHOR: learn_seq2seq_forward ch06: memory = encode; causal mask (b, s, s) and key_padding_mask::<B, S, T> (b, s, t); embed(tgt); every decoder layer; decoder_norm; lm_head -> (b, s, vocab)
         let memory = self.encode(src, src_keep);
         let causal = causal_mask::<S>(tgt.graph()).expand::<(B, S, S), Axis<0>>();
         let cross = key_padding_mask::<B, S, T>(src_keep); // (b, s, t)
@@ -208,6 +211,7 @@ impl Seq2Seq {
             x = layer.forward(x, memory, causal, cross);
         }
         self.lm_head.forward(self.decoder_norm.forward(x))
+        // ANCHOR_END: learn_seq2seq_forward
     }
 
     /// Token embeddings of `ids` (b, n) -> (b, n, d), plus the sinusoidal table's first n rows
@@ -216,11 +220,13 @@ impl Seq2Seq {
         &self,
         ids: GraphTensor<(B, N)>,
     ) -> GraphTensor<(B, N, DModel)> {
+        // ANCHOR: learn_seq2seq_embed ch06: token embeddings (b, n, d), plus add_sinusoidal_positions when config.positions is Sinusoidal (RoPE: nothing added here)
         let x = self.token_embeddings.forward(ids); // (b, n, d)
         match self.config.positions {
             Positions::Rope => x,
             Positions::Sinusoidal => add_sinusoidal_positions(x, self.config.d_model),
         }
+        // ANCHOR_END: learn_seq2seq_embed
     }
 
     /// Feed ids (b, len) into `ids`, refusing sequences longer than `context_length`.

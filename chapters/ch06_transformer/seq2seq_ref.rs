@@ -21,6 +21,7 @@ pub fn seq2seq_ref(
     cfg: &Seq2SeqConfig,
     [b, t, s]: [usize; 3],
 ) -> Vec<f32> {
+    // ANCHOR: learn_seq2seq_ref ch06: embed (+ sinusoids if absolute positions); encoder block_refs with a source padding mask, encoder.ln_final; decoder layers of self-attn (causal), cross-attn on memory (padding mask), ffn, pre or post norm; decoder.ln_final; lm_head or tied table -> (b, s, vocab)
     let (d, heads, arch) = (cfg.d_model, cfg.n_heads, cfg.architecture());
     let theta = (arch.positions == Positions::Rope).then_some(cfg.rope_theta);
     let table = &dict["token_embeddings.weight"].data;
@@ -95,5 +96,6 @@ pub fn seq2seq_ref(
         &dict["lm_head.weight"].data
     };
     linear_ref(&x, head, b * s, d, cfg.vocab_size)
+    // ANCHOR_END: learn_seq2seq_ref
 }
 // ANCHOR_END: seq2seq_ref

@@ -302,6 +302,7 @@ pub fn get_batch(
     context: usize,
     rng: &mut CourseRng,
 ) -> Result<LmBatch> {
+    // ANCHOR: learn_get_batch ch11: batch random starts in 0..=len - context - 1 (rng.gen_range); read context + 1 tokens from each: inputs the first context, targets shifted by one -> LmBatch with (batch, context) row-major and the starts; too short a data set is an OutOfRange error
     if data.len() < context + 1 {
         return Err(CourseError::OutOfRange {
             what: format!("a data set of {} tokens", data.len()),
@@ -328,6 +329,7 @@ pub fn get_batch(
         context,
         starts,
     })
+    // ANCHOR_END: learn_get_batch
 }
 // ANCHOR_END: get_batch
 
@@ -341,16 +343,20 @@ impl ByteTokenizer {
 
     /// Text to ids: its UTF-8 bytes.
     pub fn encode(text: &str) -> Vec<u32> {
+        // ANCHOR: learn_byte_encode ch11: one id per UTF-8 byte of text, 0..=255
         text.bytes().map(u32::from).collect()
+        // ANCHOR_END: learn_byte_encode
     }
 
     /// Ids back to text; ids >= 256 and invalid UTF-8 become U+FFFD.
     pub fn decode(ids: &[u32]) -> String {
+        // ANCHOR: learn_byte_decode ch11: each id as one byte (ids > 255 become 0xFF), then lossy UTF-8 to a String
         let bytes: Vec<u8> = ids
             .iter()
             .map(|&i| u8::try_from(i).unwrap_or(0xFF))
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
+        // ANCHOR_END: learn_byte_decode
     }
 }
 // ANCHOR_END: bytes
@@ -439,6 +445,7 @@ impl CopyTask {
 
     /// Fresh random sources and their targets.
     pub fn sample(&self, batch: usize, rng: &mut CourseRng) -> Seq2SeqBatch {
+        // ANCHOR: learn_copy_task_sample ch11: src (batch, t) of random data tokens SPECIALS..SPECIALS + data_tokens; per row full = START, src, src; tgt_in = full[..2t], tgt_out = full[1..]
         let (t, s) = (self.source_len, self.target_len());
         let src: Vec<u32> = (0..batch * t)
             .map(|_| rng.gen_range(0..self.data_tokens) as u32 + Self::SPECIALS as u32)
@@ -458,6 +465,7 @@ impl CopyTask {
             tgt_out,
             batch,
         }
+        // ANCHOR_END: learn_copy_task_sample
     }
 }
 // ANCHOR_END: copy_task

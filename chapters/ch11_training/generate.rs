@@ -53,6 +53,7 @@ impl Sampling {
     /// The distribution this sampling draws from: `(token, probability)`, most likely first,
     /// after temperature, top-k and top-p (renormalised). Empty when `logits` is.
     pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f32)> {
+        // ANCHOR: learn_sampling_distribution ch11: ids sorted by logit, highest first (stable); temperature 0 -> [(best, 1)]; else softmax(logits / T), keep the top_k, then the smallest prefix with mass >= top_p, renormalise -> (id, p) pairs
         if logits.is_empty() {
             return vec![];
         }
@@ -87,11 +88,13 @@ impl Sampling {
         let total: f32 = probs.iter().map(|p| p.1).sum();
         probs.iter_mut().for_each(|p| p.1 /= total);
         probs
+        // ANCHOR_END: learn_sampling_distribution
     }
 
     /// Draw the next token from `logits` (one row). An error for invalid settings, an empty
     /// row, or a NaN or infinite logit (a diverged model; picking "a" token would hide it).
     pub fn sample(&self, logits: &[f32], rng: &mut CourseRng) -> Result<u32> {
+        // ANCHOR: learn_sampling_sample ch11: validate, refuse non-finite logits; u = rng.gen::<f32>(); walk distribution(logits) until the cumulative p exceeds u (the last id if rounding never does)
         self.validate()?;
         if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
             return Err(CourseError::NonFinite(format!(
@@ -113,7 +116,9 @@ impl Sampling {
                 return Ok(token);
             }
         }
-        Ok(last) // rounding left u >= sum
+        // rounding left u >= sum
+        Ok(last)
+        // ANCHOR_END: learn_sampling_sample
     }
 }
 // ANCHOR_END: sampling
@@ -212,6 +217,7 @@ impl Generator {
         sampling: &Sampling,
         rng: &mut CourseRng,
     ) -> Result<Vec<u32>> {
+        // ANCHOR: learn_generate_lm ch11: for the LM only, non-empty prompt; up to max_new times: last_logits of the last context_length tokens, sample, append, stop after `stop`; return the new tokens only
         sampling.validate()?;
         let ModelConfig::Lm(c) = &self.config else {
             return Err(CourseError::Config(
@@ -235,6 +241,7 @@ impl Generator {
             }
         }
         Ok(seq[prompt.len()..].to_vec())
+        // ANCHOR_END: learn_generate_lm
     }
     // ANCHOR_END: generate_lm
 
@@ -248,6 +255,7 @@ impl Generator {
         sampling: &Sampling,
         rng: &mut CourseRng,
     ) -> Result<Vec<u32>> {
+        // ANCHOR: learn_generate_seq2seq ch11: set src (batch, t) and an all-ones src_keep; rows start as [start]; for step 1..=len: last_logits of the rows so far (batch, step), sample one token per row; return the rows without start, (batch, len)
         sampling.validate()?;
         {
             let (Model::Seq2Seq(m), Some((src_t, keep_t))) = (&self.model, self.src) else {
@@ -268,5 +276,6 @@ impl Generator {
             }
         }
         Ok(rows.into_iter().flat_map(|r| r[1..].to_vec()).collect())
+        // ANCHOR_END: learn_generate_seq2seq
     }
 }

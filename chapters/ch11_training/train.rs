@@ -286,6 +286,7 @@ pub fn copy_score(
     n: usize,
     rng: &mut CourseRng,
 ) -> Result<CopyScore> {
+    // ANCHOR: learn_copy_score ch11: n fresh task samples, greedy generate_seq2seq of source_len tokens after START; wrong_tokens = positions differing from src, exact = fraction of rows with none wrong
     let batch = task.sample(n, rng);
     let out = generator.generate_seq2seq(
         &batch.src,
@@ -307,6 +308,7 @@ pub fn copy_score(
         wrong_tokens: wrong_per_row.iter().sum(),
         exact: wrong_per_row.iter().filter(|&&w| w == 0).count() as f32 / n.max(1) as f32,
     })
+    // ANCHOR_END: learn_copy_score
 }
 // ANCHOR_END: exact_match
 

@@ -166,7 +166,27 @@ fn copy_course(root: &Path, dir: &Path) -> Result<()> {
         }
         std::fs::copy(&from, &to).map_err(|source| CourseError::Io { path: from, source })?;
     }
-    // Its own target folder: the workspace's binary must not replace the course's.
+    // Another package name: cargo names build outputs after the package and its path relative
+    // to the workspace, which a copy shares with the course, so without it a build of the copy
+    // would overwrite the course's test binary and be taken for up to date by the course.
+    let manifest = dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).map_err(|source| CourseError::Io {
+        path: manifest.clone(),
+        source,
+    })?;
+    let renamed = text.replacen(
+        "name = \"transformer-course\"\nversion",
+        "name = \"transformer-course-learner\"\nversion",
+        1,
+    );
+    if renamed == text {
+        return Err(CourseError::File {
+            path: manifest,
+            problem: "has no [package] name = \"transformer-course\" to rename".into(),
+        });
+    }
+    transformer_course::graph::files::write_atomic(&manifest, renamed.as_bytes())?;
+    // Its own target folder as well: the workspace's binary must not replace the course's.
     let cargo = dir.join(".cargo");
     std::fs::create_dir_all(&cargo).map_err(|source| CourseError::Io {
         path: cargo.clone(),
@@ -219,10 +239,9 @@ fn check(root: &Path, chapters: Vec<String>) -> Result<()> {
     let scratch = root.join("target").join("learn-check");
     let _ = std::fs::remove_dir_all(&scratch);
     copy_course(root, &scratch)?;
-    // Share the course's target folder: dependencies are built once. Only library tests run
-    // here (`--lib`), so the course's binary is never rebuilt from stubs; but cargo names the
-    // scratch copy's test binary like the course's own (paths are relative to the workspace),
-    // so never run this while the course's tests are being built or run.
+    // Share the course's target folder: dependencies are built once. The copy's package name
+    // differs (see `copy_course`), so its test binary never replaces the course's, and only
+    // library tests run here (`--lib`), so no binary is built from stubs.
     let target = root.join("target");
     let mut problems = Vec::new();
     let exempt_text = std::fs::read_to_string(root.join(EXEMPT)).unwrap_or_default();

@@ -158,7 +158,7 @@ impl CachedSeq2Seq {
         let mut x = model.token_embeddings.forward(id); // (b, 1, d)
         if config.positions == Positions::Sinusoidal {
             let table = sinusoidal_table::<MaxSeq, DModel>(&mut cx, config.d_model); // (ctx, d)
-            x = x + one_hot::<Batch, Seq, MaxSeq>(position).matmul(table); // row `position`
+            x += one_hot::<Batch, Seq, MaxSeq>(position).matmul(table); // row `position`
         }
         let (mut caches, mut next_caches, mut cross) = (Vec::new(), Vec::new(), Vec::new());
         for (i, layer) in model.decoder.iter().enumerate() {

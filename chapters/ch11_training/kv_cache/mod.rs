@@ -6,7 +6,7 @@
 //! value never change once computed (attention is causal, and RoPE rotates by the position the
 //! token sits at), so they can be stored: the new token's query attends over the stored keys
 //! plus its own, and each token costs one position of work plus one attention row.
-//! Book page: [Chapter 11](../../../../book/ch11_generation.html#a-kv-cache).
+//! Book page: [Chapter 11.3](../../../book/ch11_generation.html#a-kv-cache).
 
 use luminal::prelude::*;
 

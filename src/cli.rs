@@ -131,6 +131,10 @@ pub struct TrainArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where the graphs run: cpu (default), cuda (a build with `--features cuda` and a GPU),
+    /// cpu-stock or interpreter (slow references).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
 }
 
 #[derive(Clone, Copy, Debug, Default, ValueEnum)]
@@ -180,6 +184,10 @@ pub struct GenerateArgs {
     /// LM: stop after this character (a single byte, e.g. a newline).
     #[arg(long)]
     pub stop: Option<char>,
+    /// Where the graphs run: cpu (default), cuda (a build with `--features cuda` and a GPU),
+    /// cpu-stock or interpreter (slow references).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
 }
 
 #[derive(clap::Args, Debug)]
@@ -200,6 +208,15 @@ pub struct BenchArgs {
     /// without the KV cache (the reference model, its context widened to fit).
     #[arg(long, conflicts_with_all = ["stock", "profile"])]
     pub generate: Option<usize>,
+    /// Where the graphs run: cpu (default), cuda (a build with `--features cuda` and a GPU),
+    /// cpu-stock or interpreter (slow references).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+}
+
+/// `--device NAME`, with the reason when it cannot be used here.
+fn parse_device(name: &str) -> std::result::Result<Device, String> {
+    name.parse::<Device>().map_err(|e| e.to_string())
 }
 
 /// Run the parsed command line.
@@ -381,7 +398,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     let data = task_data(&config, a.data.as_deref(), a.data_width)?;
     let prompt = eval_prompt(&data);
-    let device = Device::Cpu;
+    let device = a.device;
     let started = Instant::now();
     let mut trainer = match &resumed {
         Some(c) => {
@@ -679,7 +696,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             ))
         }
     };
-    let mut g = Generator::new(&model, Device::Cpu)?;
+    let mut g = Generator::new(&model, a.device)?;
     g.load(&weights)?;
     let sampling = Sampling {
         temperature: a.temperature,
@@ -721,7 +738,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         transformer_course::backend::fast_cpu::set_threads(t);
     }
     if let Some(n) = a.generate {
-        return bench_generation(n);
+        return bench_generation(n, a.device);
     }
     // The reference model and batch, whatever the book LM's own settings are.
     let model = transformer_course::ch06_transformer::TransformerConfig::reference();
@@ -733,11 +750,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         batch_size: 16,
         ..book_lm_config()
     };
-    let device = if a.stock {
-        Device::CpuStock
-    } else {
-        Device::Cpu
-    };
+    let device = if a.stock { Device::CpuStock } else { a.device };
     let t = Instant::now();
     let mut trainer = Trainer::new(config.clone(), book_data(), device)?;
     let compile = t.elapsed().as_secs_f64();
@@ -799,7 +812,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 /// `bench --generate N`: greedy generation of N/8, N/4, N/2 and N tokens from a 4-token prompt,
 /// re-running the window for every token vs one cached step per token; the same tokens both
 /// ways (checked). Random weights: speed does not depend on them.
-fn bench_generation(n: usize) -> Result<()> {
+fn bench_generation(n: usize, device: Device) -> Result<()> {
     if n < 8 {
         return Err(CourseError::Config(format!(
             "--generate must be at least 8 tokens, got {n}"
@@ -812,9 +825,9 @@ fn bench_generation(n: usize) -> Result<()> {
     };
     let model = ModelConfig::Lm(config.clone());
     let weights = model.init_weights(&mut init::rng(0))?;
-    let mut plain = Generator::new(&model, Device::Cpu)?;
+    let mut plain = Generator::new(&model, device)?;
     plain.load(&weights)?;
-    let mut cached = CachedGenerator::new(&config, Device::Cpu)?;
+    let mut cached = CachedGenerator::new(&config, device)?;
     cached.load(&weights)?;
     let greedy = Sampling::greedy();
     let threads = transformer_course::backend::fast_cpu::threads();
@@ -966,5 +979,30 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("--eval-every"), "{err}");
+    }
+
+    /// `--device` takes the names `Device::name` prints; one this build cannot use is refused
+    /// with the reason, before anything runs.
+    #[test]
+    fn devices_are_parsed_by_name_and_unusable_ones_refused() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        let Ok(Some(Command::Bench(b))) = parse(&["t", "bench", "--device", "interpreter"]) else {
+            panic!("--device interpreter should parse");
+        };
+        assert_eq!(b.device, Device::Interpreter);
+        let Ok(Some(Command::Train(t))) = parse(&["t", "train"]) else {
+            panic!("train should parse");
+        };
+        assert_eq!(t.device, Device::Cpu, "the CPU is the default");
+        let err = parse(&["t", "generate", "x", "--device", "gpu"]).unwrap_err();
+        assert!(err.to_string().contains("unknown device 'gpu'"), "{err}");
+        #[cfg(not(feature = "cuda"))]
+        {
+            let err = parse(&["t", "train", "--device", "cuda"]).unwrap_err();
+            assert!(
+                err.to_string().contains("without the `cuda` feature"),
+                "{err}"
+            );
+        }
     }
 }

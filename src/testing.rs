@@ -3,6 +3,13 @@
 use proptest::test_runner::TestCaseError;
 use rand::Rng;
 
+/// The device the tests run on: `DEVICE` from the environment (`cpu` when unset), so
+/// `DEVICE=cuda cargo test --features cuda` runs every chapter's tests on a GPU
+/// (`scripts/gpu_check.sh`). A bad value stops the test with the reason.
+pub fn device() -> crate::backend::Device {
+    crate::backend::Device::from_env().unwrap_or_else(|e| panic!("DEVICE: {e}"))
+}
+
 /// `n` values drawn uniformly from `[-scale, scale)`.
 pub fn uniform(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
@@ -59,7 +66,7 @@ pub fn assert_gradcheck(
     loss: luminal::prelude::GraphTensor<()>,
 ) {
     use crate::ch08_autograd::{GradCheck, GRADCHECK_TOLERANCE};
-    let device = Some(crate::backend::Device::Cpu);
+    let device = Some(device());
     let (err, at) = GradCheck::new(cx, params, loss, device)
         .unwrap()
         .max_error()

@@ -15,6 +15,12 @@ use transformer_course::ch09_optimizers::AdamWConfig;
 use transformer_course::ch10_schedule::CosineSchedule;
 use transformer_course::ch11_training::*;
 
+/// The device under test: `DEVICE` from the environment, `cpu` when unset (see
+/// `scripts/gpu_check.sh`).
+fn device() -> Device {
+    Device::from_env().unwrap_or_else(|e| panic!("DEVICE: {e}"))
+}
+
 fn config() -> TrainConfig {
     TrainConfig {
         model: ModelConfig::Lm(TransformerConfig {
@@ -53,7 +59,7 @@ fn data() -> TaskData {
 fn good_bytes() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
-        let mut t = Trainer::new(config(), data(), Device::Cpu).unwrap();
+        let mut t = Trainer::new(config(), data(), device()).unwrap();
         t.train_step().unwrap();
         t.train_step().unwrap();
         let path = scratch("good");
@@ -217,8 +223,8 @@ fn exercise(bytes: &[u8]) -> Result<(), String> {
     // Building the train step checks and loads every tensor; a step itself is not run: a
     // forged batch_size that fits in memory (a million rows of a tiny model) is a valid, if
     // slow, config, and its cost is the memory estimate's business, tested elsewhere.
-    Trainer::resume(&ckpt, data(), Device::Cpu).map_err(|e| e.to_string())?;
-    let mut g = Generator::new(&ckpt.config.model, Device::Cpu).map_err(|e| e.to_string())?;
+    Trainer::resume(&ckpt, data(), device()).map_err(|e| e.to_string())?;
+    let mut g = Generator::new(&ckpt.config.model, device()).map_err(|e| e.to_string())?;
     g.load(&ckpt.weights).map_err(|e| e.to_string())?;
     let out = g
         .generate(

@@ -12,6 +12,12 @@ use std::path::Path;
 
 use transformer_course::prelude::*;
 
+/// The device under test: `DEVICE` from the environment, `cpu` when unset (see
+/// `scripts/gpu_check.sh`).
+fn device() -> Device {
+    Device::from_env().unwrap_or_else(|e| panic!("DEVICE: {e}"))
+}
+
 /// A fixture split into inputs, expected outputs and weights (a state dict).
 struct Fixture {
     inputs: StateDict,
@@ -84,7 +90,7 @@ impl Fixture {
         loss: GraphTensor<()>,
     ) -> f32 {
         let names: Vec<String> = params.iter().map(|p| p.name.clone()).collect();
-        let mut gc = GradCheck::new(cx, params, loss, Some(Device::Cpu)).unwrap();
+        let mut gc = GradCheck::new(cx, params, loss, Some(device())).unwrap();
         let (l, grads) = gc.run().unwrap();
         self.check("loss", &HostTensor::new(&[1], vec![l]).unwrap(), 1e-5);
         let named: Vec<(String, HostTensor)> = names.into_iter().zip(grads).collect();
@@ -154,7 +160,7 @@ fn linear_matches_pytorch() {
         x.shape[0],
         x.shape[1],
         w.shape[0],
-        Device::Cpu,
+        device(),
     )
     .unwrap();
     f.check("y", &y, 1e-5);
@@ -171,7 +177,7 @@ fn embedding_matches_pytorch() {
         &table.data,
         table.shape[0],
         table.shape[1],
-        Device::Cpu,
+        device(),
     )
     .unwrap();
     f.check("y", &y, 0.0); // a lookup is exact
@@ -188,7 +194,7 @@ fn rms_norm_matches_pytorch() {
         shape,
         f.weight("ln.weight"),
         &[],
-        Device::Cpu,
+        device(),
     )
     .unwrap();
     f.check("y", &y, 1e-5);
@@ -206,7 +212,7 @@ fn swiglu_matches_pytorch() {
         [x.shape[0], x.shape[1], x.shape[2]],
         &w,
         d_ff,
-        Device::Cpu,
+        device(),
     )
     .unwrap();
     f.check("y", &y, 1e-5);
@@ -217,7 +223,7 @@ fn rope_matches_pytorch() {
     let f = fixture("rope");
     let x = f.input("x");
     let shape = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
-    let y = run_rope(&x.data, shape, 16, ROPE_THETA, Device::Cpu).unwrap();
+    let y = run_rope(&x.data, shape, 16, ROPE_THETA, device()).unwrap();
     f.check("y", &y, 1e-5);
 }
 
@@ -244,7 +250,7 @@ fn sdpa_matches_pytorch_with_3d_and_4d_batch_dims() {
             [&q.data, &k.data, &v.data],
             &f.flags("mask"),
             sizes,
-            Device::Cpu,
+            device(),
         )
         .unwrap();
         let want_shape = &f.outputs["y"].shape;
@@ -272,7 +278,7 @@ fn causal_multi_head_attention_with_rope_matches_pytorch() {
         4,
         &mask,
         Some(ROPE_THETA),
-        Device::Cpu,
+        device(),
     )
     .unwrap();
     f.check("y", &y, 1e-4);
@@ -294,7 +300,7 @@ fn one_block_matches_pytorch() {
     let mut xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let causal = causal_mask::<Seq>(&mut cx).expand::<(Batch, Seq, Seq), _>();
     let mut y = block.forward(xt, causal).retrieve();
-    Device::Cpu.compile(&mut cx, (&mut block, &mut xt, &mut y));
+    device().compile(&mut cx, (&mut block, &mut xt, &mut y));
     tensor::set(xt, &[b, s, d], x.data.clone()).unwrap();
     tensor::execute(&mut cx).unwrap();
     f.check("y", &tensor::read(y).unwrap(), 1e-4);
@@ -305,7 +311,7 @@ fn decoder_only_lm_logits_match_pytorch() {
     let f = fixture("lm");
     let cfg = lm_config();
     let shape = [f.input("ids").shape[0], f.input("ids").shape[1]];
-    let logits = run_lm(&f.ids("ids"), shape, &f.weights, &cfg, Device::Cpu).unwrap();
+    let logits = run_lm(&f.ids("ids"), shape, &f.weights, &cfg, device()).unwrap();
     let worst = f.check("logits", &logits, 1e-4);
     println!("LM logits: largest relative error vs PyTorch {worst:e}");
 }
@@ -321,7 +327,7 @@ fn lm_loads_a_torch_compile_state_dict() {
         .collect();
     let cfg = lm_config();
     let shape = [f.input("ids").shape[0], f.input("ids").shape[1]];
-    let logits = run_lm(&f.ids("ids"), shape, &prefixed, &cfg, Device::Cpu).unwrap();
+    let logits = run_lm(&f.ids("ids"), shape, &prefixed, &cfg, device()).unwrap();
     f.check("logits", &logits, 1e-4);
 }
 
@@ -331,7 +337,7 @@ fn encoder_decoder_logits_match_pytorch() {
     let cfg = seq2seq_config();
     let (t, s) = (f.input("src").shape[1], f.input("tgt").shape[1]);
     let (src, keep, tgt) = (f.ids("src"), f.flags("src_keep"), f.ids("tgt"));
-    let logits = run_seq2seq((&src, &keep, t), (&tgt, s), &f.weights, &cfg, Device::Cpu).unwrap();
+    let logits = run_seq2seq((&src, &keep, t), (&tgt, s), &f.weights, &cfg, device()).unwrap();
     let worst = f.check("logits", &logits, 1e-4);
     println!("encoder-decoder logits: largest relative error vs PyTorch {worst:e}");
 }
@@ -409,7 +415,7 @@ fn original_transformer_logits_match_pytorch_nn_transformer() {
     let cfg = original_config();
     let (t, s) = (f.input("src").shape[1], f.input("tgt").shape[1]);
     let (src, keep, tgt) = (f.ids("src"), f.flags("src_keep"), f.ids("tgt"));
-    let logits = run_seq2seq((&src, &keep, t), (&tgt, s), &f.weights, &cfg, Device::Cpu).unwrap();
+    let logits = run_seq2seq((&src, &keep, t), (&tgt, s), &f.weights, &cfg, device()).unwrap();
     let worst = f.check("logits", &logits, 1e-4);
     println!("original transformer logits: largest relative error vs PyTorch {worst:e}");
 }

@@ -25,7 +25,7 @@ use crate::graph::error::{CourseError, Result};
 use crate::graph::flat::apply;
 use crate::graph::params::Param;
 use crate::graph::primitive::{reduce_axis, Primitive};
-use crate::graph::tensor::HostTensor;
+use crate::graph::tensor::{self, HostTensor};
 
 /// The gradient of one parameter: a contiguous node in the parameter's own layout.
 #[derive(Clone, Debug)]
@@ -45,13 +45,9 @@ impl ToIdsMut for Gradient {
 impl Gradient {
     /// The computed gradient, shaped like the parameter.
     pub fn read(&self, cx: &Graph) -> Result<HostTensor> {
-        let data = cx
-            .get_tensor_ref(self.grad, 0)
-            .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
-            .ok_or_else(|| CourseError::NotComputed {
-                what: format!("the gradient of '{}'", self.param.name),
-            })?;
-        HostTensor::new(&self.param.shape, data.clone())
+        let what = format!("the gradient of '{}'", self.param.name);
+        let data = tensor::host_values(cx, self.grad, &what)?;
+        HostTensor::new(&self.param.shape, data.into_owned())
     }
 }
 

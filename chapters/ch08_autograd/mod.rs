@@ -12,7 +12,7 @@
 use luminal::prelude::*;
 
 use crate::backend::Device;
-use crate::graph::error::{CourseError, Result};
+use crate::graph::error::Result;
 use crate::graph::params::Param;
 use crate::graph::tensor::HostTensor;
 
@@ -162,26 +162,13 @@ impl<'a> GradCheck<'a> {
             }
         }
         crate::graph::tensor::execute(self.cx)?;
-        let t = self
-            .cx
-            .get_tensor_ref(self.loss, 0)
-            .ok_or_else(|| CourseError::NotComputed {
-                what: "the loss".into(),
-            })?;
-        Ok(t.data
-            .as_any()
-            .downcast_ref::<Vec<f32>>()
-            .map_or(f32::NAN, |v| v[0]))
+        let loss = crate::graph::tensor::host_values(self.cx, self.loss, "the loss")?;
+        Ok(loss.first().copied().unwrap_or(f32::NAN))
     }
 
     fn values(&self, p: usize) -> Result<Vec<f32>> {
-        self.cx
-            .get_tensor_ref(self.params[p].id, 0)
-            .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
-            .cloned()
-            .ok_or_else(|| CourseError::NotComputed {
-                what: format!("the values of parameter '{}'", self.params[p].name),
-            })
+        let what = format!("the values of parameter '{}'", self.params[p].name);
+        crate::graph::tensor::host_values(self.cx, self.params[p].id, &what).map(|v| v.into_owned())
     }
 
     fn set(&mut self, p: usize, v: Vec<f32>) {

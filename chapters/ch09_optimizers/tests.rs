@@ -1,5 +1,4 @@
 use super::*;
-use crate::backend::Device;
 use crate::ch08_autograd::backward;
 use crate::testing::{assert_close, uniform};
 use approx::assert_relative_eq;
@@ -92,7 +91,7 @@ fn problem(
     let mut opt = AdamW::new(cx, &grads, config).unwrap();
     let mut loss_id = loss.id;
     cx.keep_tensors(loss_id);
-    Device::Cpu.compile(cx, (&mut opt, &mut loss_id));
+    crate::testing::device().compile(cx, (&mut opt, &mut loss_id));
     p.w = opt.slots[0].param.clone();
     p.loss = loss_id;
     p.opt = opt;
@@ -110,8 +109,9 @@ impl Problem {
         loss
     }
     fn read(&self, id: NodeIndex) -> Vec<f32> {
-        let t = self.cx.get_tensor_ref(id, 0).unwrap();
-        t.data.as_any().downcast_ref::<Vec<f32>>().unwrap().clone()
+        crate::graph::tensor::read_node(&self.cx, id, "a kept value")
+            .unwrap()
+            .into_owned()
     }
 }
 

@@ -1,5 +1,4 @@
 use super::*;
-use crate::backend::Device;
 use crate::graph::params::{read_safetensors, Param};
 use crate::graph::tensor;
 use crate::testing::assert_close;
@@ -85,16 +84,12 @@ fn run_clip(grads: &[Vec<f32>], shapes: &[Vec<usize>], max_norm: f32) -> (f32, V
         gs.push(Gradient { param, grad: t.id });
     }
     let (mut clipped, mut norm) = clip_grad_norm(&mut cx, &gs, max_norm);
-    Device::Cpu.compile(&mut cx, (&mut clipped, &mut norm));
+    crate::testing::device().compile(&mut cx, (&mut clipped, &mut norm));
     tensor::execute(&mut cx).unwrap();
     let read = |id: NodeIndex| {
-        cx.get_tensor_ref(id, 0)
+        tensor::read_node(&cx, id, "a kept value")
             .unwrap()
-            .data
-            .as_any()
-            .downcast_ref::<Vec<f32>>()
-            .unwrap()
-            .clone()
+            .into_owned()
     };
     (
         read(norm)[0],

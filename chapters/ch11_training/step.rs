@@ -213,6 +213,16 @@ fn norm_only(cx: &mut Graph, grads: &[Gradient]) -> NodeIndex {
     global_norm(cx, &flat).keep().id
 }
 
+/// The global L2 norm of every updated weight, as a kept node: finite exactly when every
+/// weight is (short of the sum of squares overflowing, which needs weights near 1e19). One
+/// scalar crosses from a GPU instead of every weight.
+fn updated_weights_norm(cx: &mut Graph, opt: &AdamW) -> NodeIndex {
+    let flat: Vec<Flat> = (opt.slots.iter())
+        .map(|s| Flat::new(cx, s.new_param, s.param.numel()))
+        .collect();
+    global_norm(cx, &flat).id
+}
+
 /// The value of a kept scalar node after a run.
 pub(super) fn scalar(cx: &Graph, id: NodeIndex, what: &str) -> Result<f32> {
     let v = tensor::read_node(cx, id, what)?;
@@ -242,6 +252,7 @@ pub struct TrainStep {
     inputs: Inputs,
     loss: NodeIndex,
     grad_norm: NodeIndex,
+    update_norm: NodeIndex,
     /// The optimiser: its slots name every parameter (ids valid after compiling).
     pub opt: AdamW,
 }
@@ -260,6 +271,7 @@ impl TrainStep {
                 "max_grad_norm must be positive and finite (or None for no clipping), got {m}"
             )));
         }
+        // ANCHOR: learn_train_step_new ch11: one graph for the whole step: Model::new, params::load_state_dict, Inputs::with_loss, backward (ch08) of the loss, clip_grad_norm (ch10) or norm_only, AdamW::new (ch09) on the clipped grads, updated_weights_norm; keep + retrieve the loss, the norm and the update norm; device.compile every handle; Self { .. }
         let mut cx = Box::new(Graph::new());
         let mut model = Model::new(&mut cx, config)?;
         let params = model.params();
@@ -274,12 +286,22 @@ impl TrainStep {
             }
         };
         let mut opt = AdamW::new(&mut cx, &clipped, adamw)?;
+        // One number says whether every updated weight is finite (NaN and inf reach the norm).
+        let mut update_norm = updated_weights_norm(&mut cx, &opt);
+        // The three scalars read after every step come back to the host; nothing else does.
         let mut loss = loss.id;
-        cx.keep_tensors(loss);
-        cx.to_retrieve.insert(loss);
+        for id in [loss, grad_norm, update_norm] {
+            cx.keep_tensors(id);
+            cx.to_retrieve.insert(id);
+        }
         device.compile(
             &mut cx,
-            (&mut model, &mut inputs, &mut loss, &mut grad_norm, &mut opt),
+            (
+                &mut model,
+                &mut inputs,
+                (&mut loss, &mut grad_norm, &mut update_norm),
+                &mut opt,
+            ),
         );
         Ok(Self {
             cx,
@@ -287,25 +309,24 @@ impl TrainStep {
             inputs,
             loss,
             grad_norm,
+            update_norm,
             opt,
         })
+        // ANCHOR_END: learn_train_step_new
     }
 
     /// One step at learning rate `lr`. A non-finite loss or gradient is an error and leaves
     /// the weights and moments as they were (the update is only committed when all is finite).
     pub fn step(&mut self, batch: &TrainBatch, lr: f32) -> Result<StepStats> {
+        // ANCHOR: learn_train_step_step ch11: opt.prepare(lr), inputs.feed, tensor::execute; read the loss, the grad norm and the updated weights' norm (scalar); if one is not finite -> NonFinite error, weights untouched; else opt.advance -> StepStats
         self.opt.prepare(&mut self.cx, lr);
         self.inputs.feed(&self.model, batch)?;
         tensor::execute(&mut self.cx)?;
         let loss = scalar(&self.cx, self.loss, "the loss")?;
         let grad_norm = scalar(&self.cx, self.grad_norm, "the gradient norm")?;
         // The updated weights too: a huge step can overflow them while the loss is still fine.
-        let finite_update = self.opt.slots.iter().all(|s| {
-            self.cx
-                .get_tensor_ref(s.new_param, 0)
-                .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
-                .is_some_and(|v| v.iter().all(|x| x.is_finite()))
-        });
+        let finite_update =
+            scalar(&self.cx, self.update_norm, "the updated weights' norm")?.is_finite();
         if !(loss.is_finite() && grad_norm.is_finite() && finite_update) {
             return Err(CourseError::NonFinite(format!(
                 "step {}: loss {loss}, gradient norm {grad_norm}{}; weights left as before this step",
@@ -319,6 +340,7 @@ impl TrainStep {
             grad_norm,
             lr,
         })
+        // ANCHOR_END: learn_train_step_step
     }
     // ANCHOR_END: train_step
 
@@ -409,6 +431,7 @@ pub struct LossGraph {
 impl LossGraph {
     /// Build the forward pass and loss for `config` and compile it for `device`.
     pub fn new(config: &ModelConfig, device: Device) -> Result<Self> {
+        // ANCHOR: learn_train_step_new ch11: one graph for the whole step: Model::new, params::load_state_dict, Inputs::with_loss, backward (ch08) of the loss, clip_grad_norm (ch10) or norm_only, AdamW::new (ch09) on the clipped grads, updated_weights_norm; keep + retrieve the loss, the norm and the update norm; device.compile every handle; Self { .. }
         let mut cx = Box::new(Graph::new());
         let mut model = Model::new(&mut cx, config)?;
         let mut params = model.params();
@@ -455,6 +478,7 @@ impl GradientGraph {
     /// Build the forward pass, the loss and its backward pass for `config`; compile for `device`.
     pub fn new(config: &ModelConfig, device: Device) -> Result<Self> {
         config.validate()?;
+        // ANCHOR: learn_train_step_new ch11: one graph for the whole step: Model::new, params::load_state_dict, Inputs::with_loss, backward (ch08) of the loss, clip_grad_norm (ch10) or norm_only, AdamW::new (ch09) on the clipped grads, updated_weights_norm; keep + retrieve the loss, the norm and the update norm; device.compile every handle; Self { .. }
         let mut cx = Box::new(Graph::new());
         let mut model = Model::new(&mut cx, config)?;
         let mut params = model.params();

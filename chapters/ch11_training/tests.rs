@@ -1,5 +1,4 @@
 use super::*;
-use crate::backend::Device;
 use crate::ch06_transformer::{lm_ref, TransformerConfig, TransformerLm};
 use crate::ch07_loss::{lm_loss, Weighting};
 use crate::ch08_autograd::backward;
@@ -125,7 +124,9 @@ fn data_shorter_than_the_context_is_refused() {
         train: Box::new(vec![1u32; 5]),
         val: Box::new(vec![1u32; 100]),
     };
-    let err = Trainer::new(config, short, Device::Cpu).err().unwrap();
+    let err = Trainer::new(config, short, crate::testing::device())
+        .err()
+        .unwrap();
     assert!(
         err.to_string().contains("training data (5 tokens)"),
         "{err}"
@@ -145,7 +146,7 @@ fn out_of_vocabulary_ids_are_found_before_training() {
         train: Box::new(vec![1u32; 100]),
         val: Box::new(val),
     };
-    let err = Trainer::new(config, data, Device::Cpu)
+    let err = Trainer::new(config, data, crate::testing::device())
         .err()
         .unwrap()
         .to_string();
@@ -465,7 +466,7 @@ fn greedy_generation_follows_the_reference_model() {
     let dict = ModelConfig::Lm(cfg.clone())
         .init_weights(&mut init::rng(4))
         .unwrap();
-    let mut g = Generator::new(&ModelConfig::Lm(cfg.clone()), Device::Cpu).unwrap();
+    let mut g = Generator::new(&ModelConfig::Lm(cfg.clone()), crate::testing::device()).unwrap();
     g.load(&dict).unwrap();
     let prompt = [3u32, 1, 4];
     let out = g
@@ -510,7 +511,7 @@ fn reference_gradients(
     let mask = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
     let loss = lm_loss(&model, ids, targets, mask, Weighting::Token);
     let mut grads = backward(&mut cx, &params, loss.id).unwrap();
-    Device::Cpu.compile(&mut cx, &mut grads);
+    crate::testing::device().compile(&mut cx, &mut grads);
     let shape = [batch.batch, batch.context];
     tensor::set(
         ids,
@@ -546,7 +547,8 @@ fn train_steps_equal_gradients_then_clip_then_adamw() {
         weight_decay: 0.1,
         ..AdamWConfig::default()
     };
-    let mut step = TrainStep::new(&model, &dict, adamw, Some(0.05), Device::Cpu).unwrap();
+    let mut step =
+        TrainStep::new(&model, &dict, adamw, Some(0.05), crate::testing::device()).unwrap();
     let data: Vec<u32> = (0..60).map(|i| (i * 5 + i / 7) % 11).collect();
     let mut rng = init::rng(2);
     let mut names: Vec<String> = vec![];
@@ -597,7 +599,8 @@ fn clipping_can_be_switched_off() {
     let batch = get_batch(data.as_slice(), 3, 6, &mut init::rng(2)).unwrap();
     let after_one_step = |max_norm: Option<f32>| {
         let adamw = AdamWConfig::default();
-        let mut step = TrainStep::new(&model, &dict, adamw, max_norm, Device::Cpu).unwrap();
+        let mut step =
+            TrainStep::new(&model, &dict, adamw, max_norm, crate::testing::device()).unwrap();
         let stats = step.step(&TrainBatch::Lm(batch.clone()), 0.01).unwrap();
         (stats.grad_norm, step.weights().unwrap())
     };
@@ -616,7 +619,7 @@ fn clipping_can_be_switched_off() {
 /// must fall far below ln(11) = 2.40 (a uniform guess); 1.2 leaves room for the noise.
 #[test]
 fn training_lowers_the_loss_on_structured_data() {
-    let mut trainer = Trainer::new(tiny_run(60), pattern_data(), Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(tiny_run(60), pattern_data(), crate::testing::device()).unwrap();
     let before = trainer.eval_loss(2).unwrap();
     for _ in 0..60 {
         trainer.train_step().unwrap();
@@ -631,11 +634,11 @@ fn training_lowers_the_loss_on_structured_data() {
 fn resuming_from_a_checkpoint_is_bit_identical() {
     let dir = temp_dir("resume");
     let path = dir.join("ckpt.safetensors");
-    let mut straight = Trainer::new(tiny_run(8), pattern_data(), Device::Cpu).unwrap();
+    let mut straight = Trainer::new(tiny_run(8), pattern_data(), crate::testing::device()).unwrap();
     for _ in 0..8 {
         straight.train_step().unwrap();
     }
-    let mut first = Trainer::new(tiny_run(8), pattern_data(), Device::Cpu).unwrap();
+    let mut first = Trainer::new(tiny_run(8), pattern_data(), crate::testing::device()).unwrap();
     for _ in 0..4 {
         first.train_step().unwrap();
     }
@@ -643,7 +646,7 @@ fn resuming_from_a_checkpoint_is_bit_identical() {
     drop(first);
     let ckpt = Checkpoint::load(&path).unwrap();
     assert_eq!(ckpt.steps_done, 4);
-    let mut resumed = Trainer::resume(&ckpt, pattern_data(), Device::Cpu).unwrap();
+    let mut resumed = Trainer::resume(&ckpt, pattern_data(), crate::testing::device()).unwrap();
     for _ in 0..4 {
         resumed.train_step().unwrap();
     }
@@ -663,7 +666,7 @@ fn resuming_from_a_checkpoint_is_bit_identical() {
 fn bad_checkpoints_are_named_and_refused() {
     let dir = temp_dir("badckpt");
     let good = dir.join("good.safetensors");
-    let trainer = Trainer::new(tiny_run(2), pattern_data(), Device::Cpu).unwrap();
+    let trainer = Trainer::new(tiny_run(2), pattern_data(), crate::testing::device()).unwrap();
     trainer.checkpoint().unwrap().save(&good).unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let expect_err = |path: &std::path::Path, needle: &str| {
@@ -693,14 +696,14 @@ fn bad_checkpoints_are_named_and_refused() {
         unreachable!()
     };
     c.d_ff = 16;
-    let err = Trainer::resume(&ckpt, pattern_data(), Device::Cpu)
+    let err = Trainer::resume(&ckpt, pattern_data(), crate::testing::device())
         .err()
         .unwrap();
     assert!(err.to_string().contains("ffn"), "{err}");
     // Missing moment tensor: refused before anything is written.
     let mut ckpt = Checkpoint::load(&good).unwrap();
     ckpt.adam_v.pop_first();
-    let err = Trainer::resume(&ckpt, pattern_data(), Device::Cpu)
+    let err = Trainer::resume(&ckpt, pattern_data(), crate::testing::device())
         .err()
         .unwrap();
     assert!(err.to_string().contains("AdamW v"), "{err}");
@@ -733,7 +736,7 @@ fn bad_checkpoints_are_named_and_refused() {
     let (name, t) = ckpt.weights.iter_mut().next().unwrap();
     t.data[0] = f32::NAN;
     let name = name.clone();
-    let err = Trainer::resume(&ckpt, pattern_data(), Device::Cpu)
+    let err = Trainer::resume(&ckpt, pattern_data(), crate::testing::device())
         .err()
         .unwrap()
         .to_string();
@@ -797,7 +800,7 @@ fn size_formulas_match_the_built_models() {
 fn absurd_sizes_are_refused_before_allocation() {
     let dir = temp_dir("absurd");
     let good = dir.join("good.safetensors");
-    let trainer = Trainer::new(tiny_run(2), pattern_data(), Device::Cpu).unwrap();
+    let trainer = Trainer::new(tiny_run(2), pattern_data(), crate::testing::device()).unwrap();
     trainer.checkpoint().unwrap().save(&good).unwrap();
     let (tensors, meta) = crate::graph::params::read_safetensors_with_metadata(&good).unwrap();
     let mut config: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();
@@ -817,7 +820,10 @@ fn absurd_sizes_are_refused_before_allocation() {
             context_length: context,
             ..tiny_lm()
         });
-        let err = Generator::new(&big, Device::Cpu).err().unwrap().to_string();
+        let err = Generator::new(&big, crate::testing::device())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("needs at least") && err.contains("available"),
             "{err}"
@@ -825,7 +831,7 @@ fn absurd_sizes_are_refused_before_allocation() {
     }
     let mut huge_batch = tiny_run(2);
     huge_batch.batch_size = 1_000_000_000_000;
-    let err = Trainer::new(huge_batch, pattern_data(), Device::Cpu)
+    let err = Trainer::new(huge_batch, pattern_data(), crate::testing::device())
         .err()
         .unwrap()
         .to_string();
@@ -842,7 +848,7 @@ fn absurd_sizes_are_refused_before_allocation() {
 fn resuming_on_other_data_is_refused_unless_waived() {
     let dir = temp_dir("otherdata");
     let path = dir.join("ckpt.safetensors");
-    let mut trainer = Trainer::new(tiny_run(4), pattern_data(), Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(tiny_run(4), pattern_data(), crate::testing::device()).unwrap();
     trainer.train_step().unwrap();
     trainer.checkpoint().unwrap().save(&path).unwrap();
     let ckpt = Checkpoint::load(&path).unwrap();
@@ -851,7 +857,7 @@ fn resuming_on_other_data_is_refused_unless_waived() {
         recorded.starts_with("300 + 100 tokens, fnv1a64 "),
         "{recorded}"
     );
-    Trainer::resume(&ckpt, pattern_data(), Device::Cpu).unwrap();
+    Trainer::resume(&ckpt, pattern_data(), crate::testing::device()).unwrap();
 
     let changed = || {
         let TaskData::Tokens { train, val } = pattern_data() else {
@@ -865,7 +871,7 @@ fn resuming_on_other_data_is_refused_unless_waived() {
             val,
         }
     };
-    let err = Trainer::resume(&ckpt, changed(), Device::Cpu)
+    let err = Trainer::resume(&ckpt, changed(), crate::testing::device())
         .err()
         .unwrap()
         .to_string();
@@ -874,7 +880,7 @@ fn resuming_on_other_data_is_refused_unless_waived() {
         "{err}"
     );
     let waived = Checkpoint { data: None, ..ckpt };
-    Trainer::resume(&waived, changed(), Device::Cpu).unwrap();
+    Trainer::resume(&waived, changed(), crate::testing::device()).unwrap();
 }
 
 /// `GradientGraph` serves any number of batches from one compiled graph: the same batch twice
@@ -886,7 +892,7 @@ fn resuming_on_other_data_is_refused_unless_waived() {
 fn gradients_for_any_batch_match_finite_differences() {
     let model = ModelConfig::Lm(tiny_lm());
     let weights = model.init_weights(&mut init::rng(4)).unwrap();
-    let mut gg = GradientGraph::new(&model, Device::Cpu).unwrap();
+    let mut gg = GradientGraph::new(&model, crate::testing::device()).unwrap();
     gg.load(&weights).unwrap();
     let data: Vec<u32> = (0..60).map(|i| (i * 5 + i / 7) % 11).collect();
     let mut rng = init::rng(5);
@@ -898,7 +904,7 @@ fn gradients_for_any_batch_match_finite_differences() {
     assert_ne!(loss, loss_other);
     assert!(grads.keys().eq(weights.keys()));
 
-    let mut forward = LossGraph::new(&model, Device::Cpu).unwrap();
+    let mut forward = LossGraph::new(&model, crate::testing::device()).unwrap();
     let mut pick = init::rng(6);
     for _ in 0..8 {
         use rand::Rng;
@@ -953,7 +959,7 @@ fn invalid_configs_are_named() {
 fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     let dir = temp_dir("nan");
     let path = dir.join("ckpt.safetensors");
-    let mut trainer = Trainer::new(tiny_run(4), pattern_data(), Device::Cpu).unwrap();
+    let mut trainer = Trainer::new(tiny_run(4), pattern_data(), crate::testing::device()).unwrap();
     trainer.train_step().unwrap();
     let good = trainer.checkpoint().unwrap();
     good.save(&path).unwrap();

@@ -13,6 +13,10 @@
 
 use luminal::prelude::*;
 
+use crate::graph::error::CourseError;
+
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod fast_cpu;
 mod passes;
 pub use passes::*;
@@ -43,15 +47,31 @@ impl Device {
             Device::CpuStock => cx.compile(CpuCompiler::default(), remap),
             Device::Interpreter => cx.compile((), remap),
             #[cfg(feature = "cuda")]
-            Device::Cuda => cx.compile(
-                (
-                    ArithmeticElimination,
-                    UnarySequentialElimination,
-                    CSE,
-                    luminal_cuda::CudaCompiler::<f32>::default(),
-                ),
-                remap,
-            ),
+            Device::Cuda => {
+                // luminal_cuda's compiler opens GPU 0 with an `unwrap`: say what is missing instead.
+                if let Err(e) = cuda::check_gpu() {
+                    panic!("{e}");
+                }
+                cx.compile(
+                    (
+                        ArithmeticElimination,
+                        UnarySequentialElimination,
+                        CSE,
+                        luminal_cuda::CudaCompiler::<f32>::default(),
+                    ),
+                    remap,
+                )
+            }
+        }
+    }
+
+    /// The device named by the `DEVICE` environment variable (`cpu` when it is unset), as the
+    /// tests and `scripts/gpu_check.sh` choose it. An unknown name, `cuda` in a build without
+    /// `--features cuda`, or `cuda` on a machine without a GPU is an error that says so.
+    pub fn from_env() -> Result<Self, CourseError> {
+        match std::env::var("DEVICE") {
+            Ok(name) if !name.is_empty() => name.parse(),
+            _ => Ok(Device::Cpu),
         }
     }
 
@@ -71,4 +91,43 @@ impl Device {
             Device::Cuda => "cuda",
         }
     }
+}
+
+impl std::str::FromStr for Device {
+    type Err = CourseError;
+
+    /// `cpu`, `cpu-stock`, `interpreter` or `cuda` (the names [`Device::name`] prints).
+    fn from_str(name: &str) -> Result<Self, CourseError> {
+        match name {
+            "cpu" => Ok(Device::Cpu),
+            "cpu-stock" => Ok(Device::CpuStock),
+            "interpreter" => Ok(Device::Interpreter),
+            #[cfg(feature = "cuda")]
+            "cuda" => cuda::check_gpu().map(|()| Device::Cuda),
+            #[cfg(not(feature = "cuda"))]
+            "cuda" => Err(CourseError::Config(
+                "device 'cuda': this binary was built without the `cuda` feature \
+                 (build with `cargo build --release --features cuda`)"
+                    .into(),
+            )),
+            other => Err(CourseError::Config(format!(
+                "unknown device '{other}' (expected cpu, cpu-stock, interpreter or cuda)"
+            ))),
+        }
+    }
+}
+
+/// The values of a computed tensor on the host, wherever the tensor lives: a borrow of a CPU
+/// buffer, or (CUDA) a copy back through `luminal_cuda`'s own copy-from-device op. `None` when
+/// the data is of a kind neither knows. Every read of a result goes through here
+/// ([`crate::graph::tensor::host_values`]).
+pub fn to_host(tensor: &Tensor) -> Option<std::borrow::Cow<'_, [f32]>> {
+    if let Some(v) = tensor.data.as_any().downcast_ref::<Vec<f32>>() {
+        return Some(std::borrow::Cow::Borrowed(v.as_slice()));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(v) = cuda::copy_to_host(tensor) {
+        return Some(std::borrow::Cow::Owned(v));
+    }
+    None
 }

@@ -262,13 +262,12 @@ pub fn state_dict(cx: &Graph, params: &[Param]) -> Result<StateDict> {
     params
         .iter()
         .map(|p| {
-            let data = cx
-                .get_tensor_ref(p.id, 0)
-                .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
-                .ok_or_else(|| CourseError::NotComputed {
-                    what: format!("parameter '{}'", p.name),
-                })?;
-            Ok((p.name.clone(), HostTensor::new(&p.shape, data.clone())?))
+            let data =
+                crate::graph::tensor::host_values(cx, p.id, &format!("parameter '{}'", p.name))?;
+            Ok((
+                p.name.clone(),
+                HostTensor::new(&p.shape, data.into_owned())?,
+            ))
         })
         .collect()
 }

@@ -6,6 +6,7 @@
 //! conflicting sizes with an error that names the tensor and the dimension.
 //! See the book's [introduction](../../../book/introduction.html#shapes).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use luminal::prelude::*;
@@ -218,16 +219,7 @@ pub fn describe(dims: &[symbolic::Expression]) -> String {
 pub fn read<S: Shape>(t: GraphTensor<S>) -> Result<HostTensor> {
     let shape = shape_of(t)?;
     let cx = t.graph();
-    let Some(tensor) = cx.get_tensor_ref(t.id, 0) else {
-        return Err(CourseError::NotComputed {
-            what: format!("tensor {:?} ({})", t.id, name_of(t)),
-        });
-    };
-    let Some(physical) = tensor.data.as_any().downcast_ref::<Vec<f32>>() else {
-        return Err(CourseError::NotComputed {
-            what: format!("tensor {:?} is on a device; retrieve it to read it", t.id),
-        });
-    };
+    let physical = host_values(cx, t.id, &format!("tensor {:?} ({})", t.id, name_of(t)))?;
     let mut tracker = t.shape;
     tracker.resolve_global_dyn_dims(&cx.dyn_map);
     let (index, valid) = (tracker.index_expression(), tracker.valid_expression());
@@ -245,11 +237,20 @@ pub fn read<S: Shape>(t: GraphTensor<S>) -> Result<HostTensor> {
 
 /// The buffer of a kept node, by id (for nodes without a typed handle: gradients, optimiser
 /// state, a clipping norm). Physical order; `what` names it in the error if it has no value.
-pub fn read_node<'a>(cx: &'a Graph, id: NodeIndex, what: &str) -> Result<&'a [f32]> {
-    cx.get_tensor_ref(id, 0)
-        .and_then(|t| t.data.as_any().downcast_ref::<Vec<f32>>())
-        .map(|v| v.as_slice())
-        .ok_or_else(|| CourseError::NotComputed { what: what.into() })
+pub fn read_node<'a>(cx: &'a Graph, id: NodeIndex, what: &str) -> Result<Cow<'a, [f32]>> {
+    host_values(cx, id, what)
+}
+
+/// The one device-aware read every result goes through: the physical buffer of node `id` on
+/// the host. On the CPU a borrow; on CUDA a copy back from the GPU
+/// ([`crate::backend::to_host`]). `what` names the value in the error if it has none.
+pub fn host_values<'a>(cx: &'a Graph, id: NodeIndex, what: &str) -> Result<Cow<'a, [f32]>> {
+    let tensor = cx
+        .get_tensor_ref(id, 0)
+        .ok_or_else(|| CourseError::NotComputed { what: what.into() })?;
+    crate::backend::to_host(tensor).ok_or_else(|| CourseError::NotComputed {
+        what: format!("{what} (its data is of a kind no device here can read)"),
+    })
 }
 
 /// Check that a graph can run: every [`input`] has data and every symbolic dim has a size.

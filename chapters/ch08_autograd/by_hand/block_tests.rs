@@ -2,7 +2,6 @@
 //! central finite differences of chapter 6's `block_ref`.
 
 use super::*;
-use crate::backend::Device;
 use crate::ch04_rope::{Rope, ROPE_THETA};
 use crate::ch05_attention::causal_mask;
 use crate::ch06_transformer::{block_ref, Block};
@@ -139,7 +138,7 @@ fn by_autograd(case: &BlockCase) -> (Vec<f32>, StateDict) {
     load_state_dict(&mut cx, &params, &case.dict).unwrap();
     let (x, loss) = block_loss(&mut cx, &block, case);
     let all = [params, vec![Param::of(x, &[b, s, d])]].concat();
-    let (_, grads) = GradCheck::new(&mut cx, all.clone(), loss, Some(Device::Cpu))
+    let (_, grads) = GradCheck::new(&mut cx, all.clone(), loss, Some(crate::testing::device()))
         .unwrap()
         .run()
         .unwrap();
@@ -252,7 +251,7 @@ fn autograd_graph_and_hand_backward_sizes() {
     let mut grads = backward(&mut cx, &params, loss.id).unwrap();
     let built = cx.graph.node_count();
     let mut loss_id = loss.id;
-    Device::Cpu.compile(&mut cx, (&mut grads, &mut loss_id));
+    crate::testing::device().compile(&mut cx, (&mut grads, &mut loss_id));
     let counts = crate::graph::primitive::op_counts(&cx);
     let count = |kind: &str| counts.iter().find(|(k, _)| k == kind).map_or(0, |c| c.1);
     let (_, hand) = case.by_hand();

@@ -61,7 +61,7 @@ fi
 step tests cargo test "${FEATURES[@]}" --lib
 step pytorch cargo test "${FEATURES[@]}" --test pytorch_fixtures
 
-BIN=./target/release/transformer-course
+BIN="${CARGO_TARGET_DIR:-target}/release/transformer-course"
 copy() {
     "$BIN" train --task copy --steps "$STEPS" --cosine-end "$STEPS" --device "$DEVICE" \
         --out "$OUT/copy-run" &&

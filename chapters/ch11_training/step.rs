@@ -431,7 +431,6 @@ pub struct LossGraph {
 impl LossGraph {
     /// Build the forward pass and loss for `config` and compile it for `device`.
     pub fn new(config: &ModelConfig, device: Device) -> Result<Self> {
-        // ANCHOR: learn_train_step_new ch11: one graph for the whole step: Model::new, params::load_state_dict, Inputs::with_loss, backward (ch08) of the loss, clip_grad_norm (ch10) or norm_only, AdamW::new (ch09) on the clipped grads, updated_weights_norm; keep + retrieve the loss, the norm and the update norm; device.compile every handle; Self { .. }
         let mut cx = Box::new(Graph::new());
         let mut model = Model::new(&mut cx, config)?;
         let mut params = model.params();
@@ -478,7 +477,6 @@ impl GradientGraph {
     /// Build the forward pass, the loss and its backward pass for `config`; compile for `device`.
     pub fn new(config: &ModelConfig, device: Device) -> Result<Self> {
         config.validate()?;
-        // ANCHOR: learn_train_step_new ch11: one graph for the whole step: Model::new, params::load_state_dict, Inputs::with_loss, backward (ch08) of the loss, clip_grad_norm (ch10) or norm_only, AdamW::new (ch09) on the clipped grads, updated_weights_norm; keep + retrieve the loss, the norm and the update norm; device.compile every handle; Self { .. }
         let mut cx = Box::new(Graph::new());
         let mut model = Model::new(&mut cx, config)?;
         let mut params = model.params();

@@ -23,10 +23,12 @@ use luminal::prelude::*;
 
 mod fuse;
 mod fuse_reduce;
+mod sgemm;
 use crate::graph::primitive::{reduce_axis, Primitive};
 use fuse::elementwise_step;
 pub use fuse::{exp2, Arg, FuseElementwise, FusedElementwise, Step};
 pub use fuse_reduce::{FusedReduce, Reduction};
+pub use sgemm::{sgemm, sgemm_gemm, sgemm_library, sgemm_matrixmultiply, Sgemm};
 
 /// One logical axis of a view, resolved to integers.
 #[derive(Clone, Copy, Debug)]
@@ -585,7 +587,7 @@ impl Operator for StridedMaxReduce {
 /// A broadcast-multiply-and-sum that is a (batched) matrix product, run by sgemm:
 /// `Mul([.., M, .., N*, .., K], [.., M*, .., N, .., K]) -> SumReduce(last)`, where `*` marks
 /// a broadcast axis. Every other axis is a batch axis (read through its strides, broadcast or
-/// not); each batch element is one `matrixmultiply::sgemm` call on strided operands.
+/// not); each batch element is one [`sgemm`] call on strided operands.
 #[derive(Clone, Default, PartialEq)]
 pub struct StridedMatMul {
     /// The axis that is real in the left operand only (rows of the product).
@@ -674,18 +676,16 @@ impl Operator for MergedBatchMatMul {
                 // SAFETY: the strides and sizes come from the input views, which address only
                 // elements of `a` and `b`; `c` holds `batch * m * cols` elements, row-major.
                 unsafe {
-                    matrixmultiply::sgemm(
+                    sgemm(
                         rows,
                         k,
                         cols,
-                        1.0,
                         a.as_ptr().add(i * a0),
                         a1,
                         a2,
                         b.as_ptr(),
                         b0,
                         b1,
-                        0.0,
                         c.add(i * m * cols),
                         cols as isize,
                         1,
@@ -739,18 +739,16 @@ impl Operator for StridedMatMul {
             // strided (checked by the pass) and the loop bounds are the views' lengths; `c`
             // starts at this batch element's first output.
             unsafe {
-                matrixmultiply::sgemm(
+                sgemm(
                     m,
                     k,
                     n,
-                    1.0,
                     a.as_ptr().offset(base(&va)),
                     va.axes[self.m_axis].stride,
                     va.axes[k_axis].stride,
                     b.as_ptr().offset(base(&vb)),
                     vb.axes[k_axis].stride,
                     vb.axes[self.n_axis].stride,
-                    0.0,
                     c.as_mut_ptr(),
                     out_strides[self.m_axis],
                     out_strides[self.n_axis],

@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::device;
 use approx::assert_relative_eq;
 use proptest::prelude::*;
 
@@ -45,7 +46,7 @@ fn each_primitive_on_hand_values() {
     ];
     for (op, want) in expected {
         let reference = op.reference(&a, &b, 2, 3);
-        let graph = run_primitive(op, &a, &b, 2, 3, crate::testing::device()).unwrap();
+        let graph = run_primitive(op, &a, &b, 2, 3, device()).unwrap();
         assert_eq!(graph.shape, reference.shape, "{op:?}");
         for ((g, r), w) in graph.data.iter().zip(&reference.data).zip(&want) {
             if w.is_nan() {
@@ -63,7 +64,7 @@ fn each_primitive_on_hand_values() {
 fn affine_on_hand_values() {
     let mut cx = Graph::new();
     let mut g = affine(&mut cx);
-    crate::testing::device().compile(&mut cx, g.handles());
+    device().compile(&mut cx, g.handles());
     // [[1, 2], [3, 4]] x [[5, 6], [7, 8]] = [[19, 22], [43, 50]]; + [1, -1].
     let y = g
         .run(&[1., 2., 3., 4.], &[5., 6., 7., 8.], &[1., -1.], 2, 2, 2)
@@ -102,7 +103,7 @@ fn cpu_pipeline_accelerates_2d_matmul_where_stock_does_not() {
     };
     let mut ours = Graph::new();
     let mut g = affine(&mut ours);
-    crate::testing::device().compile(&mut ours, g.handles());
+    device().compile(&mut ours, g.handles());
     assert_eq!(count(&ours, "MatMul2D"), 1);
     assert_eq!(count(&ours, "SumReduce"), 0);
 
@@ -140,7 +141,7 @@ fn compiled_op_listing_snapshot() {
     let mut cx = Graph::new();
     let mut g = affine(&mut cx);
     let before = crate::graph::viz::op_listing(&cx);
-    crate::testing::device().compile(&mut cx, g.handles());
+    device().compile(&mut cx, g.handles());
     let after = crate::graph::viz::op_listing(&cx);
     insta::assert_snapshot!(format!(
         "as built:\n{before}\ncompiled for the CPU:\n{after}"
@@ -175,7 +176,7 @@ proptest! {
         let c: Vec<f32> = (0..m).map(|_| rng.gen_range(-10.0..10.0)).collect();
         let mut cx = Graph::new();
         let mut g = affine(&mut cx);
-        let device = if interpret { Device::Interpreter } else { crate::testing::device() };
+        let device = if interpret { Device::Interpreter } else { device() };
         device.compile(&mut cx, g.handles());
         let y = g.run(&x, &w, &c, n, k, m).unwrap();
         let xw = matmul_ref(&x, &w, n, k, m);
@@ -198,7 +199,7 @@ proptest! {
         for op in Primitive::ALL {
             let input = if matches!(op, Primitive::Log2 | Primitive::Sqrt) { &a_pos } else { &a };
             let want = op.reference(input, &b, rows, cols);
-            let got = run_primitive(op, input, &b, rows, cols, crate::testing::device()).unwrap();
+            let got = run_primitive(op, input, &b, rows, cols, device()).unwrap();
             prop_assert_eq!(&got.shape, &want.shape);
             for (g, w) in got.data.iter().zip(&want.data) {
                 // exp2 of up to 2^10 and log2/sin approximations: 1e-5 relative.
@@ -221,7 +222,7 @@ fn exercise_exp_records_three_nodes_and_fuses_to_one() {
     let built = crate::graph::viz::op_listing(&cx);
     assert!(built.contains("Constant(1.442695)"), "{built}");
     assert!(built.contains("Exp2("), "{built}");
-    crate::testing::device().compile(&mut cx, (&mut x, &mut y));
+    device().compile(&mut cx, (&mut x, &mut y));
     assert_eq!(cx.graph.node_count(), 3);
     let compiled = crate::graph::viz::op_listing(&cx);
     assert!(compiled.contains("Fused(Mul, Exp2)"), "{compiled}");
@@ -233,10 +234,10 @@ fn exercise_exp_records_three_nodes_and_fuses_to_one() {
 fn exercise_mod_and_less_than_edge_cases() {
     let a = [-7.0, 7.0, f32::NAN, -0.5];
     let b = [3.0, -3.0, 1.0, 1.0];
-    let modulo = run_primitive(Primitive::Mod, &a, &b, 1, 4, crate::testing::device()).unwrap();
+    let modulo = run_primitive(Primitive::Mod, &a, &b, 1, 4, device()).unwrap();
     assert_eq!(&modulo.data[..2], &[-1.0, 1.0]);
     assert!(modulo.data[2].is_nan());
     assert_eq!(modulo.data[3], -0.5);
-    let less = run_primitive(Primitive::LessThan, &a, &b, 1, 4, crate::testing::device()).unwrap();
+    let less = run_primitive(Primitive::LessThan, &a, &b, 1, 4, device()).unwrap();
     assert_eq!(less.data, vec![1.0, 0.0, 0.0, 1.0]);
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::device;
 use approx::assert_abs_diff_eq;
 use proptest::prelude::*;
 
@@ -7,15 +8,7 @@ fn linear_on_hand_values() {
     // W = [[1, 2, 3], [-1, 0, 1]]; x = [[1, 1, 1], [2, 0, -1]].
     // Row 0: [1+2+3, -1+0+1] = [6, 0]; row 1: [2+0-3, -2+0-1] = [-1, -3].
     let w = [1., 2., 3., -1., 0., 1.];
-    let y = run_linear(
-        &[1., 1., 1., 2., 0., -1.],
-        &w,
-        2,
-        3,
-        2,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let y = run_linear(&[1., 1., 1., 2., 0., -1.], &w, 2, 3, 2, device()).unwrap();
     assert_eq!(y.shape, vec![2, 2]);
     assert_eq!(y.data, vec![6., 0., -1., -3.]);
 }
@@ -23,15 +16,7 @@ fn linear_on_hand_values() {
 #[test]
 fn embedding_on_hand_values() {
     let table = [0., 1., 10., 11., 20., 21.];
-    let e = run_embedding(
-        &[2, 0, 1, 1],
-        [2, 2],
-        &table,
-        3,
-        2,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let e = run_embedding(&[2, 0, 1, 1], [2, 2], &table, 3, 2, device()).unwrap();
     assert_eq!(e.shape, vec![2, 2, 2]);
     assert_eq!(e.data, vec![20., 21., 0., 1., 10., 11., 10., 11.]);
 }
@@ -42,7 +27,7 @@ fn linear_3d_shares_the_weight_across_positions() {
     let mut layer = Linear::<In, Out>::new(&mut cx, 2, 3).unwrap();
     let mut x = tensor::input::<(Batch, Seq, In)>(&mut cx, "x");
     let mut y = layer.forward(x).retrieve();
-    crate::testing::device().compile(&mut cx, (&mut layer.weight, &mut x, &mut y));
+    device().compile(&mut cx, (&mut layer.weight, &mut x, &mut y));
     let w = vec![1., 0., 0., 1., 1., 1.]; // (3, 2)
     let xs: Vec<f32> = (1..=8).map(|v| v as f32).collect(); // (2, 2, 2)
     layer.load(w.clone()).unwrap();
@@ -81,7 +66,7 @@ fn conflicting_sizes_for_one_dimension_are_refused() {
 
 #[test]
 fn out_of_vocabulary_id_is_refused() {
-    let err = run_embedding(&[0, 3], [1, 2], &[0.0; 6], 3, 2, crate::testing::device())
+    let err = run_embedding(&[0, 3], [1, 2], &[0.0; 6], 3, 2, device())
         .unwrap_err()
         .to_string();
     assert!(err.contains("token id 3 at position 1"), "{err}");
@@ -114,7 +99,7 @@ fn compiled_op_listing_snapshot() {
     crate::graph::params::label_inputs(&mut cx, &head, "lm_head");
     let mut ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
     let mut logits = head.forward(emb.forward(ids)).retrieve();
-    crate::testing::device().compile(
+    device().compile(
         &mut cx,
         (&mut emb.weight, &mut head.weight, &mut ids, &mut logits),
     );
@@ -131,7 +116,7 @@ proptest! {
         let mut rng = crate::graph::init::rng(seed);
         let x: Vec<f32> = (0..n * d_in).map(|_| rng.gen_range(-2.0..2.0)).collect();
         let w: Vec<f32> = (0..d_out * d_in).map(|_| rng.gen_range(-2.0..2.0)).collect();
-        let got = run_linear(&x, &w, n, d_in, d_out, crate::testing::device()).unwrap();
+        let got = run_linear(&x, &w, n, d_in, d_out, device()).unwrap();
         let want = linear_ref(&x, &w, n, d_in, d_out);
         prop_assert_eq!(got.shape, vec![n, d_out]);
         for (g, w) in got.data.iter().zip(&want) {
@@ -148,7 +133,7 @@ proptest! {
         let mut rng = crate::graph::init::rng(seed);
         let table: Vec<f32> = (0..vocab * d).map(|_| rng.gen_range(-3.0..3.0)).collect();
         let ids: Vec<u32> = (0..batch * seq).map(|_| rng.gen_range(0..vocab as u32)).collect();
-        let got = run_embedding(&ids, [batch, seq], &table, vocab, d, crate::testing::device()).unwrap();
+        let got = run_embedding(&ids, [batch, seq], &table, vocab, d, device()).unwrap();
         prop_assert_eq!(got.shape, vec![batch, seq, d]);
         prop_assert_eq!(got.data, embedding_ref(&ids, &table, d));
     }
@@ -229,7 +214,7 @@ fn exercise_half_integer_ids_match_no_class() {
     let mut ids = tensor::input::<(Batch, Seq)>(&mut cx, "ids");
     let mut hot = one_hot::<Batch, Seq, Vocab>(ids).retrieve();
     tensor::bind_dim::<Vocab>(&mut cx, 3, "vocab").unwrap();
-    crate::testing::device().compile(&mut cx, (&mut ids, &mut hot));
+    device().compile(&mut cx, (&mut ids, &mut hot));
     tensor::set(ids, &[1, 6], vec![2.4, 2.5, 3.0, -0.4, 1.5, 0.5]).unwrap();
     tensor::execute(&mut cx).unwrap();
     let want = [

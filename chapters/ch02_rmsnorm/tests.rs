@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::device;
 use approx::assert_relative_eq;
 use proptest::prelude::*;
 
@@ -12,7 +13,7 @@ fn rms_norm_on_hand_values() {
         [1, 1, 2],
         &[1.0, 2.0],
         &[],
-        crate::testing::device(),
+        device(),
     )
     .unwrap();
     assert_relative_eq!(y.data[0], 0.848_527_8, max_relative = 1e-6);
@@ -29,7 +30,7 @@ fn layer_norm_on_hand_values() {
         [1, 1, 3],
         &[2.0; 3],
         &[0.5; 3],
-        crate::testing::device(),
+        device(),
     )
     .unwrap();
     assert_relative_eq!(y.data[0], -1.949_471_3, max_relative = 1e-6);
@@ -56,7 +57,7 @@ fn compiled_op_listing_snapshot() {
     crate::graph::params::label_inputs(&mut cx, &n, "ln1");
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let mut y = n.forward(x).retrieve();
-    crate::testing::device().compile(&mut cx, (&mut n.weight, &mut x, &mut y));
+    device().compile(&mut cx, (&mut n.weight, &mut x, &mut y));
     insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
@@ -77,7 +78,7 @@ proptest! {
     /// in a mean over <= 16 values, a sqrt and a reciprocal.
     #[test]
     fn rms_norm_matches_reference((shape, x, g) in case()) {
-        let got = run_norm(Norm::Rms, &x, shape, &g, &[], crate::testing::device()).unwrap();
+        let got = run_norm(Norm::Rms, &x, shape, &g, &[], device()).unwrap();
         let want = rms_norm_ref(&x, &g, shape[2], NORM_EPS);
         for (a, b) in got.data.iter().zip(&want) {
             prop_assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{} vs {}", a, b);
@@ -87,7 +88,7 @@ proptest! {
     #[test]
     fn layer_norm_matches_reference((shape, x, g) in case(), bias in -1.0f32..1.0) {
         let beta = vec![bias; shape[2]];
-        let got = run_norm(Norm::Layer, &x, shape, &g, &beta, crate::testing::device()).unwrap();
+        let got = run_norm(Norm::Layer, &x, shape, &g, &beta, device()).unwrap();
         let want = layer_norm_ref(&x, &g, &beta, shape[2], NORM_EPS);
         for (a, b) in got.data.iter().zip(&want) {
             // Subtracting the mean can cancel digits: 1e-4 absolute on outputs of order 1.
@@ -101,7 +102,7 @@ proptest! {
     fn rms_norm_output_has_unit_rms((shape, x, _g) in case()) {
         let d = shape[2];
         let x: Vec<f32> = x.iter().map(|v| if v.abs() < 0.5 { v.signum() * 0.5 + v } else { *v }).collect();
-        let y = run_norm(Norm::Rms, &x, shape, &vec![1.0; d], &[], crate::testing::device()).unwrap();
+        let y = run_norm(Norm::Rms, &x, shape, &vec![1.0; d], &[], device()).unwrap();
         for row in y.data.chunks(d) {
             let rms = (row.iter().map(|v| v * v).sum::<f32>() / d as f32).sqrt();
             prop_assert!((rms - 1.0).abs() < 1e-4, "rms {}", rms);
@@ -113,8 +114,8 @@ proptest! {
     fn rms_norm_is_scale_invariant((shape, x, g) in case(), c in 1.0f32..100.0) {
         let x: Vec<f32> = x.iter().map(|v| if v.abs() < 0.5 { v.signum() * 0.5 + v } else { *v }).collect();
         let scaled: Vec<f32> = x.iter().map(|v| v * c).collect();
-        let a = run_norm(Norm::Rms, &x, shape, &g, &[], crate::testing::device()).unwrap();
-        let b = run_norm(Norm::Rms, &scaled, shape, &g, &[], crate::testing::device()).unwrap();
+        let a = run_norm(Norm::Rms, &x, shape, &g, &[], device()).unwrap();
+        let b = run_norm(Norm::Rms, &scaled, shape, &g, &[], device()).unwrap();
         for (p, q) in a.data.iter().zip(&b.data) {
             prop_assert!((p - q).abs() <= 1e-4 * p.abs().max(1.0), "{} vs {}", p, q);
         }
@@ -198,21 +199,13 @@ fn norm_layer_matches_the_named_reference() {
 fn exercise_constant_vector_rms_vs_layer_norm() {
     let x = [2.0f32; 4];
     let g = [1.0f32; 4];
-    let rms = run_norm(Norm::Rms, &x, [1, 1, 4], &g, &[], crate::testing::device()).unwrap();
+    let rms = run_norm(Norm::Rms, &x, [1, 1, 4], &g, &[], device()).unwrap();
     let want = 2.0 / (4.0f32 + NORM_EPS).sqrt(); // 0.99999875
     for v in &rms.data {
         assert!((v - want).abs() < 1e-6, "RMSNorm {v} vs {want}");
     }
     let beta = [0.5f32; 4];
-    let ln = run_norm(
-        Norm::Layer,
-        &x,
-        [1, 1, 4],
-        &g,
-        &beta,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let ln = run_norm(Norm::Layer, &x, [1, 1, 4], &g, &beta, device()).unwrap();
     for v in &ln.data {
         assert!((v - 0.5).abs() < 1e-6, "LayerNorm {v} vs the bias 0.5");
     }

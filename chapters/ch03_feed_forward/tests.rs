@@ -1,5 +1,5 @@
 use super::*;
-use crate::testing::{assert_close, uniform};
+use crate::testing::{assert_close, device, uniform};
 use approx::assert_relative_eq;
 use proptest::prelude::*;
 
@@ -22,7 +22,7 @@ fn swiglu_on_hand_values() {
         [1, 1, 1],
         &[&[1.0, 2.0], &[1.0, 0.5], &[3.0, -1.0]],
         2,
-        crate::testing::device(),
+        device(),
     )
     .unwrap();
     assert_relative_eq!(y.data[0], 1.312_378_7, max_relative = 1e-6);
@@ -40,7 +40,7 @@ fn silu_graph_has_the_right_limits() {
         [1, 5, 1],
         &[&eye, &eye, &[0.0]],
         1,
-        crate::testing::device(),
+        device(),
     )
     .unwrap();
     assert!(
@@ -48,15 +48,7 @@ fn silu_graph_has_the_right_limits() {
         "W3 = 0 zeroes all: {:?}",
         y.data
     );
-    let y = run_ffn(
-        Ffn::SwiGlu,
-        &x,
-        [1, 5, 1],
-        &[&eye, &eye, &eye],
-        1,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let y = run_ffn(Ffn::SwiGlu, &x, [1, 5, 1], &[&eye, &eye, &eye], 1, device()).unwrap();
     // SwiGLU with identities = SiLU(x) * x: 0 for very negative x, x^2 for large x.
     assert_eq!(&y.data[..3], &[0.0, 0.0, 0.0]);
     assert_relative_eq!(y.data[3], 10_000.0, max_relative = 1e-6);
@@ -74,26 +66,11 @@ fn default_d_ff_is_8_thirds_rounded_up_to_64() {
 #[test]
 fn wrong_weight_count_and_shape_are_named() {
     let w = [0.0; 6];
-    let err = run_ffn(
-        Ffn::SwiGlu,
-        &[0.0; 3],
-        [1, 1, 3],
-        &[&w, &w],
-        2,
-        crate::testing::device(),
-    )
-    .unwrap_err();
+    let err = run_ffn(Ffn::SwiGlu, &[0.0; 3], [1, 1, 3], &[&w, &w], 2, device()).unwrap_err();
     assert!(err.to_string().contains("needs 3 weight matrices"), "{err}");
-    let err = run_ffn(
-        Ffn::Relu,
-        &[0.0; 3],
-        [1, 1, 3],
-        &[&w, &w[..5]],
-        2,
-        crate::testing::device(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run_ffn(Ffn::Relu, &[0.0; 3], [1, 1, 3], &[&w, &w[..5]], 2, device())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("ffn.w2.weight"), "{err}");
 }
 
@@ -104,7 +81,7 @@ fn compiled_op_listing_snapshot() {
     crate::graph::params::label_inputs(&mut cx, &f, "layers.0.ffn");
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let mut y = f.forward(x).retrieve();
-    crate::testing::device().compile(&mut cx, (&mut f, &mut x, &mut y));
+    device().compile(&mut cx, (&mut f, &mut x, &mut y));
     insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
@@ -119,7 +96,7 @@ proptest! {
         let mut rng = crate::graph::init::rng(seed);
         let x = uniform(&mut rng, b * s * d, 2.0);
         let (w1, w2, w3) = (uniform(&mut rng, f * d, 2.0), uniform(&mut rng, d * f, 2.0), uniform(&mut rng, f * d, 2.0));
-        let got = run_ffn(Ffn::SwiGlu, &x, [b, s, d], &[&w1, &w2, &w3], f, crate::testing::device()).unwrap();
+        let got = run_ffn(Ffn::SwiGlu, &x, [b, s, d], &[&w1, &w2, &w3], f, device()).unwrap();
         prop_assert_eq!(&got.shape, &vec![b, s, d]);
         assert_close(&got.data, &swiglu_ref(&x, [&w1, &w2, &w3], b * s, d, f), 1e-4)?;
     }
@@ -131,7 +108,7 @@ proptest! {
         let mut rng = crate::graph::init::rng(seed);
         let x = uniform(&mut rng, b * s * d, 2.0);
         let (w1, w2) = (uniform(&mut rng, f * d, 2.0), uniform(&mut rng, d * f, 2.0));
-        let got = run_ffn(Ffn::Relu, &x, [b, s, d], &[&w1, &w2], f, crate::testing::device()).unwrap();
+        let got = run_ffn(Ffn::Relu, &x, [b, s, d], &[&w1, &w2], f, device()).unwrap();
         assert_close(&got.data, &relu_ffn_ref(&x, [&w1, &w2], b * s, d, f), 1e-4)?;
     }
 }
@@ -183,7 +160,7 @@ fn ffn_layer_matches_the_named_reference() {
         load_state_dict(&mut cx, &params, &dict).unwrap();
         let mut xt = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
         let mut y = layer.forward(xt).retrieve();
-        crate::testing::device().compile(&mut cx, (&mut layer, &mut xt, &mut y));
+        device().compile(&mut cx, (&mut layer, &mut xt, &mut y));
         tensor::set(xt, &shape, x.clone()).unwrap();
         tensor::execute(&mut cx).unwrap();
         let got = tensor::read(y).unwrap();

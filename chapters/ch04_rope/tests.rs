@@ -1,5 +1,5 @@
 use super::*;
-use crate::testing::{assert_close, uniform};
+use crate::testing::{assert_close, device, uniform};
 use approx::assert_relative_eq;
 use proptest::prelude::*;
 
@@ -17,7 +17,7 @@ fn rope_on_hand_values() {
     ];
     assert_relative_eq!(want[0], -1.142_639_7, max_relative = 1e-6);
     let x = [0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]; // positions 0 and 1
-    let y = run_rope(&x, [1, 1, 2, 4], 4, 100.0, crate::testing::device()).unwrap();
+    let y = run_rope(&x, [1, 1, 2, 4], 4, 100.0, device()).unwrap();
     assert_close(&y.data[4..], &want, 1e-6).unwrap();
     assert_close(&rope_ref(&x[4..], &[1], 4, 100.0), &want, 1e-6).unwrap();
 }
@@ -43,14 +43,7 @@ fn odd_head_size_and_long_sequences_are_refused() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("d_head = 5"), "{err}");
-    let err = run_rope(
-        &[0.0; 40],
-        [1, 1, 10, 4],
-        8,
-        ROPE_THETA,
-        crate::testing::device(),
-    )
-    .unwrap_err();
+    let err = run_rope(&[0.0; 40], [1, 1, 10, 4], 8, ROPE_THETA, device()).unwrap_err();
     assert!(err.to_string().contains("max_seq_len = 8"), "{err}");
     // A theta that is not a finite number > 1 would give NaN or constant angles.
     for theta in [f32::NAN, f32::INFINITY, 1.0, -3.0] {
@@ -67,7 +60,7 @@ fn compiled_op_listing_snapshot() {
     let mut rope = Rope::<MaxSeq, DHead>::new(&mut cx, 16, 4, ROPE_THETA).unwrap();
     let mut x = tensor::input::<(Batch, Heads, Seq, DHead)>(&mut cx, "q");
     let mut y = rope.forward(x).retrieve();
-    crate::testing::device().compile(&mut cx, (&mut rope, &mut x, &mut y));
+    device().compile(&mut cx, (&mut rope, &mut x, &mut y));
     insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
@@ -93,7 +86,7 @@ proptest! {
     #[test]
     fn rope_matches_reference((shape, x) in case()) {
         let [_, _, s, d] = shape;
-        let got = run_rope(&x, shape, 8, ROPE_THETA, crate::testing::device()).unwrap();
+        let got = run_rope(&x, shape, 8, ROPE_THETA, device()).unwrap();
         let positions: Vec<usize> = (0..x.len() / d).map(|row| row % s).collect();
         assert_close(&got.data, &rope_ref(&x, &positions, d, ROPE_THETA), 1e-5)?;
     }
@@ -101,7 +94,7 @@ proptest! {
     /// A rotation keeps the length of every pair (so of every vector): 1e-5 relative.
     #[test]
     fn rope_preserves_norms((shape, x) in case()) {
-        let got = run_rope(&x, shape, 8, ROPE_THETA, crate::testing::device()).unwrap();
+        let got = run_rope(&x, shape, 8, ROPE_THETA, device()).unwrap();
         for (a, b) in x.chunks(2).zip(got.data.chunks(2)) {
             let (na, nb) = (dot(a, a).sqrt(), dot(b, b).sqrt());
             prop_assert!((na - nb).abs() <= 1e-5 * na.max(1.0), "{} vs {}", na, nb);
@@ -112,7 +105,7 @@ proptest! {
     #[test]
     fn position_zero_is_the_identity((shape, x) in case()) {
         let [_, _, s, d] = shape;
-        let got = run_rope(&x, shape, 8, ROPE_THETA, crate::testing::device()).unwrap();
+        let got = run_rope(&x, shape, 8, ROPE_THETA, device()).unwrap();
         for (row, (a, b)) in x.chunks(d).zip(got.data.chunks(d)).enumerate() {
             if row % s == 0 {
                 prop_assert_eq!(a, b);
@@ -130,8 +123,8 @@ proptest! {
         let mut rng = crate::graph::init::rng(seed);
         let (q, k) = (uniform(&mut rng, d, 3.0), uniform(&mut rng, d, 3.0));
         let seq = 12;
-        let rq = run_rope(&q.repeat(seq), [1, 1, seq, d], seq, ROPE_THETA, crate::testing::device()).unwrap().data;
-        let rk = run_rope(&k.repeat(seq), [1, 1, seq, d], seq, ROPE_THETA, crate::testing::device()).unwrap().data;
+        let rq = run_rope(&q.repeat(seq), [1, 1, seq, d], seq, ROPE_THETA, device()).unwrap().data;
+        let rk = run_rope(&k.repeat(seq), [1, 1, seq, d], seq, ROPE_THETA, device()).unwrap().data;
         let at = |v: &[f32], p: usize| v[p * d..(p + 1) * d].to_vec();
         for i in 0..seq - t {
             for j in 0..seq - t {
@@ -185,15 +178,7 @@ fn rope_at_arbitrary_positions_matches_the_reference() {
     let (b, h, s, d, max) = (2, 3, 5, 8, 64);
     let x = uniform(&mut crate::graph::init::rng(7), b * h * s * d, 1.0);
     let positions = [7, 7, 0, 63, 20, 4, 3, 2, 1, 0];
-    let y = run_rope_at(
-        &x,
-        [b, h, s, d],
-        &positions,
-        max,
-        ROPE_THETA,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let y = run_rope_at(&x, [b, h, s, d], &positions, max, ROPE_THETA, device()).unwrap();
     // Row (b, h, s) of x sits at positions[b, s].
     let rows: Vec<usize> = (0..b * h * s)
         .map(|r| positions[(r / (h * s)) * s + r % s])
@@ -201,27 +186,11 @@ fn rope_at_arbitrary_positions_matches_the_reference() {
     assert_close(&y.data, &rope_ref(&x, &rows, d, ROPE_THETA), 1e-6).unwrap();
 
     let first: Vec<usize> = (0..b).flat_map(|_| 0..s).collect();
-    let at = run_rope_at(
-        &x,
-        [b, h, s, d],
-        &first,
-        max,
-        ROPE_THETA,
-        crate::testing::device(),
-    )
-    .unwrap();
-    let sliced = run_rope(&x, [b, h, s, d], max, ROPE_THETA, crate::testing::device()).unwrap();
+    let at = run_rope_at(&x, [b, h, s, d], &first, max, ROPE_THETA, device()).unwrap();
+    let sliced = run_rope(&x, [b, h, s, d], max, ROPE_THETA, device()).unwrap();
     assert_eq!(at.data, sliced.data);
 
-    let err = run_rope_at(
-        &x,
-        [b, h, s, d],
-        &[64; 10],
-        max,
-        ROPE_THETA,
-        crate::testing::device(),
-    )
-    .unwrap_err();
+    let err = run_rope_at(&x, [b, h, s, d], &[64; 10], max, ROPE_THETA, device()).unwrap_err();
     assert!(err.to_string().contains("position 64"), "{err}");
 }
 
@@ -232,14 +201,14 @@ fn rope_at_arbitrary_positions_matches_the_reference() {
 /// quarter-turn phase in f32, so the angle is off by a few ulp of p w_i < 128, i.e. < 4e-5.
 #[test]
 fn sinusoidal_table_graph_matches_the_loop() {
-    let pe = run_sinusoidal_table(2, 4, crate::testing::device()).unwrap();
+    let pe = run_sinusoidal_table(2, 4, device()).unwrap();
     assert_eq!(pe.shape, vec![2, 4]);
     assert_close(&pe.data[..4], &[0.0, 1.0, 0.0, 1.0], 1e-7).unwrap();
     let by_hand = [1f32.sin(), 1f32.cos(), 0.01f32.sin(), 0.01f32.cos()];
     assert_close(&pe.data[4..], &by_hand, 1e-6).unwrap();
     let mut worst = 0.0f32;
     for (s, d) in [(1, 1), (7, 5), (65, 16), (128, 33), (128, 64)] {
-        let got = run_sinusoidal_table(s, d, crate::testing::device()).unwrap();
+        let got = run_sinusoidal_table(s, d, device()).unwrap();
         let want = sinusoidal_positions_ref(s, d);
         assert_close(&got.data, &want, 1e-4).unwrap();
         let err = got.data.iter().zip(&want).map(|(a, b)| (a - b).abs());
@@ -274,7 +243,7 @@ fn exercise_slowest_pair_angle() {
 #[test]
 fn exercise_rope_value_at_position_3() {
     let x = [1.0, 0.0, 1.0, 0.0].repeat(4);
-    let y = run_rope(&x, [1, 1, 4, 4], 8, ROPE_THETA, crate::testing::device()).unwrap();
+    let y = run_rope(&x, [1, 1, 4, 4], 8, ROPE_THETA, device()).unwrap();
     let (s0, c0) = 3f32.sin_cos();
     let (s1, c1) = 0.03f32.sin_cos();
     for (a, b) in y.data[12..].iter().zip([c0, s0, c1, s1]) {

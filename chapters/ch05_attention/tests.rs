@@ -1,7 +1,7 @@
 use super::*;
 use crate::ch04_rope::{Rope, ROPE_THETA};
 use crate::graph::dims::DModel;
-use crate::testing::{assert_close, uniform};
+use crate::testing::{assert_close, device, uniform};
 use proptest::prelude::*;
 
 #[test]
@@ -10,13 +10,7 @@ fn softmax_on_hand_values() {
     // [0.0900306, 0.2447285, 0.6652410]; adding 1000 to each changes nothing.
     let want = [0.090_030_6, 0.244_728_5, 0.665_241];
     assert_close(&softmax_ref(&[1.0, 2.0, 3.0]), &want, 1e-6).unwrap();
-    let y = run_softmax(
-        &[1001.0, 1002.0, 1003.0],
-        [1, 1, 1, 3],
-        None,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let y = run_softmax(&[1001.0, 1002.0, 1003.0], [1, 1, 1, 3], None, device()).unwrap();
     assert_close(&y.data, &want, 1e-6).unwrap();
 }
 
@@ -28,7 +22,7 @@ fn a_row_with_every_key_masked_gives_zeros_not_nan() {
         &[5.0, 1.0, 2.0, 3.0],
         [1, 1, 2, 2],
         Some(&allowed),
-        crate::testing::device(),
+        device(),
     )
     .unwrap();
     assert_eq!(y.data, vec![0.0, 1.0, 0.0, 0.0]);
@@ -41,17 +35,7 @@ fn a_row_with_every_key_masked_gives_zeros_not_nan() {
         key_padding: Some(vec![true, true, false, false, false, false]),
     };
     let ws = [&w[0][..], &w[1], &w[2], &w[3]];
-    let y = run_attention(
-        &x,
-        None,
-        ws,
-        [2, 3, 4],
-        2,
-        &mask,
-        None,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let y = run_attention(&x, None, ws, [2, 3, 4], 2, &mask, None, device()).unwrap();
     assert!(y.data.iter().all(|v| v.is_finite()));
     assert!(
         y.data[12..].iter().all(|v| *v == 0.0),
@@ -83,7 +67,7 @@ fn bad_configs_are_refused() {
         2,
         &no_mask,
         Some(ROPE_THETA),
-        crate::testing::device(),
+        device(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("d_head = 3"), "{err}");
@@ -98,7 +82,7 @@ fn compiled_op_listing_snapshot() {
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let causal = causal_mask::<Seq>(&mut cx).expand::<(Batch, Seq, Seq), _>();
     let mut y = attn.attend(x, x, causal).retrieve();
-    crate::testing::device().compile(&mut cx, (&mut attn, &mut x, &mut y));
+    device().compile(&mut cx, (&mut attn, &mut x, &mut y));
     insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
@@ -153,7 +137,7 @@ impl Case {
             self.heads,
             mask,
             rope,
-            crate::testing::device(),
+            device(),
         )
         .unwrap()
         .data
@@ -171,7 +155,7 @@ proptest! {
         let mut rng = crate::graph::init::rng(seed);
         let x = uniform(&mut rng, rows * t, 5.0);
         let shape = [1, 1, rows, t];
-        let y = run_softmax(&x, shape, None, crate::testing::device()).unwrap().data;
+        let y = run_softmax(&x, shape, None, device()).unwrap().data;
         for row in y.chunks(t) {
             prop_assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
@@ -179,11 +163,11 @@ proptest! {
             x.iter().map(|v| v + shift).collect::<Vec<_>>(),
             x.iter().map(|v| v + 100.0).collect(),
         ] {
-            let shifted = run_softmax(&scores, shape, None, crate::testing::device()).unwrap().data;
+            let shifted = run_softmax(&scores, shape, None, device()).unwrap().data;
             assert_close(&shifted, &y, 1e-4)?;
         }
         let scaled: Vec<f32> = x.iter().map(|v| v * 1000.0).collect();
-        let big = run_softmax(&scaled, shape, None, crate::testing::device()).unwrap().data;
+        let big = run_softmax(&scaled, shape, None, device()).unwrap().data;
         prop_assert!(big.iter().all(|p| p.is_finite() && (0.0..=1.0).contains(p)));
         for (row, want) in big.chunks(t).zip(scaled.chunks(t)) {
             assert_close(row, &softmax_ref(want), 1e-5)?;
@@ -210,7 +194,7 @@ proptest! {
         let memory = uniform(&mut rng, c.b * t * c.d, 2.0);
         let keep: Vec<bool> = (0..c.b * t).map(|i| i % t == 0 || rng.gen_bool(0.6)).collect();
         let mask = MaskSpec { causal: false, key_padding: Some(keep) };
-        let got = run_attention(&c.x, Some((&memory, t)), c.weights(), [c.b, c.s, c.d], c.heads, &mask, None, crate::testing::device()).unwrap();
+        let got = run_attention(&c.x, Some((&memory, t)), c.weights(), [c.b, c.s, c.d], c.heads, &mask, None, device()).unwrap();
         let want = mha_ref(&c.x, &memory, c.weights(), &mask.to_bools(c.b, c.s, t), [c.b, c.s, t, c.d], c.heads, None);
         assert_close(&got.data, &want, 1e-4)?;
     }
@@ -267,16 +251,7 @@ fn attention_weights_are_causal_rows_that_sum_to_one() {
         key_padding: None,
     };
     let ws = [&w[0][..], &w[1], &w[2], &w[3]];
-    let p = run_attention_weights(
-        &x,
-        ws,
-        [1, 5, 4],
-        2,
-        &mask,
-        Some(ROPE_THETA),
-        crate::testing::device(),
-    )
-    .unwrap();
+    let p = run_attention_weights(&x, ws, [1, 5, 4], 2, &mask, Some(ROPE_THETA), device()).unwrap();
     assert_eq!(p.shape, vec![1, 2, 5, 5]);
     for (r, row) in p.data.chunks(5).enumerate() {
         let i = r % 5;
@@ -334,16 +309,7 @@ fn exercise_zero_queries_attend_uniformly() {
         key_padding: None,
     };
     let theta = Some(ROPE_THETA);
-    let p = run_attention_weights(
-        &x,
-        ws,
-        [b, s, d],
-        heads,
-        &causal,
-        theta,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let p = run_attention_weights(&x, ws, [b, s, d], heads, &causal, theta, device()).unwrap();
     let mut want = vec![];
     for _head in 0..heads {
         for i in 0..s {

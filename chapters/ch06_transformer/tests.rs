@@ -1,6 +1,7 @@
 use super::*;
 use crate::graph::params::{load_state_dict, read_safetensors, write_safetensors};
 use crate::testing::assert_close;
+use crate::testing::device;
 use proptest::prelude::*;
 use rand::Rng;
 
@@ -108,9 +109,9 @@ fn invalid_configs_name_the_setting() {
 fn too_long_sequences_and_unknown_ids_are_refused() {
     let cfg = tiny_lm();
     let dict = init_lm_weights(&cfg, 1).unwrap();
-    let err = run_lm(&[0; 9], [1, 9], &dict, &cfg, crate::testing::device()).unwrap_err();
+    let err = run_lm(&[0; 9], [1, 9], &dict, &cfg, device()).unwrap_err();
     assert!(err.to_string().contains("context_length is 8"), "{err}");
-    let err = run_lm(&[0, 11], [1, 2], &dict, &cfg, crate::testing::device()).unwrap_err();
+    let err = run_lm(&[0, 11], [1, 2], &dict, &cfg, device()).unwrap_err();
     assert!(err.to_string().contains("token id 11"), "{err}");
 }
 
@@ -119,7 +120,7 @@ fn a_state_dict_with_a_missing_or_misshapen_tensor_is_refused_by_name() {
     let cfg = tiny_lm();
     let mut dict = init_lm_weights(&cfg, 2).unwrap();
     let removed = dict.remove("layers.1.ffn.w2.weight").unwrap();
-    let err = run_lm(&[1, 2], [1, 2], &dict, &cfg, crate::testing::device()).unwrap_err();
+    let err = run_lm(&[1, 2], [1, 2], &dict, &cfg, device()).unwrap_err();
     assert!(
         err.to_string()
             .contains("missing tensor 'layers.1.ffn.w2.weight'"),
@@ -129,7 +130,7 @@ fn a_state_dict_with_a_missing_or_misshapen_tensor_is_refused_by_name() {
         "layers.1.ffn.w2.weight".into(),
         HostTensorExt::transposed(&removed),
     );
-    let err = run_lm(&[1, 2], [1, 2], &dict, &cfg, crate::testing::device()).unwrap_err();
+    let err = run_lm(&[1, 2], [1, 2], &dict, &cfg, device()).unwrap_err();
     assert!(
         err.to_string().contains("'layers.1.ffn.w2.weight'"),
         "{err}"
@@ -156,8 +157,8 @@ fn safetensors_round_trip_gives_the_same_logits() {
     write_safetensors(&path, &dict, None).unwrap();
     let loaded = read_safetensors(&path).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    let a = run_lm(&[1, 5, 7], [1, 3], &dict, &cfg, crate::testing::device()).unwrap();
-    let b = run_lm(&[1, 5, 7], [1, 3], &loaded, &cfg, crate::testing::device()).unwrap();
+    let a = run_lm(&[1, 5, 7], [1, 3], &dict, &cfg, device()).unwrap();
+    let b = run_lm(&[1, 5, 7], [1, 3], &loaded, &cfg, device()).unwrap();
     assert_eq!(a, b);
 }
 
@@ -186,7 +187,7 @@ fn compiled_op_counts_snapshot() {
     );
     let mut logits = model.forward(idt).retrieve();
     let built = cx.graph.node_count();
-    crate::testing::device().compile(&mut cx, (&mut model, &mut idt, &mut logits));
+    device().compile(&mut cx, (&mut model, &mut idt, &mut logits));
     let mut counts = std::collections::BTreeMap::new();
     for n in cx.graph.node_indices() {
         let op = cx.graph.node_weight(n).unwrap();
@@ -222,7 +223,7 @@ proptest! {
         let dict = init_lm_weights(&cfg, seed).unwrap();
         let mut rng = crate::graph::init::rng(seed);
         let x = ids(&mut rng, b * s, cfg.vocab_size);
-        let got = run_lm(&x, [b, s], &dict, &cfg, crate::testing::device()).unwrap();
+        let got = run_lm(&x, [b, s], &dict, &cfg, device()).unwrap();
         prop_assert_eq!(&got.shape, &vec![b, s, cfg.vocab_size]);
         assert_close(&got.data, &lm_ref(&x, &dict, &cfg, [b, s]), 2e-4)?;
     }
@@ -236,9 +237,9 @@ proptest! {
         let dict = init_lm_weights(&cfg, seed).unwrap();
         let mut rng = crate::graph::init::rng(seed);
         let mut x = ids(&mut rng, s, cfg.vocab_size);
-        let a = run_lm(&x, [1, s], &dict, &cfg, crate::testing::device()).unwrap().data;
+        let a = run_lm(&x, [1, s], &dict, &cfg, device()).unwrap().data;
         x[p] = (x[p] + 1) % cfg.vocab_size as u32;
-        let b = run_lm(&x, [1, s], &dict, &cfg, crate::testing::device()).unwrap().data;
+        let b = run_lm(&x, [1, s], &dict, &cfg, device()).unwrap().data;
         let v = cfg.vocab_size;
         prop_assert_eq!(&a[..p * v], &b[..p * v]);
         prop_assert_ne!(&a[p * v..], &b[p * v..]);
@@ -254,7 +255,7 @@ proptest! {
         let src = ids(&mut rng, b * t, cfg.vocab_size);
         let keep: Vec<bool> = (0..b * t).map(|i| i % t == 0 || rng.gen_bool(0.7)).collect();
         let tgt = ids(&mut rng, b * s, cfg.vocab_size);
-        let got = run_seq2seq((&src, &keep, t), (&tgt, s), &dict, &cfg, crate::testing::device()).unwrap();
+        let got = run_seq2seq((&src, &keep, t), (&tgt, s), &dict, &cfg, device()).unwrap();
         prop_assert_eq!(&got.shape, &vec![b, s, cfg.vocab_size]);
         assert_close(&got.data, &seq2seq_ref(&src, &keep, &tgt, &dict, &cfg, [b, t, s]), 2e-4)?;
     }
@@ -268,13 +269,13 @@ proptest! {
         let mut src = ids(&mut rng, t, cfg.vocab_size);
         let keep: Vec<bool> = (0..t).map(|i| i < t / 2 + 1).collect();
         let tgt = ids(&mut rng, 3, cfg.vocab_size);
-        let a = run_seq2seq((&src, &keep, t), (&tgt, 3), &dict, &cfg, crate::testing::device()).unwrap();
+        let a = run_seq2seq((&src, &keep, t), (&tgt, 3), &dict, &cfg, device()).unwrap();
         for (id, k) in src.iter_mut().zip(&keep) {
             if !k {
                 *id = (*id + 1) % cfg.vocab_size as u32;
             }
         }
-        let b = run_seq2seq((&src, &keep, t), (&tgt, 3), &dict, &cfg, crate::testing::device()).unwrap();
+        let b = run_seq2seq((&src, &keep, t), (&tgt, 3), &dict, &cfg, device()).unwrap();
         prop_assert_eq!(a, b);
     }
 }

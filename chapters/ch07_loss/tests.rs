@@ -1,5 +1,5 @@
 use super::*;
-use crate::testing::{assert_close, uniform};
+use crate::testing::{assert_close, device, uniform};
 use approx::assert_relative_eq;
 use proptest::prelude::*;
 
@@ -12,7 +12,7 @@ fn cross_entropy_on_hand_values() {
         &[3],
         &[true],
         Weighting::Token,
-        crate::testing::device(),
+        device(),
     )
     .unwrap();
     assert_relative_eq!(ce, 1.386_294_4, max_relative = 1e-6);
@@ -24,7 +24,7 @@ fn cross_entropy_on_hand_values() {
         &[0],
         &[true],
         Weighting::Token,
-        crate::testing::device(),
+        device(),
     )
     .unwrap();
     assert_relative_eq!(ce, 2.407_606, max_relative = 1e-6);
@@ -40,15 +40,7 @@ fn cross_entropy_is_finite_for_huge_logits() {
     // Logits x 1000: [1000, 2000, 3000] with target 0 costs exactly 3000 - 1000 = 2000
     // (the other terms, e^-1000 and e^-2000, vanish); a naive softmax would overflow to inf.
     let x = [1000.0, 2000.0, 3000.0];
-    let ce = run_loss(
-        &x,
-        [1, 1, 3],
-        &[0],
-        &[true],
-        Weighting::Token,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let ce = run_loss(&x, [1, 1, 3], &[0], &[true], Weighting::Token, device()).unwrap();
     assert_eq!(ce, 2000.0);
     let naive = -x[0].exp().ln() + x.iter().map(|v: &f32| v.exp()).sum::<f32>().ln();
     assert!(!naive.is_finite(), "the naive form overflows: {naive}");
@@ -113,7 +105,7 @@ fn out_of_range_targets_are_refused() {
         &[4],
         &[true],
         Weighting::Token,
-        crate::testing::device(),
+        device(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("target id 4"), "{err}");
@@ -126,7 +118,7 @@ fn compiled_op_listing_snapshot() {
     let mut t = tensor::input::<(Batch, Seq)>(&mut cx, "targets");
     let mut m = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
     let mut loss = masked_mean(cross_entropy(x, t), m, Weighting::Token).retrieve();
-    crate::testing::device().compile(&mut cx, (&mut x, &mut t, &mut m, &mut loss));
+    device().compile(&mut cx, (&mut x, &mut t, &mut m, &mut loss));
     insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 
@@ -145,7 +137,7 @@ proptest! {
         let targets: Vec<u32> = (0..b * s).map(|_| rng.gen_range(0..v as u32)).collect();
         let mask: Vec<bool> = (0..b * s).map(|_| rng.gen_bool(0.7)).collect();
         let w = if sequence { Weighting::Sequence } else { Weighting::Token };
-        let got = run_loss(&logits, [b, s, v], &targets, &mask, w, crate::testing::device()).unwrap();
+        let got = run_loss(&logits, [b, s, v], &targets, &mask, w, device()).unwrap();
         let per_position: Vec<f32> = logits.chunks(v).zip(&targets).map(|(row, &t)| cross_entropy_ref(row, t as usize)).collect();
         let want = masked_mean_ref(&per_position, &mask, [b, s], w);
         prop_assert!(got.is_finite());
@@ -199,7 +191,7 @@ fn exercise_loss_at_initialisation_is_ln_vocab_plus_half_logit_variance() {
     let tokens: Vec<u32> = (0..b * s * 2).map(|_| rng.gen_range(0..v as u32)).collect();
     let (ids, targets) = tokens.split_at(b * s);
     let dict = init_lm_weights(&config, 0).unwrap();
-    let logits = run_lm(ids, [b, s], &dict, &config, crate::testing::device()).unwrap();
+    let logits = run_lm(ids, [b, s], &dict, &config, device()).unwrap();
     let variance = logits
         .data
         .chunks(v)
@@ -217,7 +209,7 @@ fn exercise_loss_at_initialisation_is_ln_vocab_plus_half_logit_variance() {
         targets,
         &mask,
         Weighting::Token,
-        crate::testing::device(),
+        device(),
     )
     .unwrap() as f64;
     assert!(
@@ -246,7 +238,7 @@ fn exercise_a_confident_mistake_costs_about_ten_nats() {
         &[1],
         &[true],
         Weighting::Token,
-        crate::testing::device(),
+        device(),
     );
     assert!((f64::from(graph.unwrap()) - want).abs() < 1e-5);
 }

@@ -1,6 +1,7 @@
 use super::*;
 use crate::graph::params::Param;
 use crate::graph::tensor;
+use crate::testing::device;
 use crate::testing::uniform;
 use approx::assert_relative_eq;
 use luminal::shape::symbolic::Expression;
@@ -40,7 +41,7 @@ where
     tensor::set(w, &shape, uniform(&mut rng, shape[0] * shape[1], 1.0)).unwrap();
     let loss = (f(p) * w).sum_reduce::<(), Axes2<0, 1>>();
     let params = vec![Param::of(p, &shape)];
-    GradCheck::new(&mut cx, params, loss, Some(crate::testing::device()))
+    GradCheck::new(&mut cx, params, loss, Some(device()))
         .unwrap()
         .max_error()
         .unwrap()
@@ -120,7 +121,7 @@ fn a_compiled_kernel_is_refused_by_name() {
     let mut p = tensor::input::<(R, C)>(&mut cx, "p");
     let mut q = tensor::input::<(C, R)>(&mut cx, "q");
     let mut loss = p.matmul(q).sum_reduce::<(), Axes2<0, 1>>();
-    crate::testing::device().compile(&mut cx, (&mut p, &mut q, &mut loss));
+    device().compile(&mut cx, (&mut p, &mut q, &mut loss));
     let err = backward(
         &mut cx,
         &[Param {
@@ -169,7 +170,7 @@ proptest! {
         tensor::set(w, &[n, m], uniform(&mut rng, n * m, 1.0)).unwrap();
         let loss = (a.matmul(b.permute::<(C, Dyn<'o'>), _>()) * w).sum_reduce::<(), Axes2<0, 1>>();
         let params = vec![Param::of(a, &[n, k]), Param::of(b, &[m, k])];
-        let (err, at) = GradCheck::new(&mut cx, params, loss, Some(crate::testing::device())).unwrap().max_error().unwrap();
+        let (err, at) = GradCheck::new(&mut cx, params, loss, Some(device())).unwrap().max_error().unwrap();
         prop_assert!(err < GRADCHECK_TOLERANCE, "{} at {}", err, at);
     }
 }
@@ -199,7 +200,7 @@ fn linear_backward_compiles_to_matmuls() {
     let params = [lin.params(), vec![Param::of(x, &[4, 3])]].concat();
     let mut grads = backward(&mut cx, &params, loss.id).unwrap();
     let mut loss_id = loss.id;
-    crate::testing::device().compile(&mut cx, (&mut grads, &mut loss_id));
+    device().compile(&mut cx, (&mut grads, &mut loss_id));
     let counts = op_counts(&cx);
     let matmuls = crate::graph::primitive::op_counts(&cx)
         .into_iter()
@@ -246,7 +247,7 @@ fn compiled_and_uncompiled_gradients_agree() {
         gc.run().unwrap()
     };
     let (la, ga) = run(None);
-    let (lb, gb) = run(Some(crate::testing::device()));
+    let (lb, gb) = run(Some(device()));
     assert!((la - lb).abs() < 1e-5, "{la} vs {lb}");
     for (a, b) in ga.iter().zip(&gb) {
         crate::testing::assert_close(&a.data, &b.data, 1e-5).unwrap();
@@ -366,7 +367,7 @@ fn a_scaled_unary_gradient_runs_on_the_fast_cpu_backend() {
         gc.run().unwrap()
     };
     let (la, ga) = run(None);
-    let (lb, gb) = run(Some(crate::testing::device()));
+    let (lb, gb) = run(Some(device()));
     assert!((la - lb).abs() < 1e-6, "{la} vs {lb}");
     crate::testing::assert_close(&ga[0].data, &gb[0].data, 1e-6).unwrap();
 }

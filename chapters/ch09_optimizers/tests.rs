@@ -1,6 +1,6 @@
 use super::*;
 use crate::ch08_autograd::backward;
-use crate::testing::{assert_close, uniform};
+use crate::testing::{assert_close, device, uniform};
 use approx::assert_relative_eq;
 use proptest::prelude::*;
 
@@ -91,7 +91,7 @@ fn problem(
     let mut opt = AdamW::new(cx, &grads, config).unwrap();
     let mut loss_id = loss.id;
     cx.keep_tensors(loss_id);
-    crate::testing::device().compile(cx, (&mut opt, &mut loss_id));
+    device().compile(cx, (&mut opt, &mut loss_id));
     p.w = opt.slots[0].param.clone();
     p.loss = loss_id;
     p.opt = opt;

@@ -2,6 +2,7 @@ use super::*;
 use crate::graph::params::{read_safetensors, Param};
 use crate::graph::tensor;
 use crate::testing::assert_close;
+use crate::testing::device;
 use proptest::prelude::*;
 
 /// Every step of the CS336 assignment's schedule test (lr_max 1, lr_min 0.1, warmup 7,
@@ -84,7 +85,7 @@ fn run_clip(grads: &[Vec<f32>], shapes: &[Vec<usize>], max_norm: f32) -> (f32, V
         gs.push(Gradient { param, grad: t.id });
     }
     let (mut clipped, mut norm) = clip_grad_norm(&mut cx, &gs, max_norm);
-    crate::testing::device().compile(&mut cx, (&mut clipped, &mut norm));
+    device().compile(&mut cx, (&mut clipped, &mut norm));
     tensor::execute(&mut cx).unwrap();
     let read = |id: NodeIndex| {
         tensor::read_node(&cx, id, "a kept value")

@@ -10,6 +10,7 @@ use crate::graph::init;
 use crate::graph::params::{Parameters, StateDict};
 use crate::graph::tensor;
 use crate::testing::assert_close;
+use crate::testing::device;
 use luminal::prelude::*;
 use proptest::prelude::*;
 use std::path::Path;
@@ -124,9 +125,7 @@ fn data_shorter_than_the_context_is_refused() {
         train: Box::new(vec![1u32; 5]),
         val: Box::new(vec![1u32; 100]),
     };
-    let err = Trainer::new(config, short, crate::testing::device())
-        .err()
-        .unwrap();
+    let err = Trainer::new(config, short, device()).err().unwrap();
     assert!(
         err.to_string().contains("training data (5 tokens)"),
         "{err}"
@@ -146,7 +145,7 @@ fn out_of_vocabulary_ids_are_found_before_training() {
         train: Box::new(vec![1u32; 100]),
         val: Box::new(val),
     };
-    let err = Trainer::new(config, data, crate::testing::device())
+    let err = Trainer::new(config, data, device())
         .err()
         .unwrap()
         .to_string();
@@ -466,7 +465,7 @@ fn greedy_generation_follows_the_reference_model() {
     let dict = ModelConfig::Lm(cfg.clone())
         .init_weights(&mut init::rng(4))
         .unwrap();
-    let mut g = Generator::new(&ModelConfig::Lm(cfg.clone()), crate::testing::device()).unwrap();
+    let mut g = Generator::new(&ModelConfig::Lm(cfg.clone()), device()).unwrap();
     g.load(&dict).unwrap();
     let prompt = [3u32, 1, 4];
     let out = g
@@ -511,7 +510,7 @@ fn reference_gradients(
     let mask = tensor::input::<(Batch, Seq)>(&mut cx, "mask");
     let loss = lm_loss(&model, ids, targets, mask, Weighting::Token);
     let mut grads = backward(&mut cx, &params, loss.id).unwrap();
-    crate::testing::device().compile(&mut cx, &mut grads);
+    device().compile(&mut cx, &mut grads);
     let shape = [batch.batch, batch.context];
     tensor::set(
         ids,
@@ -547,8 +546,7 @@ fn train_steps_equal_gradients_then_clip_then_adamw() {
         weight_decay: 0.1,
         ..AdamWConfig::default()
     };
-    let mut step =
-        TrainStep::new(&model, &dict, adamw, Some(0.05), crate::testing::device()).unwrap();
+    let mut step = TrainStep::new(&model, &dict, adamw, Some(0.05), device()).unwrap();
     let data: Vec<u32> = (0..60).map(|i| (i * 5 + i / 7) % 11).collect();
     let mut rng = init::rng(2);
     let mut names: Vec<String> = vec![];
@@ -599,8 +597,7 @@ fn clipping_can_be_switched_off() {
     let batch = get_batch(data.as_slice(), 3, 6, &mut init::rng(2)).unwrap();
     let after_one_step = |max_norm: Option<f32>| {
         let adamw = AdamWConfig::default();
-        let mut step =
-            TrainStep::new(&model, &dict, adamw, max_norm, crate::testing::device()).unwrap();
+        let mut step = TrainStep::new(&model, &dict, adamw, max_norm, device()).unwrap();
         let stats = step.step(&TrainBatch::Lm(batch.clone()), 0.01).unwrap();
         (stats.grad_norm, step.weights().unwrap())
     };
@@ -619,7 +616,7 @@ fn clipping_can_be_switched_off() {
 /// must fall far below ln(11) = 2.40 (a uniform guess); 1.2 leaves room for the noise.
 #[test]
 fn training_lowers_the_loss_on_structured_data() {
-    let mut trainer = Trainer::new(tiny_run(60), pattern_data(), crate::testing::device()).unwrap();
+    let mut trainer = Trainer::new(tiny_run(60), pattern_data(), device()).unwrap();
     let before = trainer.eval_loss(2).unwrap();
     for _ in 0..60 {
         trainer.train_step().unwrap();
@@ -634,11 +631,11 @@ fn training_lowers_the_loss_on_structured_data() {
 fn resuming_from_a_checkpoint_is_bit_identical() {
     let dir = temp_dir("resume");
     let path = dir.join("ckpt.safetensors");
-    let mut straight = Trainer::new(tiny_run(8), pattern_data(), crate::testing::device()).unwrap();
+    let mut straight = Trainer::new(tiny_run(8), pattern_data(), device()).unwrap();
     for _ in 0..8 {
         straight.train_step().unwrap();
     }
-    let mut first = Trainer::new(tiny_run(8), pattern_data(), crate::testing::device()).unwrap();
+    let mut first = Trainer::new(tiny_run(8), pattern_data(), device()).unwrap();
     for _ in 0..4 {
         first.train_step().unwrap();
     }
@@ -646,7 +643,7 @@ fn resuming_from_a_checkpoint_is_bit_identical() {
     drop(first);
     let ckpt = Checkpoint::load(&path).unwrap();
     assert_eq!(ckpt.steps_done, 4);
-    let mut resumed = Trainer::resume(&ckpt, pattern_data(), crate::testing::device()).unwrap();
+    let mut resumed = Trainer::resume(&ckpt, pattern_data(), device()).unwrap();
     for _ in 0..4 {
         resumed.train_step().unwrap();
     }
@@ -666,7 +663,7 @@ fn resuming_from_a_checkpoint_is_bit_identical() {
 fn bad_checkpoints_are_named_and_refused() {
     let dir = temp_dir("badckpt");
     let good = dir.join("good.safetensors");
-    let trainer = Trainer::new(tiny_run(2), pattern_data(), crate::testing::device()).unwrap();
+    let trainer = Trainer::new(tiny_run(2), pattern_data(), device()).unwrap();
     trainer.checkpoint().unwrap().save(&good).unwrap();
     let bytes = std::fs::read(&good).unwrap();
     let expect_err = |path: &std::path::Path, needle: &str| {
@@ -696,14 +693,14 @@ fn bad_checkpoints_are_named_and_refused() {
         unreachable!()
     };
     c.d_ff = 16;
-    let err = Trainer::resume(&ckpt, pattern_data(), crate::testing::device())
+    let err = Trainer::resume(&ckpt, pattern_data(), device())
         .err()
         .unwrap();
     assert!(err.to_string().contains("ffn"), "{err}");
     // Missing moment tensor: refused before anything is written.
     let mut ckpt = Checkpoint::load(&good).unwrap();
     ckpt.adam_v.pop_first();
-    let err = Trainer::resume(&ckpt, pattern_data(), crate::testing::device())
+    let err = Trainer::resume(&ckpt, pattern_data(), device())
         .err()
         .unwrap();
     assert!(err.to_string().contains("AdamW v"), "{err}");
@@ -736,7 +733,7 @@ fn bad_checkpoints_are_named_and_refused() {
     let (name, t) = ckpt.weights.iter_mut().next().unwrap();
     t.data[0] = f32::NAN;
     let name = name.clone();
-    let err = Trainer::resume(&ckpt, pattern_data(), crate::testing::device())
+    let err = Trainer::resume(&ckpt, pattern_data(), device())
         .err()
         .unwrap()
         .to_string();
@@ -800,7 +797,7 @@ fn size_formulas_match_the_built_models() {
 fn absurd_sizes_are_refused_before_allocation() {
     let dir = temp_dir("absurd");
     let good = dir.join("good.safetensors");
-    let trainer = Trainer::new(tiny_run(2), pattern_data(), crate::testing::device()).unwrap();
+    let trainer = Trainer::new(tiny_run(2), pattern_data(), device()).unwrap();
     trainer.checkpoint().unwrap().save(&good).unwrap();
     let (tensors, meta) = crate::graph::params::read_safetensors_with_metadata(&good).unwrap();
     let mut config: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();
@@ -820,10 +817,7 @@ fn absurd_sizes_are_refused_before_allocation() {
             context_length: context,
             ..tiny_lm()
         });
-        let err = Generator::new(&big, crate::testing::device())
-            .err()
-            .unwrap()
-            .to_string();
+        let err = Generator::new(&big, device()).err().unwrap().to_string();
         assert!(
             err.contains("needs at least") && err.contains("available"),
             "{err}"
@@ -831,7 +825,7 @@ fn absurd_sizes_are_refused_before_allocation() {
     }
     let mut huge_batch = tiny_run(2);
     huge_batch.batch_size = 1_000_000_000_000;
-    let err = Trainer::new(huge_batch, pattern_data(), crate::testing::device())
+    let err = Trainer::new(huge_batch, pattern_data(), device())
         .err()
         .unwrap()
         .to_string();
@@ -848,7 +842,7 @@ fn absurd_sizes_are_refused_before_allocation() {
 fn resuming_on_other_data_is_refused_unless_waived() {
     let dir = temp_dir("otherdata");
     let path = dir.join("ckpt.safetensors");
-    let mut trainer = Trainer::new(tiny_run(4), pattern_data(), crate::testing::device()).unwrap();
+    let mut trainer = Trainer::new(tiny_run(4), pattern_data(), device()).unwrap();
     trainer.train_step().unwrap();
     trainer.checkpoint().unwrap().save(&path).unwrap();
     let ckpt = Checkpoint::load(&path).unwrap();
@@ -857,7 +851,7 @@ fn resuming_on_other_data_is_refused_unless_waived() {
         recorded.starts_with("300 + 100 tokens, fnv1a64 "),
         "{recorded}"
     );
-    Trainer::resume(&ckpt, pattern_data(), crate::testing::device()).unwrap();
+    Trainer::resume(&ckpt, pattern_data(), device()).unwrap();
 
     let changed = || {
         let TaskData::Tokens { train, val } = pattern_data() else {
@@ -871,7 +865,7 @@ fn resuming_on_other_data_is_refused_unless_waived() {
             val,
         }
     };
-    let err = Trainer::resume(&ckpt, changed(), crate::testing::device())
+    let err = Trainer::resume(&ckpt, changed(), device())
         .err()
         .unwrap()
         .to_string();
@@ -880,7 +874,7 @@ fn resuming_on_other_data_is_refused_unless_waived() {
         "{err}"
     );
     let waived = Checkpoint { data: None, ..ckpt };
-    Trainer::resume(&waived, changed(), crate::testing::device()).unwrap();
+    Trainer::resume(&waived, changed(), device()).unwrap();
 }
 
 /// `GradientGraph` serves any number of batches from one compiled graph: the same batch twice
@@ -892,7 +886,7 @@ fn resuming_on_other_data_is_refused_unless_waived() {
 fn gradients_for_any_batch_match_finite_differences() {
     let model = ModelConfig::Lm(tiny_lm());
     let weights = model.init_weights(&mut init::rng(4)).unwrap();
-    let mut gg = GradientGraph::new(&model, crate::testing::device()).unwrap();
+    let mut gg = GradientGraph::new(&model, device()).unwrap();
     gg.load(&weights).unwrap();
     let data: Vec<u32> = (0..60).map(|i| (i * 5 + i / 7) % 11).collect();
     let mut rng = init::rng(5);
@@ -904,7 +898,7 @@ fn gradients_for_any_batch_match_finite_differences() {
     assert_ne!(loss, loss_other);
     assert!(grads.keys().eq(weights.keys()));
 
-    let mut forward = LossGraph::new(&model, crate::testing::device()).unwrap();
+    let mut forward = LossGraph::new(&model, device()).unwrap();
     let mut pick = init::rng(6);
     for _ in 0..8 {
         use rand::Rng;
@@ -959,7 +953,7 @@ fn invalid_configs_are_named() {
 fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     let dir = temp_dir("nan");
     let path = dir.join("ckpt.safetensors");
-    let mut trainer = Trainer::new(tiny_run(4), pattern_data(), crate::testing::device()).unwrap();
+    let mut trainer = Trainer::new(tiny_run(4), pattern_data(), device()).unwrap();
     trainer.train_step().unwrap();
     let good = trainer.checkpoint().unwrap();
     good.save(&path).unwrap();

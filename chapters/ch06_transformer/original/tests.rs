@@ -4,6 +4,7 @@ use crate::ch06_transformer::{
 };
 use crate::graph::params::{Parameters, StateDict};
 use crate::testing::assert_close;
+use crate::testing::device;
 use luminal::prelude::Graph;
 use proptest::prelude::*;
 use rand::Rng;
@@ -32,14 +33,7 @@ fn graph_vs_loops(cfg: &Seq2SeqConfig, seed: u64, shape: [usize; 3], tol: f32) -
     let [b, t, s] = shape;
     let dict = init_seq2seq_weights(cfg, seed).unwrap();
     let (src, keep, tgt) = batch(seed, shape, cfg.vocab_size);
-    let got = run_seq2seq(
-        (&src, &keep, t),
-        (&tgt, s),
-        &dict,
-        cfg,
-        crate::testing::device(),
-    )
-    .unwrap();
+    let got = run_seq2seq((&src, &keep, t), (&tgt, s), &dict, cfg, device()).unwrap();
     assert_eq!(got.shape, vec![b, s, cfg.vocab_size]);
     let want = seq2seq_ref(&src, &keep, &tgt, &dict, cfg, shape);
     assert_close(&got.data, &want, tol).unwrap_or_else(|e| panic!("{:?}: {e}", cfg.architecture()));
@@ -218,7 +212,7 @@ proptest! {
             // Keep the tensors this architecture has (loading refuses unexpected ones).
             let names = init_seq2seq_weights(&tiny(arch), 0).unwrap();
             let own: StateDict = dict.iter().filter(|(k, _)| names.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
-            run_seq2seq((&src, &keep, 4), (&tgt, 3), &own, &tiny(arch), crate::testing::device()).unwrap().data
+            run_seq2seq((&src, &keep, 4), (&tgt, 3), &own, &tiny(arch), device()).unwrap().data
         };
         let (a, b) = (run(base), run(other));
         let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);

@@ -9,7 +9,7 @@ use crate::ch08_autograd::{backward, GradCheck};
 use crate::graph::dims::{Batch, DHead, DModel, MaxSeq, Seq};
 use crate::graph::params::{load_state_dict, Param, Parameters, StateDict};
 use crate::graph::tensor::{self, HostTensor};
-use crate::testing::{assert_close, uniform};
+use crate::testing::{assert_close, device, uniform};
 use luminal::prelude::*;
 use rand::Rng;
 
@@ -138,7 +138,7 @@ fn by_autograd(case: &BlockCase) -> (Vec<f32>, StateDict) {
     load_state_dict(&mut cx, &params, &case.dict).unwrap();
     let (x, loss) = block_loss(&mut cx, &block, case);
     let all = [params, vec![Param::of(x, &[b, s, d])]].concat();
-    let (_, grads) = GradCheck::new(&mut cx, all.clone(), loss, Some(crate::testing::device()))
+    let (_, grads) = GradCheck::new(&mut cx, all.clone(), loss, Some(device()))
         .unwrap()
         .run()
         .unwrap();
@@ -251,7 +251,7 @@ fn autograd_graph_and_hand_backward_sizes() {
     let mut grads = backward(&mut cx, &params, loss.id).unwrap();
     let built = cx.graph.node_count();
     let mut loss_id = loss.id;
-    crate::testing::device().compile(&mut cx, (&mut grads, &mut loss_id));
+    device().compile(&mut cx, (&mut grads, &mut loss_id));
     let counts = crate::graph::primitive::op_counts(&cx);
     let count = |kind: &str| counts.iter().find(|(k, _)| k == kind).map_or(0, |c| c.1);
     let (_, hand) = case.by_hand();

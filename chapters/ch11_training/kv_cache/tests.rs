@@ -4,6 +4,7 @@ use crate::ch06_transformer::{init_seq2seq_weights, lm_ref, seq2seq_ref, Seq2Seq
 use crate::ch11_training::{Generator, ModelConfig};
 use crate::graph::init;
 use crate::testing::assert_close;
+use crate::testing::device;
 
 /// Two layers (so the cache of layer 1 holds values that depend on layer 0's attention), a
 /// context of 12, random weights.
@@ -20,7 +21,7 @@ fn small_lm() -> TransformerConfig {
 }
 
 fn cached(cfg: &TransformerConfig, dict: &StateDict) -> CachedGenerator {
-    let mut g = CachedGenerator::new(cfg, crate::testing::device()).unwrap();
+    let mut g = CachedGenerator::new(cfg, device()).unwrap();
     g.load(dict).unwrap();
     g
 }
@@ -62,8 +63,7 @@ fn greedy_tokens_with_the_cache_equal_those_without() {
     let dict = ModelConfig::Lm(cfg.clone())
         .init_weights(&mut init::rng(2))
         .unwrap();
-    let mut plain =
-        Generator::new(&ModelConfig::Lm(cfg.clone()), crate::testing::device()).unwrap();
+    let mut plain = Generator::new(&ModelConfig::Lm(cfg.clone()), device()).unwrap();
     plain.load(&dict).unwrap();
     let prompt = [5u32, 1, 17];
     let greedy = Sampling::greedy();
@@ -131,7 +131,7 @@ fn seq2seq_configs() -> [Seq2SeqConfig; 2] {
 fn every_cached_decoder_step_matches_the_reference() {
     for (c, cfg) in seq2seq_configs().iter().enumerate() {
         let dict = init_seq2seq_weights(cfg, 5 + c as u64).unwrap();
-        let mut g = CachedSeq2Seq::new(cfg, crate::testing::device()).unwrap();
+        let mut g = CachedSeq2Seq::new(cfg, device()).unwrap();
         g.load(&dict).unwrap();
         let (b, t) = (3, 6);
         let src: Vec<u32> = (0..b * t).map(|i| 2 + (i as u32 * 5) % 11).collect();
@@ -163,8 +163,7 @@ fn seq2seq_greedy_tokens_with_the_cache_equal_those_without() {
         let dict = init_seq2seq_weights(cfg, 11 + c as u64).unwrap();
         let (b, t, len) = (3, 5, 9);
         let src: Vec<u32> = (0..b * t).map(|i| 2 + (i as u32 * 7) % 11).collect();
-        let mut plain =
-            Generator::new(&ModelConfig::Seq2Seq(cfg.clone()), crate::testing::device()).unwrap();
+        let mut plain = Generator::new(&ModelConfig::Seq2Seq(cfg.clone()), device()).unwrap();
         plain.load(&dict).unwrap();
         let greedy = Sampling::greedy();
         let want = (plain.generate_seq2seq(&src, b, 1, len, &greedy, &mut init::rng(0))).unwrap();
@@ -181,7 +180,7 @@ fn seq2seq_greedy_tokens_with_the_cache_equal_those_without() {
                 );
             }
         }
-        let mut g = CachedSeq2Seq::new(cfg, crate::testing::device()).unwrap();
+        let mut g = CachedSeq2Seq::new(cfg, device()).unwrap();
         g.load(&dict).unwrap();
         let got = g
             .generate(&src, b, 1, len, &greedy, &mut init::rng(0))

@@ -5,7 +5,8 @@ use rand::Rng;
 
 /// The device the tests run on: `DEVICE` from the environment (`cpu` when unset), so
 /// `DEVICE=cuda cargo test --features cuda` runs every chapter's tests on a GPU
-/// (`scripts/gpu_check.sh`). A bad value stops the test with the reason.
+/// (`scripts/gpu_check.sh`). A bad value stops the test with the reason. Tests about the CPU
+/// pipeline itself (compiled op listings, fusion, node counts) name `Device::Cpu` instead.
 pub fn device() -> crate::backend::Device {
     crate::backend::Device::from_env().unwrap_or_else(|e| panic!("DEVICE: {e}"))
 }

@@ -103,7 +103,7 @@ fn cpu_pipeline_accelerates_2d_matmul_where_stock_does_not() {
     };
     let mut ours = Graph::new();
     let mut g = affine(&mut ours);
-    device().compile(&mut ours, g.handles());
+    crate::backend::Device::Cpu.compile(&mut ours, g.handles());
     assert_eq!(count(&ours, "MatMul2D"), 1);
     assert_eq!(count(&ours, "SumReduce"), 0);
 
@@ -141,7 +141,7 @@ fn compiled_op_listing_snapshot() {
     let mut cx = Graph::new();
     let mut g = affine(&mut cx);
     let before = crate::graph::viz::op_listing(&cx);
-    device().compile(&mut cx, g.handles());
+    crate::backend::Device::Cpu.compile(&mut cx, g.handles());
     let after = crate::graph::viz::op_listing(&cx);
     insta::assert_snapshot!(format!(
         "as built:\n{before}\ncompiled for the CPU:\n{after}"
@@ -222,7 +222,7 @@ fn exercise_exp_records_three_nodes_and_fuses_to_one() {
     let built = crate::graph::viz::op_listing(&cx);
     assert!(built.contains("Constant(1.442695)"), "{built}");
     assert!(built.contains("Exp2("), "{built}");
-    device().compile(&mut cx, (&mut x, &mut y));
+    crate::backend::Device::Cpu.compile(&mut cx, (&mut x, &mut y));
     assert_eq!(cx.graph.node_count(), 3);
     let compiled = crate::graph::viz::op_listing(&cx);
     assert!(compiled.contains("Fused(Mul, Exp2)"), "{compiled}");

@@ -213,14 +213,24 @@ fn norm_only(cx: &mut Graph, grads: &[Gradient]) -> NodeIndex {
     global_norm(cx, &flat).keep().id
 }
 
-/// The global L2 norm of every updated weight, as a kept node: finite exactly when every
-/// weight is (short of the sum of squares overflowing, which needs weights near 1e19). One
-/// scalar crosses from a GPU instead of every weight.
-fn updated_weights_norm(cx: &mut Graph, opt: &AdamW) -> NodeIndex {
-    let flat: Vec<Flat> = (opt.slots.iter())
-        .map(|s| Flat::new(cx, s.new_param, s.param.numel()))
+/// One scalar that says whether every updated weight is finite: the sum of `w * 0` over all of
+/// them is 0 when they are and NaN when any is not (`0 * inf` and `0 * NaN` are NaN). Not a
+/// norm: a sum of squares would overflow for finite weights above ~1e19. One scalar crosses
+/// from a GPU instead of every weight.
+fn updated_weights_check(cx: &mut Graph, opt: &AdamW) -> NodeIndex {
+    let nodes: Vec<(NodeIndex, usize)> = (opt.slots.iter())
+        .map(|s| (s.new_param, s.param.numel()))
         .collect();
-    global_norm(cx, &flat).id
+    finite_check(cx, &nodes)
+}
+
+/// Σ (x · 0) over the `(node, length)` buffers: 0 when every value is finite, NaN otherwise.
+pub(super) fn finite_check(cx: &mut Graph, nodes: &[(NodeIndex, usize)]) -> NodeIndex {
+    let sums = nodes
+        .iter()
+        .map(|&(id, n)| (Flat::new(cx, id, n) * 0.0).sum());
+    let total = sums.reduce(|a, b| a + b);
+    total.unwrap_or_else(|| Flat::constant(cx, 0.0)).id
 }
 
 /// The value of a kept scalar node after a run.
@@ -252,7 +262,7 @@ pub struct TrainStep {
     inputs: Inputs,
     loss: NodeIndex,
     grad_norm: NodeIndex,
-    update_norm: NodeIndex,
+    update_check: NodeIndex,
     /// The optimiser: its slots name every parameter (ids valid after compiling).
     pub opt: AdamW,
 }
@@ -271,7 +281,7 @@ impl TrainStep {
                 "max_grad_norm must be positive and finite (or None for no clipping), got {m}"
             )));
         }
-        // ANCHOR: learn_train_step_new ch11: one graph for the whole step: Model::new, params::load_state_dict, Inputs::with_loss, backward (ch08) of the loss, clip_grad_norm (ch10) or norm_only, AdamW::new (ch09) on the clipped grads, updated_weights_norm; keep + retrieve the loss, the norm and the update norm; device.compile every handle; Self { .. }
+        // ANCHOR: learn_train_step_new ch11: one graph for the whole step: Model::new, params::load_state_dict, Inputs::with_loss, backward (ch08) of the loss, clip_grad_norm (ch10) or norm_only, AdamW::new (ch09) on the clipped grads, updated_weights_check; keep + retrieve the loss, the norm and the check; device.compile every handle; Self { .. }
         let mut cx = Box::new(Graph::new());
         let mut model = Model::new(&mut cx, config)?;
         let params = model.params();
@@ -286,11 +296,11 @@ impl TrainStep {
             }
         };
         let mut opt = AdamW::new(&mut cx, &clipped, adamw)?;
-        // One number says whether every updated weight is finite (NaN and inf reach the norm).
-        let mut update_norm = updated_weights_norm(&mut cx, &opt);
+        // One number says whether every updated weight is finite.
+        let mut update_check = updated_weights_check(&mut cx, &opt);
         // The three scalars read after every step come back to the host; nothing else does.
         let mut loss = loss.id;
-        for id in [loss, grad_norm, update_norm] {
+        for id in [loss, grad_norm, update_check] {
             cx.keep_tensors(id);
             cx.to_retrieve.insert(id);
         }
@@ -299,7 +309,7 @@ impl TrainStep {
             (
                 &mut model,
                 &mut inputs,
-                (&mut loss, &mut grad_norm, &mut update_norm),
+                (&mut loss, &mut grad_norm, &mut update_check),
                 &mut opt,
             ),
         );
@@ -309,7 +319,7 @@ impl TrainStep {
             inputs,
             loss,
             grad_norm,
-            update_norm,
+            update_check,
             opt,
         })
         // ANCHOR_END: learn_train_step_new
@@ -318,7 +328,7 @@ impl TrainStep {
     /// One step at learning rate `lr`. A non-finite loss or gradient is an error and leaves
     /// the weights and moments as they were (the update is only committed when all is finite).
     pub fn step(&mut self, batch: &TrainBatch, lr: f32) -> Result<StepStats> {
-        // ANCHOR: learn_train_step_step ch11: opt.prepare(lr), inputs.feed, tensor::execute; read the loss, the grad norm and the updated weights' norm (scalar); if one is not finite -> NonFinite error, weights untouched; else opt.advance -> StepStats
+        // ANCHOR: learn_train_step_step ch11: opt.prepare(lr), inputs.feed, tensor::execute; read the loss, the grad norm and the update check (scalar); if one is not finite -> NonFinite error, weights untouched; else opt.advance -> StepStats
         self.opt.prepare(&mut self.cx, lr);
         self.inputs.feed(&self.model, batch)?;
         tensor::execute(&mut self.cx)?;
@@ -326,7 +336,7 @@ impl TrainStep {
         let grad_norm = scalar(&self.cx, self.grad_norm, "the gradient norm")?;
         // The updated weights too: a huge step can overflow them while the loss is still fine.
         let finite_update =
-            scalar(&self.cx, self.update_norm, "the updated weights' norm")?.is_finite();
+            scalar(&self.cx, self.update_check, "the updated weights' check")?.is_finite();
         if !(loss.is_finite() && grad_norm.is_finite() && finite_update) {
             return Err(CourseError::NonFinite(format!(
                 "step {}: loss {loss}, gradient norm {grad_norm}{}; weights left as before this step",

@@ -1041,3 +1041,26 @@ fn exercise_sampling_distributions() {
     assert!((got[0].1 - 1.0 / (1.0 + h)).abs() < 1e-4, "{got:?}");
     assert!((got[0].1 - 0.6225).abs() < 1e-4 && (got[1].1 - 0.3775).abs() < 1e-4);
 }
+
+/// The train step's check of the updated weights: Σ (x · 0) is exactly 0 for finite values,
+/// even ones whose squares (or sum) would overflow, and NaN as soon as one value is infinite
+/// or NaN. Hand-derived: 0 · x = ±0 for finite x; 0 · ±inf and 0 · NaN are NaN.
+#[test]
+fn the_update_check_is_nan_exactly_when_a_weight_is_not_finite() {
+    let check = |values: &[f32]| {
+        let mut cx = Graph::new();
+        let a = tensor::input::<(Dyn<'n'>,)>(&mut cx, "a");
+        let b = tensor::input::<(Dyn<'m'>,)>(&mut cx, "b");
+        tensor::set(a, &[2], vec![1.0, -2.0]).unwrap();
+        tensor::set(b, &[values.len()], values.to_vec()).unwrap();
+        let mut out = super::step::finite_check(&mut cx, &[(a.id, 2), (b.id, values.len())]);
+        cx.keep_tensors(out);
+        device().compile(&mut cx, &mut out);
+        tensor::execute(&mut cx).unwrap();
+        tensor::read_node(&cx, out, "the check").unwrap()[0]
+    };
+    assert_eq!(check(&[0.5, 3.0e38, -3.0e38, f32::MAX]), 0.0);
+    assert!(check(&[0.5, f32::INFINITY]).is_nan());
+    assert!(check(&[f32::NEG_INFINITY, 1.0]).is_nan());
+    assert!(check(&[1.0, f32::NAN, 2.0]).is_nan());
+}

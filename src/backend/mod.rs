@@ -15,8 +15,6 @@ use luminal::prelude::*;
 
 use crate::graph::error::CourseError;
 
-#[cfg(feature = "cuda")]
-mod cuda;
 pub mod fast_cpu;
 mod passes;
 pub use passes::*;
@@ -49,7 +47,7 @@ impl Device {
             #[cfg(feature = "cuda")]
             Device::Cuda => {
                 // luminal_cuda's compiler opens GPU 0 with an `unwrap`: say what is missing instead.
-                if let Err(e) = cuda::check_gpu() {
+                if let Err(e) = crate::graph::cuda::check_gpu() {
                     panic!("{e}");
                 }
                 cx.compile(
@@ -103,7 +101,7 @@ impl std::str::FromStr for Device {
             "cpu-stock" => Ok(Device::CpuStock),
             "interpreter" => Ok(Device::Interpreter),
             #[cfg(feature = "cuda")]
-            "cuda" => cuda::check_gpu().map(|()| Device::Cuda),
+            "cuda" => crate::graph::cuda::check_gpu().map(|()| Device::Cuda),
             #[cfg(not(feature = "cuda"))]
             "cuda" => Err(CourseError::Config(
                 "device 'cuda': this binary was built without the `cuda` feature \
@@ -115,19 +113,4 @@ impl std::str::FromStr for Device {
             ))),
         }
     }
-}
-
-/// The values of a computed tensor on the host, wherever the tensor lives: a borrow of a CPU
-/// buffer, or (CUDA) a copy back through `luminal_cuda`'s own copy-from-device op. `None` when
-/// the data is of a kind neither knows. Every read of a result goes through here
-/// ([`crate::graph::tensor::host_values`]).
-pub fn to_host(tensor: &Tensor) -> Option<std::borrow::Cow<'_, [f32]>> {
-    if let Some(v) = tensor.data.as_any().downcast_ref::<Vec<f32>>() {
-        return Some(std::borrow::Cow::Borrowed(v.as_slice()));
-    }
-    #[cfg(feature = "cuda")]
-    if let Some(v) = cuda::copy_to_host(tensor) {
-        return Some(std::borrow::Cow::Owned(v));
-    }
-    None
 }

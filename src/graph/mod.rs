@@ -3,6 +3,8 @@
 //! their files, the primitive ops and graph queries, flat-buffer graph math, and pictures of
 //! graphs. Nothing here imports a chapter or the backend.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dims;
 pub mod error;
 pub mod files;

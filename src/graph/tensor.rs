@@ -243,12 +243,12 @@ pub fn read_node<'a>(cx: &'a Graph, id: NodeIndex, what: &str) -> Result<Cow<'a,
 
 /// The one device-aware read every result goes through: the physical buffer of node `id` on
 /// the host. On the CPU a borrow; on CUDA a copy back from the GPU
-/// ([`crate::backend::to_host`]). `what` names the value in the error if it has none.
+/// ([`to_host`]). `what` names the value in the error if it has none.
 pub fn host_values<'a>(cx: &'a Graph, id: NodeIndex, what: &str) -> Result<Cow<'a, [f32]>> {
     let tensor = cx
         .get_tensor_ref(id, 0)
         .ok_or_else(|| CourseError::NotComputed { what: what.into() })?;
-    crate::backend::to_host(tensor).ok_or_else(|| CourseError::NotComputed {
+    to_host(tensor).ok_or_else(|| CourseError::NotComputed {
         what: format!("{what} (its data is of a kind no device here can read)"),
     })
 }
@@ -294,4 +294,19 @@ pub fn execute(cx: &mut Graph) -> Result<()> {
     check_ready(cx)?;
     cx.execute();
     Ok(())
+}
+
+/// The values of a computed tensor on the host, wherever the tensor lives: a borrow of a CPU
+/// buffer, or (CUDA) a copy back through `luminal_cuda`'s own copy-from-device op. `None` when
+/// the data is of a kind neither knows. Every read of a result goes through here
+/// ([`host_values`]).
+pub fn to_host(tensor: &Tensor) -> Option<std::borrow::Cow<'_, [f32]>> {
+    if let Some(v) = tensor.data.as_any().downcast_ref::<Vec<f32>>() {
+        return Some(std::borrow::Cow::Borrowed(v.as_slice()));
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(v) = crate::graph::cuda::copy_to_host(tensor) {
+        return Some(std::borrow::Cow::Owned(v));
+    }
+    None
 }

@@ -1,10 +1,11 @@
-//! The CUDA side of the backend: is there a GPU, and how a device buffer comes back to the host.
+//! Device data on CUDA: is there a GPU, and how a device buffer comes back to the host (the
+//! foundation's reads, [`crate::graph::tensor::host_values`], and `Device::Cuda` use it).
 //!
 //! `luminal_cuda` 0.2.0 keeps its device buffer type's field and its copy ops private. Its
 //! compiler inserts a `CudaCopyFromDevice` op in front of every node in `to_retrieve`, so those
-//! arrive on the host by themselves; other kept values (the gradient norm, AdamW's moments,
-//! the weights that stay on the GPU between steps) are read on demand by running that same op,
-//! taken once from a tiny compiled graph, on the device buffer. See the book's appendix B,
+//! arrive on the host by themselves; other kept values (the weights and AdamW's moments, which
+//! stay on the GPU between steps and are read for a checkpoint) are read on demand by running
+//! that same op, taken once from a tiny compiled graph, on the device buffer. See the book's appendix B,
 //! "CUDA".
 
 use std::cell::RefCell;

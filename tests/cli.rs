@@ -241,6 +241,12 @@ fn kill_9_during_saves_loses_nothing() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // A busy machine may need longer than `wait_ms` for the graphs and the first save:
+        // wait for a checkpoint first (up to 2 minutes), so every kill lands in a saving run.
+        let start = std::time::Instant::now();
+        while !ckpt.exists() && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         std::thread::sleep(Duration::from_millis(wait_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

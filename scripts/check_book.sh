@@ -9,15 +9,16 @@ cd "$(dirname "$0")/.."
 fail() { echo "check_book: FAILED: $*" >&2; exit 1; }
 step() { echo "check_book: $*"; }
 
-# (a) The crate's rlibs for the book's code blocks, in their own target dir. Old builds leave
-#     rlibs of other versions (other features, other hashes) in the same deps folder, and
-#     `mdbook test -L` then fails with E0464; so link exactly this build's artifacts, as cargo
-#     reports them, into a folder of their own.
-step "building the crate for the doctests (target/mdbook)"
+# (a) The crate's rlibs for the book's code blocks. They are built in the course's own target
+#     folder (the dependencies are the ones `cargo test` already built: nothing is compiled
+#     twice), but that folder holds rlibs of other builds too (other features, other hashes),
+#     and `mdbook test -L target/debug/deps` would then fail with E0464; so link exactly this
+#     build's artifacts, as cargo reports them, into a folder of their own.
+step "building the crate for the doctests (cargo build --lib)"
 deps=target/mdbook/book-deps
 mkdir -p target/mdbook
-cargo build --lib --target-dir target/mdbook --message-format=json >target/mdbook/build.json ||
-    fail "cargo build --lib --target-dir target/mdbook"
+cargo build --lib --message-format=json >target/mdbook/build.json ||
+    fail "cargo build --lib"
 rm -rf "$deps" && mkdir -p "$deps"
 python3 - "$deps" target/mdbook/build.json <<'PY' || fail "could not collect the build's rlibs"
 import json, os, sys
@@ -70,7 +71,7 @@ external=$(grep -rhoiE "$pattern" --include='*.html' --include='*.css' "$out" | 
 # (e) Compile and run the book's Rust code blocks against the crate built in (a).
 step "mdbook test book"
 if ! mdbook test book -L "$deps" 2>&1 | tee "$test_log"; then
-    grep -q E0464 "$test_log" && fail "two builds of one crate in $deps (E0464): rm -rf target/mdbook"
+    grep -q E0464 "$test_log" && fail "two builds of one crate in $deps (E0464): rm -rf target/mdbook and run again"
     fail "mdbook test book: a code block failed (log: $test_log)"
 fi
 step "ok"

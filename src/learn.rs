@@ -128,6 +128,49 @@ pub fn stub(file: &Path, text: &str, chapters: Option<&[String]>) -> Result<Stri
     Ok(text)
 }
 
+/// The environment variable that turns a [`switched`] chapter's exercises into stubs.
+pub const STUBBED_VAR: &str = "COURSE_STUBBED";
+
+/// `text` with every exercise made switchable (for `learn check`): the solution stays, preceded
+/// by the exercise's stub, which runs instead when the environment variable [`STUBBED_VAR`]
+/// names the exercise's chapter. One build of such a crate then checks every chapter's tests
+/// against that chapter's stubs, where a crate per chapter took one build each. The block
+/// keeps the solution's names to itself, as a `todo!()` in its place would.
+pub fn switched(file: &Path, text: &str) -> Result<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    let mut next = 0;
+    for ex in parse(file, text)? {
+        out.extend(lines[next..ex.lines.start].iter().map(|l| l.to_string()));
+        let i = &ex.indent;
+        out.push(format!(
+            "{i}{{ static STUBBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();"
+        ));
+        out.push(format!(
+            "{i}if *STUBBED.get_or_init(|| std::env::var_os({STUBBED_VAR:?}).is_some_and(|c| c == {:?})) {{",
+            ex.chapter
+        ));
+        out.push(format!("    {}", ex.stub_line()));
+        out.push(format!("{i}}}"));
+        out.extend(lines[ex.lines.clone()].iter().map(|l| l.to_string()));
+        out.push(format!("{i}}}"));
+        next = ex.lines.end;
+    }
+    out.extend(lines[next..].iter().map(|l| l.to_string()));
+    Ok(out.join("\n") + "\n")
+}
+
+/// Make every exercise of the workspace `dir` switchable ([`switched`]).
+pub fn switch_workspace(root: &Path, dir: &Path) -> Result<()> {
+    for file in chapter_files(root)? {
+        let text = read(&root.join(&file))?;
+        if !parse(&file, &text)?.is_empty() {
+            write(&dir.join(&file), &switched(&file, &text)?)?;
+        }
+    }
+    Ok(())
+}
+
 /// Every `.rs` file under `root/chapters`, relative to `root`, sorted.
 fn chapter_files(root: &Path) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, root: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
@@ -253,9 +296,42 @@ pub struct TestRun {
     pub build_error: Option<String>,
 }
 
-/// Run the library tests of `chapter` (e.g. `ch02`) in the crate at `dir`.
-pub fn run_chapter_tests(dir: &Path, chapter: &str, target_dir: Option<&Path>) -> Result<TestRun> {
+/// Build the library's tests in the crate at `dir` without running them: `Some(first lines
+/// of the error)` if it does not compile.
+pub fn build_tests(dir: &Path, target_dir: &Path) -> Result<Option<String>> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(dir)
+        .args(["test", "--lib", "--no-run"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .output()
+        .map_err(|source| CourseError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    Ok((!out.status.success()).then(|| first_error(&String::from_utf8_lossy(&out.stderr))))
+}
+
+/// The first error of a cargo build's output, up to 12 lines.
+fn first_error(stderr: &str) -> String {
+    (stderr.lines())
+        .skip_while(|l| !l.starts_with("error"))
+        .take(12)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Run the library tests of `chapter` (e.g. `ch02`) in the crate at `dir`. With `stubbed`,
+/// the crate is a [`switched`] one and that chapter's stubs run instead of its solutions.
+pub fn run_chapter_tests(
+    dir: &Path,
+    chapter: &str,
+    target_dir: Option<&Path>,
+    stubbed: bool,
+) -> Result<TestRun> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if stubbed {
+        cmd.env(STUBBED_VAR, chapter);
+    }
     cmd.current_dir(dir)
         .args([
             "test",
@@ -277,12 +353,7 @@ pub fn run_chapter_tests(dir: &Path, chapter: &str, target_dir: Option<&Path>) -
     let stderr = String::from_utf8_lossy(&out.stderr);
     let mut run = TestRun::default();
     if !stdout.contains("running ") {
-        let first_error = (stderr.lines())
-            .skip_while(|l| !l.starts_with("error"))
-            .take(12)
-            .collect::<Vec<_>>()
-            .join("\n");
-        run.build_error = Some(first_error);
+        run.build_error = Some(first_error(&stderr));
         return Ok(run);
     }
     let mut messages: BTreeMap<String, String> = BTreeMap::new();
@@ -358,6 +429,27 @@ pub fn double(x: f32) -> f32 {
         assert!(parse(file, &stubbed).unwrap()[0].is_stub(&lines));
         let lines: Vec<&str> = SOLUTION.lines().collect();
         assert!(!ex[0].is_stub(&lines));
+    }
+
+    #[test]
+    fn a_switched_body_keeps_the_solution_behind_its_chapters_stub() {
+        let file = Path::new("chapters/ch02/mod.rs");
+        let want = "\
+pub fn double(x: f32) -> f32 {
+    // ANCHOR: learn_double ch02: y = 2 x, with {braces} and \"quotes\"
+    { static STUBBED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *STUBBED.get_or_init(|| std::env::var_os(\"COURSE_STUBBED\").is_some_and(|c| c == \"ch02\")) {
+        todo!(\"ch02 double: y = 2 x, with {{braces}} and \\\"quotes\\\"\")
+    }
+    let y = 2.0 * x;
+    y
+    }
+    // ANCHOR_END: learn_double
+}
+";
+        assert_eq!(switched(file, SOLUTION).unwrap(), want);
+        // A file without exercises is unchanged.
+        assert_eq!(switched(file, "fn f() {}\n").unwrap(), "fn f() {}\n");
     }
 
     #[test]

@@ -382,3 +382,75 @@ fn exp2_edges() {
         assert_eq!(exp2(n as f32), (n as f32).exp2(), "2^{n}");
     }
 }
+
+type Bt = Dyn<'b'>;
+type Mt = Dyn<'m'>;
+type Nt = Dyn<'n'>;
+type Kt = Dyn<'k'>;
+
+/// A batched product as the chapters build one (broadcast multiply, sum over the last axis),
+/// which the backend runs as `StridedMatMul`: with `blocks`, (b, m, k) x (b, n, k) -> (b, m, n)
+/// (attention's `q k^T`: each batch element owns a block of the output); otherwise
+/// (b, m, k) x (b, n, k) -> (m, b, n), where the rows of one product are not contiguous.
+fn strided_product(
+    device: Device,
+    dims: [usize; 4],
+    blocks: bool,
+    a: &[f32],
+    b: &[f32],
+) -> Vec<f32> {
+    let [nb, m, n, k] = dims;
+    let mut cx = Graph::new();
+    let mut x = tensor::input::<(Bt, Mt, Kt)>(&mut cx, "a");
+    let mut y = tensor::input::<(Bt, Nt, Kt)>(&mut cx, "b");
+    tensor::set(x, &[nb, m, k], a.to_vec()).unwrap();
+    tensor::set(y, &[nb, n, k], b.to_vec()).unwrap();
+    let mut out = if blocks {
+        let xe = x.expand::<(Bt, Mt, Nt, Kt), Axis<2>>();
+        let ye = y.expand::<(Bt, Mt, Nt, Kt), Axis<1>>();
+        (xe * ye)
+            .sum_reduce::<(Bt, Mt, Nt), Axis<3>>()
+            .retrieve()
+            .id
+    } else {
+        let xe = x
+            .permute::<(Mt, Bt, Kt), _>()
+            .expand::<(Mt, Bt, Nt, Kt), Axis<2>>();
+        let ye = y.expand::<(Mt, Bt, Nt, Kt), Axis<0>>();
+        (xe * ye)
+            .sum_reduce::<(Mt, Bt, Nt), Axis<3>>()
+            .retrieve()
+            .id
+    };
+    device.compile(&mut cx, (&mut x, &mut y, &mut out));
+    if device == Device::Cpu {
+        let kinds = transformer_course::graph::primitive::op_counts(&cx);
+        assert!(kinds.iter().any(|(k, _)| k == "StridedMatMul"), "{kinds:?}");
+    }
+    tensor::execute(&mut cx).unwrap();
+    tensor::read_node(&cx, out, "product").unwrap().to_vec()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// `StridedMatMul` against the interpreter, in both layouts, small and big enough to be
+    /// split across threads. sgemm sums in blocks: 1e-5 relative, as above.
+    #[test]
+    fn strided_matmul_equals_the_interpreter(
+        nb in 1usize..5, m in 1usize..40, n in 1usize..40, k in 1usize..40,
+        blocks in any::<bool>(), big in any::<bool>(), seed in any::<u64>(),
+    ) {
+        use rand::Rng;
+        let (nb, m) = if big { (nb * 8, m + 60) } else { (nb, m) };
+        let mut rng = init::rng(seed);
+        let a: Vec<f32> = (0..nb * m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let b: Vec<f32> = (0..nb * n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let dims = [nb, m, n, k];
+        let fast = strided_product(Device::Cpu, dims, blocks, &a, &b);
+        let slow = strided_product(Device::Interpreter, dims, blocks, &a, &b);
+        prop_assert_eq!(fast.len(), nb * m * n);
+        for (f, r) in fast.iter().zip(&slow) {
+            prop_assert!((f - r).abs() <= 1e-5 * r.abs().max(1.0), "{} vs {}", f, r);
+        }
+    }
+}

@@ -109,19 +109,60 @@ impl std::fmt::Debug for FusedElementwise {
 /// Elements per block: every step's result for one block fits in L1 together.
 pub(super) const BLOCK: usize = 256;
 
-// ANCHOR: apply
-/// `dst[i] = f(a[i], b[i])`: a loop the compiler vectorises.
+/// An element of a fused op's output while it is being written.
+pub(super) type Uninit = std::mem::MaybeUninit<f32>;
+
+/// Initialised values, to be overwritten by a kernel.
 #[inline(always)]
-fn apply2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+pub(super) fn as_uninit(x: &mut [f32]) -> &mut [Uninit] {
+    // SAFETY: same layout; the kernels only write initialised values through the result.
+    unsafe { &mut *(x as *mut [f32] as *mut [Uninit]) }
+}
+
+/// The values of a reused input, read from the output buffer it became.
+#[inline(always)]
+fn reused(x: &[Uninit]) -> &[f32] {
+    // SAFETY: the reused buffer held the input's values, and each element is either still
+    // that value or already this op's result: initialised either way.
+    unsafe { &*(x as *const [Uninit] as *const [f32]) }
+}
+
+/// A buffer to be overwritten (no copy).
+fn into_uninit(v: Vec<f32>) -> Vec<Uninit> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: same layout and allocation; initialised values are valid `MaybeUninit`s.
+    unsafe { Vec::from_raw_parts(ptr.cast::<Uninit>(), len, cap) }
+}
+
+/// The finished output.
+///
+/// # Safety
+///
+/// Every element of `v` must have been written.
+unsafe fn assume_init(v: Vec<Uninit>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: same layout and allocation; every element initialised (the caller's contract).
+    unsafe { Vec::from_raw_parts(ptr.cast::<f32>(), len, cap) }
+}
+
+// ANCHOR: apply
+/// `dst[i] = f(a[i], b[i])`: a loop the compiler vectorises. (`dst` may be uninitialised
+/// memory, the op's new output: it is only written.)
+#[inline(always)]
+fn apply2(dst: &mut [Uninit], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
     for ((d, &p), &q) in dst.iter_mut().zip(a).zip(b) {
-        *d = f(p, q);
+        d.write(f(p, q));
     }
 }
 
 /// `dst[i] = f(a[i])`.
 #[inline(always)]
-fn apply1(dst: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
-    dst.iter_mut().zip(a).for_each(|(d, &p)| *d = f(p));
+fn apply1(dst: &mut [Uninit], a: &[f32], f: impl Fn(f32) -> f32) {
+    dst.iter_mut().zip(a).for_each(|(d, &p)| {
+        d.write(f(p));
+    });
 }
 
 // ANCHOR: exp2
@@ -152,7 +193,7 @@ pub fn exp2(x: f32) -> f32 {
 
 /// Run one step over a block.
 #[inline(always)]
-fn run_step(step: Step, a: &[f32], b: &[f32], dst: &mut [f32]) {
+fn run_step(step: Step, a: &[f32], b: &[f32], dst: &mut [Uninit]) {
     match step {
         Step::Add => apply2(dst, a, b, |x, y| x + y),
         Step::Mul => apply2(dst, a, b, |x, y| x * y),
@@ -170,8 +211,12 @@ fn run_step(step: Step, a: &[f32], b: &[f32], dst: &mut [f32]) {
 
 /// Runs the program over one block: `inputs` hold the block's input values, `out.len()` of
 /// them each; every step writes its own register.
-pub(super) type Kernel =
-    for<'a> fn(&[(Step, [Arg; 2])], &dyn Fn(usize) -> &'a [f32], &mut [[f32; BLOCK]], &mut [f32]);
+pub(super) type Kernel = for<'a> fn(
+    &[(Step, [Arg; 2])],
+    &dyn Fn(usize) -> &'a [f32],
+    &mut [[f32; BLOCK]],
+    &mut [Uninit],
+);
 
 /// The block kernel for this CPU, chosen once per op (not per block): AVX2 when the CPU has it.
 pub(super) fn kernel() -> Kernel {
@@ -188,7 +233,7 @@ fn run_avx2_detected<'a>(
     steps: &[(Step, [Arg; 2])],
     inputs: &dyn Fn(usize) -> &'a [f32],
     regs: &mut [[f32; BLOCK]],
-    out: &mut [f32],
+    out: &mut [Uninit],
 ) {
     // SAFETY: `kernel` hands out this function only after detecting AVX2.
     unsafe { run_avx2(steps, inputs, regs, out) }
@@ -202,7 +247,7 @@ unsafe fn run_avx2<'a>(
     steps: &[(Step, [Arg; 2])],
     inputs: &dyn Fn(usize) -> &'a [f32],
     regs: &mut [[f32; BLOCK]],
-    out: &mut [f32],
+    out: &mut [Uninit],
 ) {
     run_any(steps, inputs, regs, out)
 }
@@ -212,7 +257,7 @@ fn run_any<'a>(
     steps: &[(Step, [Arg; 2])],
     inputs: &dyn Fn(usize) -> &'a [f32],
     regs: &mut [[f32; BLOCK]],
-    out: &mut [f32],
+    out: &mut [Uninit],
 ) {
     let n = out.len();
     let last = steps.len() - 1;
@@ -226,7 +271,7 @@ fn run_any<'a>(
         let dst = if s == last {
             &mut *out
         } else {
-            &mut rest[0][..n]
+            as_uninit(&mut rest[0][..n])
         };
         run_step(step, arg(args[0]), arg(args[1]), dst);
     }
@@ -239,7 +284,7 @@ fn fill(
     views: &[View],
     srcs: &[&[f32]],
     reuse: Option<usize>,
-    out: &mut [f32],
+    out: &mut [Uninit],
 ) {
     let run = kernel();
     let row_len = views[0].axes.last().map_or(1, |a| a.len);
@@ -265,7 +310,7 @@ fn fill(
                     for (j, row) in rows.iter().enumerate() {
                         match *row {
                             _ if reuse == Some(j) => {
-                                loaded[j].copy_from_slice(&part[done..done + BLOCK])
+                                loaded[j].copy_from_slice(reused(&part[done..done + BLOCK]))
                             }
                             Row::Dense(_) => {}
                             _ => row.read_into(srcs[j], i, &mut loaded[j]),
@@ -291,7 +336,7 @@ fn fill(
                 for (j, row) in rows.iter().enumerate() {
                     let dst = &mut loaded[j][filled..filled + take];
                     match reuse {
-                        Some(r) if r == j => dst.copy_from_slice(&part[at..at + take]),
+                        Some(r) if r == j => dst.copy_from_slice(reused(&part[at..at + take])),
                         _ => row.read_into(srcs[j], i, dst),
                     }
                 }
@@ -358,7 +403,7 @@ impl Operator for FusedElementwise {
                 .for_each(|v| v.axes.swap(rank - 2, rank - 1));
             let srcs: Vec<&[f32]> = inp.iter().map(|(t, _)| data(t)).collect();
             let mut columns = vec![0.0f32; len];
-            fill(&self.steps, &views, &srcs, None, &mut columns);
+            fill(&self.steps, &views, &srcs, None, as_uninit(&mut columns));
             let mut out = vec![0.0f32; len];
             let plane = row_len * mid_len;
             par_rows(&mut out, row_len, |part, first| {
@@ -381,21 +426,27 @@ impl Operator for FusedElementwise {
         let reuse = (0..inp.len()).find(|&j| {
             plain[j] && matches!(inp[j].0, InputTensor::Owned(_)) && data(&inp[j].0).len() == len
         });
-        let mut out = match reuse.map(|j| &mut inp[j].0) {
-            Some(InputTensor::Owned(t)) => std::mem::take(
-                t.data
-                    .as_any_mut()
-                    .downcast_mut::<Vec<f32>>()
-                    .expect("f32 tensors"),
-            ),
-            _ => vec![0.0f32; len],
+        let mut out: Vec<Uninit> = match reuse.map(|j| &mut inp[j].0) {
+            Some(InputTensor::Owned(t)) => {
+                let buffer = std::mem::take(
+                    t.data
+                        .as_any_mut()
+                        .downcast_mut::<Vec<f32>>()
+                        .expect("f32 tensors"),
+                );
+                if self.steps.len() == 1 && self.steps[0].0 == Step::Copy {
+                    return tensor(buffer); // `Contiguous` of a buffer nobody else reads
+                }
+                into_uninit(buffer)
+            }
+            // Not zeroed: every element is written below (a `vec![0.0; len]` here spent 4 %
+            // of a training step setting memory that was then overwritten).
+            _ => std::iter::repeat_with(Uninit::uninit).take(len).collect(),
         };
-        if reuse.is_some() && self.steps.len() == 1 && self.steps[0].0 == Step::Copy {
-            return tensor(out); // `Contiguous` of a buffer nobody else reads: that buffer
-        }
         let srcs: Vec<&[f32]> = inp.iter().map(|(t, _)| data(t)).collect();
         fill(&self.steps, &views, &srcs, reuse, &mut out);
-        tensor(out)
+        // SAFETY: `fill` wrote every element of `out` (it runs the program over all of it).
+        tensor(unsafe { assume_init(out) })
     }
 }
 // ANCHOR_END: kernel

@@ -3,7 +3,7 @@
 //! weight gradient of a norm (`sum over tokens of x·g`), softmax's backward pass
 //! (`sum(dP·P)`) are such pairs.
 
-use super::fuse::{kernel, Arg, Kernel, Step, BLOCK};
+use super::fuse::{as_uninit, kernel, Arg, Kernel, Step, BLOCK};
 use super::{data, next, par_rows_work, tensor, unravel, Row, View};
 use luminal::op::{InputTensor, Operator};
 use luminal::prelude::*;
@@ -83,7 +83,12 @@ fn program_row(
                 _ => &loaded[j][..n],
             }
         };
-        (s.run)(steps, &input, &mut s.regs, &mut dst[start..start + n]);
+        (s.run)(
+            steps,
+            &input,
+            &mut s.regs,
+            as_uninit(&mut dst[start..start + n]),
+        );
     }
 }
 

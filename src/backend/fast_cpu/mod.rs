@@ -219,17 +219,17 @@ fn unravel(mut r: usize, lens: &[usize], skip: &[usize]) -> Vec<usize> {
 
 /// `body(part, first_row)` over `out` cut into rows of `row_len`, on several threads when the
 /// output is big enough; each thread gets a run of whole rows.
-fn par_rows(out: &mut [f32], row_len: usize, body: impl Fn(&mut [f32], usize) + Sync) {
+fn par_rows<T: Send>(out: &mut [T], row_len: usize, body: impl Fn(&mut [T], usize) + Sync) {
     par_rows_work(out, row_len, out.len(), body)
 }
 
 /// [`par_rows`] for ops whose work is not the size of their output (a reduction reads
 /// `work` elements to write `out.len()`).
-fn par_rows_work(
-    out: &mut [f32],
+fn par_rows_work<T: Send>(
+    out: &mut [T],
     row_len: usize,
     work: usize,
-    body: impl Fn(&mut [f32], usize) + Sync,
+    body: impl Fn(&mut [T], usize) + Sync,
 ) {
     let rows = out.len() / row_len.max(1);
     let t = threads().min(rows).max(1);

@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use transformer_course::backend::fast_cpu;
+use transformer_course::backend::fast_cpu::{self, Mat, MatMut, MatRef};
 
 /// (calls per step, m, k, n, rsa, csa, rsb, csb, rsc, csc), logged from `bench --threads 1`.
 const SHAPES: [(usize, [usize; 3], [isize; 6]); 19] = [
@@ -36,20 +36,7 @@ const SHAPES: [(usize, [usize; 3], [isize; 6]); 19] = [
 ];
 
 /// `fast_cpu::sgemm`'s signature: m, k, n, then A, B and C, each with its row and column strides.
-type SgemmFn = unsafe fn(
-    usize,
-    usize,
-    usize,
-    *const f32,
-    isize,
-    isize,
-    *const f32,
-    isize,
-    isize,
-    *mut f32,
-    isize,
-    isize,
-);
+type SgemmFn = unsafe fn(usize, usize, usize, MatRef, MatRef, MatMut);
 
 /// Elements a strided r x c matrix spans.
 fn span(r: usize, c: usize, rs: isize, cs: isize) -> usize {
@@ -83,15 +70,9 @@ fn main() {
                         m,
                         k,
                         n,
-                        a.as_ptr(),
-                        s[0],
-                        s[1],
-                        b.as_ptr(),
-                        s[2],
-                        s[3],
-                        c.as_mut_ptr(),
-                        s[4],
-                        s[5],
+                        Mat::new(a.as_ptr(), s[0], s[1]),
+                        Mat::new(b.as_ptr(), s[2], s[3]),
+                        Mat::new(c.as_mut_ptr(), s[4], s[5]),
                     )
                 };
             }

@@ -28,7 +28,9 @@ use crate::graph::primitive::{reduce_axis, Primitive};
 use fuse::elementwise_step;
 pub use fuse::{exp2, Arg, FuseElementwise, FusedElementwise, Step};
 pub use fuse_reduce::{FusedReduce, Reduction};
-pub use sgemm::{sgemm, sgemm_gemm, sgemm_library, sgemm_matrixmultiply, Sgemm};
+pub use sgemm::{
+    sgemm, sgemm_gemm, sgemm_library, sgemm_matrixmultiply, Mat, MatMut, MatRef, Sgemm,
+};
 
 /// One logical axis of a view, resolved to integers.
 #[derive(Clone, Copy, Debug)]
@@ -680,15 +682,9 @@ impl Operator for MergedBatchMatMul {
                         rows,
                         k,
                         cols,
-                        a.as_ptr().add(i * a0),
-                        a1,
-                        a2,
-                        b.as_ptr(),
-                        b0,
-                        b1,
-                        c.add(i * m * cols),
-                        cols as isize,
-                        1,
+                        Mat::new(a.as_ptr().add(i * a0), a1, a2),
+                        Mat::new(b.as_ptr(), b0, b1),
+                        Mat::new(c.add(i * m * cols), cols as isize, 1),
                     );
                 }
             }
@@ -739,20 +735,23 @@ impl Operator for StridedMatMul {
             // strided (checked by the pass) and the loop bounds are the views' lengths; `c`
             // starts at this batch element's first output.
             unsafe {
-                sgemm(
-                    m,
-                    k,
-                    n,
+                // A (m, k) and B (k, n) through the views' strides, C (m, n) row-major.
+                let a = Mat::new(
                     a.as_ptr().offset(base(&va)),
                     va.axes[self.m_axis].stride,
                     va.axes[k_axis].stride,
+                );
+                let b = Mat::new(
                     b.as_ptr().offset(base(&vb)),
                     vb.axes[k_axis].stride,
                     vb.axes[self.n_axis].stride,
+                );
+                let c = Mat::new(
                     c.as_mut_ptr(),
                     out_strides[self.m_axis],
                     out_strides[self.n_axis],
                 );
+                sgemm(m, k, n, a, b, c);
             }
         };
         let blocks = self.m_axis + 2 == lens.len() && self.n_axis + 1 == lens.len();

@@ -25,6 +25,30 @@ pub fn sgemm_library() -> Sgemm {
     })
 }
 
+/// One operand of [`sgemm`]: element `(i, j)` of the matrix is at `ptr + i·rs + j·cs` (strides
+/// in elements, negative or zero allowed), as `matrixmultiply::sgemm` takes them.
+#[derive(Clone, Copy, Debug)]
+pub struct Mat<P> {
+    /// Element `(0, 0)`.
+    pub ptr: P,
+    /// Elements from one row to the next.
+    pub rs: isize,
+    /// Elements from one column to the next.
+    pub cs: isize,
+}
+
+/// An operand that is read: `A` or `B`.
+pub type MatRef = Mat<*const f32>;
+/// The operand that is written: `C`.
+pub type MatMut = Mat<*mut f32>;
+
+impl<P> Mat<P> {
+    /// The matrix at `ptr` with row stride `rs` and column stride `cs`.
+    pub fn new(ptr: P, rs: isize, cs: isize) -> Self {
+        Self { ptr, rs, cs }
+    }
+}
+
 /// `C = A B` for an `m × k` matrix `A`, a `k × n` matrix `B` and an `m × n` matrix `C`, each
 /// addressed through a row stride and a column stride (in elements, as `matrixmultiply::sgemm`
 /// takes them), with the library [`sgemm_library`] chose. `C` is overwritten and never read (it
@@ -32,31 +56,15 @@ pub fn sgemm_library() -> Sgemm {
 ///
 /// # Safety
 ///
-/// For every `i < m`, `j < n`, `l < k`: `a + i*rsa + l*csa`, `b + l*rsb + j*csb` must be
-/// readable and `c + i*rsc + j*csc` writable, and distinct `(i, j)` must address distinct
-/// elements of `C`, which must not overlap `A` or `B`.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
+/// For every `i < m`, `j < n`, `l < k`: `a.ptr + i·a.rs + l·a.cs` and `b.ptr + l·b.rs + j·b.cs`
+/// must be readable and `c.ptr + i·c.rs + j·c.cs` writable, and distinct `(i, j)` must address
+/// distinct elements of `C`, which must not overlap `A` or `B`.
+pub unsafe fn sgemm(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: MatMut) {
     // SAFETY: forwarded: this function's contract is both callees'.
     unsafe {
         match sgemm_library() {
-            Sgemm::Gemm => sgemm_gemm(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc),
-            Sgemm::MatrixMultiply => {
-                sgemm_matrixmultiply(m, k, n, a, rsa, csa, b, rsb, csb, c, rsc, csc)
-            }
+            Sgemm::Gemm => sgemm_gemm(m, k, n, a, b, c),
+            Sgemm::MatrixMultiply => sgemm_matrixmultiply(m, k, n, a, b, c),
         }
     }
 }
@@ -67,23 +75,13 @@ pub unsafe fn sgemm(
 /// # Safety
 ///
 /// As [`sgemm`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_matrixmultiply(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
+pub unsafe fn sgemm_matrixmultiply(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: MatMut) {
     // SAFETY: β = 0: matrixmultiply overwrites C without reading it; the rest is the caller's.
-    unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc) }
+    unsafe {
+        matrixmultiply::sgemm(
+            m, k, n, 1.0, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, 0.0, c.ptr, c.rs, c.cs,
+        )
+    }
 }
 
 /// [`sgemm`] through the `gemm` crate. One thread when the backend has one (or when called
@@ -94,21 +92,7 @@ pub unsafe fn sgemm_matrixmultiply(
 /// # Safety
 ///
 /// As [`sgemm`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_gemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
+pub unsafe fn sgemm_gemm(m: usize, k: usize, n: usize, a: MatRef, b: MatRef, c: MatMut) {
     if m == 0 || n == 0 {
         return;
     }
@@ -116,7 +100,7 @@ pub unsafe fn sgemm_gemm(
         for i in 0..m {
             for j in 0..n {
                 // SAFETY: (i, j) is inside C (the caller's contract).
-                unsafe { *c.offset(i as isize * rsc + j as isize * csc) = 0.0 };
+                unsafe { *c.ptr.offset(i as isize * c.rs + j as isize * c.cs) = 0.0 };
             }
         }
         return;
@@ -127,7 +111,6 @@ pub unsafe fn sgemm_gemm(
         b,
         c,
         sizes: [m, k, n],
-        strides: [rsa, csa, rsb, csb, rsc, csc],
     };
     // Below gemm's threshold it would run on one thread anyway: skip the hop into the pool.
     let small = m.saturating_mul(n).saturating_mul(k) < gemm::get_threading_threshold();
@@ -142,11 +125,10 @@ pub unsafe fn sgemm_gemm(
 /// One call's operands, to hand to the pool's thread (raw pointers are neither `Send` nor
 /// `Sync`; the caller of [`sgemm`] vouched for them, and the call returns before they go).
 struct Product {
-    a: *const f32,
-    b: *const f32,
-    c: *mut f32,
+    a: MatRef,
+    b: MatRef,
+    c: MatMut,
     sizes: [usize; 3],
-    strides: [isize; 6],
 }
 
 // SAFETY: see the type: the pointers are used only within the `sgemm` call that made them,
@@ -161,7 +143,7 @@ impl Product {
     /// As [`sgemm`], for the operands this holds.
     unsafe fn run(&self, parallelism: gemm::Parallelism) {
         let [m, k, n] = self.sizes;
-        let [rsa, csa, rsb, csb, rsc, csc] = self.strides;
+        let (a, b, c) = (self.a, self.b, self.c);
         // SAFETY: gemm's arguments are (m, n, k, dst, dst column stride, dst row stride,
         // read_dst, lhs, its column and row strides, rhs, its column and row strides, α, β,
         // conjugations, parallelism) and it computes dst = α·dst + β·lhs·rhs: with
@@ -172,16 +154,16 @@ impl Product {
                 m,
                 n,
                 k,
-                self.c,
-                csc,
-                rsc,
+                c.ptr,
+                c.cs,
+                c.rs,
                 false,
-                self.a,
-                csa,
-                rsa,
-                self.b,
-                csb,
-                rsb,
+                a.ptr,
+                a.cs,
+                a.rs,
+                b.ptr,
+                b.cs,
+                b.rs,
                 0.0,
                 1.0,
                 false,
@@ -282,15 +264,9 @@ mod tests {
                 m,
                 k,
                 n,
-                a.as_ptr(),
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                c.as_mut_ptr(),
-                rsc,
-                csc,
+                Mat::new(a.as_ptr(), rsa, csa),
+                Mat::new(b.as_ptr(), rsb, csb),
+                Mat::new(c.as_mut_ptr(), rsc, csc),
             );
         }
         // Σ_l |a_il| |b_lj|: the scale of each element's rounding error.
@@ -360,15 +336,9 @@ mod tests {
                 2,
                 0,
                 3,
-                a.as_ptr(),
-                0,
-                1,
-                a.as_ptr(),
-                3,
-                1,
-                c.as_mut_ptr(),
-                3,
-                1,
+                Mat::new(a.as_ptr(), 0, 1),
+                Mat::new(a.as_ptr(), 3, 1),
+                Mat::new(c.as_mut_ptr(), 3, 1),
             )
         };
         assert_eq!(c, [0.0; 6]);

@@ -18,7 +18,8 @@ use crate::graph::tensor::{self, HostTensor};
 
 // ANCHOR: mha_ref
 /// `(b, len, d)` -> `(b * heads, len, d_head)`: head `h` takes features `h*d_head ..`.
-fn split_heads(m: &[f32], [len, d]: [usize; 2], heads: usize) -> Vec<f32> {
+/// (Chapter 8's backprop by hand splits heads with it too.)
+pub(crate) fn split_heads(m: &[f32], [len, d]: [usize; 2], heads: usize) -> Vec<f32> {
     // ANCHOR: learn_split_heads ch05: element (row = bi * len + p, feature f) of m (b * len, d) goes to ((bi * heads + f / d_head) * len + p, f % d_head): (b, len, d) -> (b * heads, len, d_head)
     let dk = d / heads;
     let mut out = vec![0.0; m.len()];
@@ -185,7 +186,8 @@ impl<D: Dimension> MultiHeadAttention<D> {
 }
 
 /// `(b, len, d)` -> `(b, h, len, d_head)`: split features into heads, heads before positions.
-fn heads<B: Dimension, L: Dimension, D: Dimension>(
+/// (Chapter 11's KV cache splits its one new position with it too.)
+pub(crate) fn heads<B: Dimension, L: Dimension, D: Dimension>(
     x: GraphTensor<(B, L, D)>,
 ) -> GraphTensor<(B, Heads, L, DHead)> {
     // ANCHOR: learn_heads ch05: reshape (b, len, d) to (b, len, h, d_head), then swap axes 1 and 2 (a permute view) -> (b, h, len, d_head)

@@ -10,24 +10,12 @@ use crate::ch01_linear::linear_ref;
 use crate::ch02_rmsnorm::{rms_norm_ref, NORM_EPS};
 use crate::ch03_feed_forward::swiglu_ref;
 use crate::ch04_rope::rope_ref;
+use crate::ch05_attention::multi_head::split_heads;
 use crate::graph::params::StateDict;
 use crate::graph::tensor::HostTensor;
 
-/// `(b, len, d)` -> `(b * heads, len, d / heads)`: head `h` takes features `h * d_head ..`
-/// (the layout of chapter 5's `mha_ref`).
-fn split_heads(m: &[f32], [len, d]: [usize; 2], heads: usize) -> Vec<f32> {
-    let dk = d / heads;
-    let mut out = vec![0.0; m.len()];
-    for (i, v) in m.iter().enumerate() {
-        let (row, f) = (i / d, i % d); // row = bi * len + p
-        let (bi, p, h, c) = (row / len, row % len, f / dk, f % dk);
-        out[((bi * heads + h) * len + p) * dk + c] = *v;
-    }
-    out
-}
-
-/// `(b * heads, len, d_head)` -> `(b, len, d)`: the inverse of [`split_heads`] (the heads
-/// concatenated). Each is the other's backward: a permutation's gradient is its inverse.
+/// `(b * heads, len, d_head)` -> `(b, len, d)`: the inverse of chapter 5's [`split_heads`]
+/// (the heads concatenated). Each is the other's backward: a permutation's gradient is its inverse.
 fn merge_heads(m: &[f32], [len, d]: [usize; 2], heads: usize) -> Vec<f32> {
     let dk = d / heads;
     let mut out = vec![0.0; m.len()];

@@ -15,6 +15,7 @@ use crate::ch11_training::generate::Sampling;
 mod seq2seq;
 use crate::backend::Device;
 use crate::ch01_linear::one_hot;
+use crate::ch05_attention::multi_head::heads;
 use crate::ch05_attention::{scaled_dot_product_attention, MultiHeadAttention};
 use crate::ch06_transformer::{Block, NormPosition, TransformerConfig, TransformerLm};
 use crate::graph::dims::{Batch, DHead, DModel, Heads, MaxSeq, Seq, Vocab};
@@ -43,7 +44,8 @@ fn attend_cached(
         k = rope.forward_at(k, position); // (b, h, 1, d_head)
     }
     let v = heads(attn.v_proj.forward(x)); // (b, h, 1, d_head)
-                                           // Write row `position`: a one-hot over the cache rows picks where the new row goes.
+
+    // Write row `position`: a one-hot over the cache rows picks where the new row goes.
     let slot = one_hot::<Batch, Seq, MaxSeq>(position)
         .reshape::<(Batch, MaxSeq)>() // (b, context): s = 1
         .expand::<(Batch, Heads, MaxSeq, DHead), Axes2<1, 3>>(); // (b, h, context, d_head)
@@ -62,14 +64,6 @@ fn attend_cached(
     );
     let att = scaled_dot_product_attention(q, new_k, new_v, allowed, attn.d_model / attn.n_heads);
     (merge(attn, att), [new_k, new_v])
-}
-
-/// `(b, len, d)` -> `(b, h, len, d_head)`, as chapter 5 splits heads.
-fn heads<L: Dimension>(
-    x: GraphTensor<(Batch, L, DModel)>,
-) -> GraphTensor<(Batch, Heads, L, DHead)> {
-    x.reshape::<(Batch, L, Heads, DHead)>() // (b, len, h, d_head)
-        .permute::<_, Axes4<0, 2, 1, 3>>() // (b, h, len, d_head)
 }
 
 /// The heads' outputs (b, h, 1, d_head) side by side, through the output projection: (b, 1, d).

@@ -28,6 +28,74 @@ pub use seq2seq::CachedSeq2Seq;
 /// One layer's cache, (batch, heads, context, d_head): row `j` holds position `j`'s key/value.
 type Cache = GraphTensor<(Batch, Heads, MaxSeq, DHead)>;
 
+/// Every layer's self-attention cache, held in the graph between runs: the cache inputs (k and
+/// v per layer), the outputs that become them after a run, and how many positions are filled.
+/// [`CachedGenerator`] and [`CachedSeq2Seq`] share it.
+struct KvCaches {
+    inputs: Vec<Cache>,
+    next: Vec<Cache>,
+    filled: usize,
+    context_length: usize,
+}
+
+impl KvCaches {
+    fn new(context_length: usize) -> Self {
+        Self {
+            inputs: Vec::new(),
+            next: Vec::new(),
+            filled: 0,
+            context_length,
+        }
+    }
+
+    /// Add one layer: its cache inputs `[k, v]` and the written caches that replace them.
+    fn push(&mut self, cache: [Cache; 2], next: [Cache; 2]) {
+        self.inputs.extend(cache);
+        self.next.extend(next.map(|c| c.keep()));
+    }
+
+    /// Empty every cache (zeros of `shape`; rows past `filled` are masked out anyway).
+    fn reset(&mut self, shape: [usize; 4]) -> Result<()> {
+        for &cache in &self.inputs {
+            tensor::set(cache, &shape, vec![0.0; shape.iter().product()])?;
+        }
+        self.filled = 0;
+        Ok(())
+    }
+
+    /// Refuse a run when every row is filled (`what`: the position's name in the error).
+    fn check_room(&self, what: &str) -> Result<()> {
+        if self.filled == self.context_length {
+            return Err(CourseError::OutOfRange {
+                what: format!("{what} {}", self.filled),
+                problem: format!("the cache holds context_length = {}", self.filled),
+            });
+        }
+        Ok(())
+    }
+
+    /// Execute `cx` for the next position (its inputs fed), then move the written caches into
+    /// the cache inputs of the next run (moved, not copied).
+    fn run(&mut self, cx: &mut Graph) -> Result<()> {
+        tensor::execute(cx)?;
+        transfer_data_same_graph(
+            self.next.iter().map(|c| c.id).collect::<Vec<_>>(),
+            self.inputs.iter().map(|c| c.id).collect::<Vec<_>>(),
+            cx,
+        );
+        self.filled += 1;
+        Ok(())
+    }
+}
+
+impl ToIdsMut for KvCaches {
+    fn to_ids_mut(&mut self) -> Vec<&mut NodeIndex> {
+        (self.inputs.iter_mut().chain(self.next.iter_mut()))
+            .map(|c| &mut c.id)
+            .collect()
+    }
+}
+
 // ANCHOR: attend_cached
 /// Self-attention of ONE new token `x` (b, 1, d) at `position` (b, 1) over the cached keys and
 /// values of positions `0..position` and its own. Returns the output (b, 1, d) and the caches
@@ -109,12 +177,9 @@ pub struct CachedGenerator {
     position: GraphTensor<(Batch, Seq)>,
     logits: GraphTensor<(Batch, Seq, Vocab)>,
     /// Per layer: the cache inputs [k, v] and the outputs that become them after a run.
-    caches: Vec<Cache>,
-    next_caches: Vec<Cache>,
+    kv: KvCaches,
     params: Vec<Param>,
     config: TransformerConfig,
-    /// Positions filled in the cache.
-    filled: usize,
 }
 
 impl CachedGenerator {
@@ -126,7 +191,7 @@ impl CachedGenerator {
         let mut params = model.params();
         let mut id = tensor::input::<(Batch, Seq)>(&mut cx, "id");
         let mut position = tensor::input::<(Batch, Seq)>(&mut cx, "position");
-        let (mut caches, mut next_caches) = (Vec::new(), Vec::new());
+        let mut kv = KvCaches::new(config.context_length);
         let mut x = model.token_embeddings.forward(id); // (1, 1, d)
         for (i, layer) in model.layers.iter().enumerate() {
             let cache = [
@@ -135,8 +200,7 @@ impl CachedGenerator {
             ];
             let (y, next) = block_cached(layer, x, position, cache);
             x = y;
-            caches.extend(cache);
-            next_caches.extend(next.map(|c| c.keep()));
+            kv.push(cache, next);
         }
         let mut logits = model.lm_head.forward(model.ln_final.forward(x)).retrieve();
         device.compile(
@@ -145,7 +209,7 @@ impl CachedGenerator {
                 &mut model,
                 &mut params,
                 (&mut id, &mut position, &mut logits),
-                (&mut caches, &mut next_caches),
+                &mut kv,
             ),
         );
         Ok(Self {
@@ -154,11 +218,9 @@ impl CachedGenerator {
             id,
             position,
             logits,
-            caches,
-            next_caches,
+            kv,
             params,
             config: config.clone(),
-            filled: 0,
         })
     }
 
@@ -167,37 +229,21 @@ impl CachedGenerator {
         params::load_state_dict(&mut self.cx, &self.params, weights)
     }
 
-    /// Empty every layer's cache (zeros; rows past `filled` are masked out anyway).
+    /// Empty every layer's cache.
     fn reset(&mut self) -> Result<()> {
         let c = &self.config;
-        let shape = [1, c.n_heads, c.context_length, c.d_model / c.n_heads];
-        for &cache in &self.caches {
-            tensor::set(cache, &shape, vec![0.0; shape.iter().product()])?;
-        }
-        self.filled = 0;
-        Ok(())
+        self.kv
+            .reset([1, c.n_heads, c.context_length, c.d_model / c.n_heads])
     }
 
     /// Run token `id` at the next free position: its logits (vocab), and its key and value
     /// rows now in the cache.
     fn step(&mut self, id: u32) -> Result<Vec<f32>> {
-        if self.filled == self.config.context_length {
-            return Err(CourseError::OutOfRange {
-                what: format!("position {}", self.filled),
-                problem: format!("the cache holds context_length = {}", self.filled),
-            });
-        }
+        self.kv.check_room("position")?;
         self.cx.tensors.remove(&(self.logits.id, 0)); // else execute() keeps the old logits
         self.model.set_ids(self.id, [1, 1], &[id])?;
-        tensor::set(self.position, &[1, 1], vec![self.filled as f32])?;
-        tensor::execute(&mut self.cx)?;
-        // The new caches become the inputs of the next run (moved, not copied).
-        transfer_data_same_graph(
-            self.next_caches.iter().map(|c| c.id).collect::<Vec<_>>(),
-            self.caches.iter().map(|c| c.id).collect::<Vec<_>>(),
-            &mut self.cx,
-        );
-        self.filled += 1;
+        tensor::set(self.position, &[1, 1], vec![self.kv.filled as f32])?;
+        self.kv.run(&mut self.cx)?;
         Ok(tensor::read(self.logits)?.data)
     }
 
@@ -240,7 +286,7 @@ impl CachedGenerator {
             if Some(next) == stop || seq.len() == prompt.len() + max_new {
                 break;
             }
-            logits = if self.filled < context {
+            logits = if self.kv.filled < context {
                 self.step(next)? // one position of work
             } else {
                 self.prefill(&seq[seq.len() - context..])? // the window slid

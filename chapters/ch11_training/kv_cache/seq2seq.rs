@@ -5,7 +5,7 @@
 
 use luminal::prelude::*;
 
-use super::{attend_cached, heads, merge, Cache};
+use super::{attend_cached, heads, merge, Cache, KvCaches};
 use crate::backend::Device;
 use crate::ch01_linear::one_hot;
 use crate::ch04_rope::{sinusoidal_table, Positions};
@@ -136,12 +136,10 @@ pub struct CachedSeq2Seq {
     position: GraphTensor<(Batch, Seq)>,
     keep: GraphTensor<(Batch, SrcSeq)>,
     cross: Vec<CrossKv>,
-    caches: Vec<Cache>,
-    next_caches: Vec<Cache>,
+    kv: KvCaches,
     logits: GraphTensor<(Batch, Seq, Vocab)>,
     params: Vec<Param>,
     config: Seq2SeqConfig,
-    filled: usize,
 }
 
 impl CachedSeq2Seq {
@@ -160,16 +158,15 @@ impl CachedSeq2Seq {
             let table = sinusoidal_table::<MaxSeq, DModel>(&mut cx, config.d_model); // (ctx, d)
             x += one_hot::<Batch, Seq, MaxSeq>(position).matmul(table); // row `position`
         }
-        let (mut caches, mut next_caches, mut cross) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut kv, mut cross) = (KvCaches::new(config.context_length), Vec::new());
         for (i, layer) in model.decoder.iter().enumerate() {
             let name = |what: &str| format!("decoder.{i}.{what}");
             let cache = [name("cache_k"), name("cache_v")].map(|n| tensor::input(&mut cx, &n));
-            let kv = [name("cross_k"), name("cross_v")].map(|n| tensor::input(&mut cx, &n));
-            let (y, next) = decoder_block_cached(layer, x, position, (cache, kv, keep));
+            let memory = [name("cross_k"), name("cross_v")].map(|n| tensor::input(&mut cx, &n));
+            let (y, next) = decoder_block_cached(layer, x, position, (cache, memory, keep));
             x = y;
-            caches.extend(cache);
-            next_caches.extend(next.map(|c| c.keep()));
-            cross.extend(kv);
+            kv.push(cache, next);
+            cross.extend(memory);
         }
         let mut logits = model
             .lm_head
@@ -180,7 +177,7 @@ impl CachedSeq2Seq {
             (
                 (&mut model, &mut params),
                 (&mut id, &mut position, &mut keep, &mut logits),
-                (&mut caches, &mut next_caches, &mut cross),
+                (&mut kv, &mut cross),
             ),
         );
         Ok(Self {
@@ -191,12 +188,10 @@ impl CachedSeq2Seq {
             position,
             keep,
             cross,
-            caches,
-            next_caches,
+            kv,
             logits,
             params,
             config: config.clone(),
-            filled: 0,
         })
     }
 
@@ -209,22 +204,11 @@ impl CachedSeq2Seq {
     /// Run one token per row (`ids`, b of them) at the next position: logits (b rows of vocab).
     pub(super) fn step(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let b = ids.len();
-        if self.filled == self.config.context_length {
-            return Err(CourseError::OutOfRange {
-                what: format!("decoder position {}", self.filled),
-                problem: format!("the cache holds context_length = {}", self.filled),
-            });
-        }
-        self.cx.tensors.remove(&(self.logits.id, 0));
+        self.kv.check_room("decoder position")?;
+        self.cx.tensors.remove(&(self.logits.id, 0)); // else execute() keeps the old logits
         self.model.set_ids(self.id, [b, 1], ids)?;
-        tensor::set(self.position, &[b, 1], vec![self.filled as f32; b])?;
-        tensor::execute(&mut self.cx)?;
-        transfer_data_same_graph(
-            self.next_caches.iter().map(|c| c.id).collect::<Vec<_>>(),
-            self.caches.iter().map(|c| c.id).collect::<Vec<_>>(),
-            &mut self.cx,
-        );
-        self.filled += 1;
+        tensor::set(self.position, &[b, 1], vec![self.kv.filled as f32; b])?;
+        self.kv.run(&mut self.cx)?;
         let v = self.config.vocab_size;
         let all = tensor::read(self.logits)?.data; // (b, 1, vocab)
         Ok(all.chunks(v).map(<[f32]>::to_vec).collect())
@@ -271,11 +255,6 @@ impl CachedSeq2Seq {
             tensor::set(*input, &[batch, h, t, d_head], data)?; // once per source
         }
         tensor::set(self.keep, &[batch, t], vec![1.0; batch * t])?;
-        let shape = [batch, h, c.context_length, d_head];
-        for &cache in &self.caches {
-            tensor::set(cache, &shape, vec![0.0; shape.iter().product()])?;
-        }
-        self.filled = 0;
-        Ok(())
+        self.kv.reset([batch, h, c.context_length, d_head])
     }
 }

@@ -82,7 +82,10 @@ fn compiled_op_listing_snapshot() {
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let causal = causal_mask::<Seq>(&mut cx).expand::<(Batch, Seq, Seq), _>();
     let mut y = attn.attend(x, x, causal).retrieve();
-    crate::backend::Device::Cpu.compile(&mut cx, (&mut attn, &mut x, &mut y));
+    // The CPU pipeline without its fused-attention pass, so that the listing shows this
+    // chapter's ops (`Device::Cpu` runs all of them as one `FusedAttention`: appendix A).
+    let pipeline = crate::backend::UnfusedAttentionCpuCompiler::default();
+    cx.compile(pipeline, (&mut attn, &mut x, &mut y));
     insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 

@@ -187,7 +187,9 @@ fn compiled_op_counts_snapshot() {
     );
     let mut logits = model.forward(idt).retrieve();
     let built = cx.graph.node_count();
-    crate::backend::Device::Cpu.compile(&mut cx, (&mut model, &mut idt, &mut logits));
+    // Without the fused-attention pass, so that attention's own ops are counted (chapter 5).
+    let pipeline = crate::backend::UnfusedAttentionCpuCompiler::default();
+    cx.compile(pipeline, (&mut model, &mut idt, &mut logits));
     let mut counts = std::collections::BTreeMap::new();
     for n in cx.graph.node_indices() {
         let op = cx.graph.node_weight(n).unwrap();

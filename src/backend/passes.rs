@@ -33,6 +33,17 @@ pub type CleanUpAndMatMuls = (
 pub type FastCpuCompiler = (
     CleanUpAndMatMuls,
     super::fast_cpu::StridedMatMulPass,
+    super::fast_cpu::FuseAttention,
+    super::fast_cpu::FuseElementwise,
+    super::fast_cpu::StridedKernels,
+);
+
+/// [`FastCpuCompiler`] without [`FuseAttention`](super::fast_cpu::FuseAttention): attention
+/// as the chapters build it, op by op (fused elementwise chains, strided matmuls). The oracle
+/// of the fused attention's tests, and the "before" of its benchmark.
+pub type UnfusedAttentionCpuCompiler = (
+    CleanUpAndMatMuls,
+    super::fast_cpu::StridedMatMulPass,
     super::fast_cpu::FuseElementwise,
     super::fast_cpu::StridedKernels,
 );

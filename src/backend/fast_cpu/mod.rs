@@ -21,10 +21,12 @@
 use luminal::op::{self, InputTensor, Operator};
 use luminal::prelude::*;
 
+mod attention;
 mod fuse;
 mod fuse_reduce;
 mod sgemm;
 use crate::graph::primitive::{reduce_axis, Primitive};
+pub use attention::{FuseAttention, FusedAttention, FusedAttentionGrad, SoftmaxConsts, TakeRange};
 use fuse::elementwise_step;
 pub use fuse::{exp2, Arg, FuseElementwise, FusedElementwise, Step};
 pub use fuse_reduce::{FusedReduce, Reduction};

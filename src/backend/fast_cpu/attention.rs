@@ -209,6 +209,7 @@ fn softmax_block(
             Mat::new(p.as_mut_ptr(), ld as isize, 1),
         );
     }
+    // ANCHOR: softmax_rows
     let t = x.dims[3];
     for (row, z) in p.chunks_mut(ld).take(r).enumerate() {
         let i = i0 + row;
@@ -259,6 +260,7 @@ fn softmax_block(
             *zj *= inv;
         }
     }
+    // ANCHOR_END: softmax_rows
 }
 
 /// `sum a_i b_i`, in LANES partial sums so that it vectorises.
@@ -444,6 +446,8 @@ impl Operator for FusedAttentionGrad {
                         Mat::new(db.as_mut_ptr(), t as isize, 1),
                     );
                 }
+                // ANCHOR: grad_rows
+                // dS = P (dP - rowsum(P dP)) * scale, row by row, in place of dP
                 for (prow, drow) in pb.chunks(t).zip(db.chunks_mut(t)) {
                     let d = dot(&prow[..j], &drow[..j]);
                     for (dsj, pj) in drow[..j].iter_mut().zip(prow) {
@@ -451,6 +455,7 @@ impl Operator for FusedAttentionGrad {
                     }
                     drow[j..].fill(0.0);
                 }
+                // ANCHOR_END: grad_rows
                 // SAFETY: see above.
                 unsafe {
                     // dQ = dS K: (r, j) x (j, dk)

@@ -34,7 +34,7 @@ use super::{exp2, pool, sgemm, threads, Mat, StridedMatMul, View};
 
 /// Query rows per block: small enough that a causal block skips most of the masked keys,
 /// large enough for sgemm to run at speed.
-const BLOCK: usize = 16;
+const BLOCK: usize = 32;
 
 /// Accumulators per row reduction (a multiple of the vector width).
 const LANES: usize = 16;

@@ -112,7 +112,7 @@ fn main() -> Result<()> {
     let t = Instant::now();
     if args.iter().any(|a| a == "--no-fused-attention") {
         // The "before" of the fused attention: the same pipeline without that pass.
-        let pipeline = transformer_course::backend::UnfusedAttentionCpuCompiler::default();
+        let pipeline = transformer_course::backend::OpByOpCpuCompiler::default();
         cx.compile(pipeline, (&mut loss_id, &mut grads));
     } else {
         device.compile(&mut cx, (&mut loss_id, &mut grads));

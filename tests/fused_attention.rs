@@ -13,7 +13,7 @@
 
 use luminal::prelude::*;
 use proptest::prelude::*;
-use transformer_course::backend::UnfusedAttentionCpuCompiler;
+use transformer_course::backend::OpByOpCpuCompiler;
 use transformer_course::graph::dims::{Batch, DHead, Heads, Seq, SrcSeq};
 use transformer_course::graph::params::Param;
 use transformer_course::graph::primitive;
@@ -93,10 +93,7 @@ fn run(fused: bool, case: &Case) -> Run {
     if fused {
         Device::Cpu.compile(&mut cx, (&mut grads, &mut out_id));
     } else {
-        cx.compile(
-            UnfusedAttentionCpuCompiler::default(),
-            (&mut grads, &mut out_id),
-        );
+        cx.compile(OpByOpCpuCompiler::default(), (&mut grads, &mut out_id));
     }
     tensor::set(q, &[b, h, s, dk], case.q.clone()).unwrap();
     tensor::set(w, &[b, h, s, dv], case.w.clone()).unwrap();

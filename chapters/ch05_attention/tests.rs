@@ -82,9 +82,9 @@ fn compiled_op_listing_snapshot() {
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let causal = causal_mask::<Seq>(&mut cx).expand::<(Batch, Seq, Seq), _>();
     let mut y = attn.attend(x, x, causal).retrieve();
-    // The CPU pipeline without its fused-attention pass, so that the listing shows this
-    // chapter's ops (`Device::Cpu` runs all of them as one `FusedAttention`: appendix A).
-    let pipeline = crate::backend::UnfusedAttentionCpuCompiler::default();
+    // The CPU pipeline without its pattern passes, so that the listing shows this chapter's
+    // ops (`Device::Cpu` runs attention as one `FusedAttention`: appendix A).
+    let pipeline = crate::backend::OpByOpCpuCompiler::default();
     cx.compile(pipeline, (&mut attn, &mut x, &mut y));
     insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }

@@ -187,8 +187,9 @@ fn compiled_op_counts_snapshot() {
     );
     let mut logits = model.forward(idt).retrieve();
     let built = cx.graph.node_count();
-    // Without the fused-attention pass, so that attention's own ops are counted (chapter 5).
-    let pipeline = crate::backend::UnfusedAttentionCpuCompiler::default();
+    // Without the pattern passes (fused attention, pair swap), so that the chapters' own ops
+    // are counted.
+    let pipeline = crate::backend::OpByOpCpuCompiler::default();
     cx.compile(pipeline, (&mut model, &mut idt, &mut logits));
     let mut counts = std::collections::BTreeMap::new();
     for n in cx.graph.node_indices() {

@@ -34,14 +34,19 @@ pub type FastCpuCompiler = (
     CleanUpAndMatMuls,
     super::fast_cpu::StridedMatMulPass,
     super::fast_cpu::FuseAttention,
+    super::fast_cpu::FuseSwapPairs,
     super::fast_cpu::FuseElementwise,
     super::fast_cpu::StridedKernels,
 );
 
-/// [`FastCpuCompiler`] without [`FuseAttention`](super::fast_cpu::FuseAttention): attention
-/// as the chapters build it, op by op (fused elementwise chains, strided matmuls). The oracle
-/// of the fused attention's tests, and the "before" of its benchmark.
-pub type UnfusedAttentionCpuCompiler = (
+/// [`FastCpuCompiler`] without its two pattern passes, [`FuseAttention`] and [`FuseSwapPairs`]:
+/// attention and RoPE's pair swap as the chapters build them, op by op (fused elementwise
+/// chains, strided matmuls). The chapters' op listings use it, so that they show the chapters'
+/// own ops; it is also the oracle of those passes' tests and the "before" of their benchmark.
+///
+/// [`FuseAttention`]: super::fast_cpu::FuseAttention
+/// [`FuseSwapPairs`]: super::fast_cpu::FuseSwapPairs
+pub type OpByOpCpuCompiler = (
     CleanUpAndMatMuls,
     super::fast_cpu::StridedMatMulPass,
     super::fast_cpu::FuseElementwise,

@@ -251,8 +251,9 @@ fn autograd_graph_and_hand_backward_sizes() {
     let mut grads = backward(&mut cx, &params, loss.id).unwrap();
     let built = cx.graph.node_count();
     let mut loss_id = loss.id;
-    // Without the fused-attention pass, so that the autograd's own ops are counted.
-    let pipeline = crate::backend::UnfusedAttentionCpuCompiler::default();
+    // Without the pattern passes (fused attention, pair swap), so that the autograd's own ops
+    // are counted.
+    let pipeline = crate::backend::OpByOpCpuCompiler::default();
     cx.compile(pipeline, (&mut grads, &mut loss_id));
     let counts = crate::graph::primitive::op_counts(&cx);
     let count = |kind: &str| counts.iter().find(|(k, _)| k == kind).map_or(0, |c| c.1);

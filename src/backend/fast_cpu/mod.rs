@@ -25,6 +25,7 @@ mod attention;
 mod fuse;
 mod fuse_reduce;
 mod sgemm;
+mod swap_pairs;
 use crate::graph::primitive::{reduce_axis, Primitive};
 pub use attention::{FuseAttention, FusedAttention, FusedAttentionGrad, SoftmaxConsts, TakeRange};
 use fuse::elementwise_step;
@@ -33,6 +34,7 @@ pub use fuse_reduce::{FusedReduce, Reduction};
 pub use sgemm::{
     sgemm, sgemm_gemm, sgemm_library, sgemm_matrixmultiply, Mat, MatMut, MatRef, Sgemm,
 };
+pub use swap_pairs::{FuseSwapPairs, SwapPairs};
 
 /// One logical axis of a view, resolved to integers.
 #[derive(Clone, Copy, Debug)]

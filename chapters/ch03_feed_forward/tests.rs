@@ -81,7 +81,10 @@ fn compiled_op_listing_snapshot() {
     crate::graph::params::label_inputs(&mut cx, &f, "layers.0.ffn");
     let mut x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
     let mut y = f.forward(x).retrieve();
-    crate::backend::Device::Cpu.compile(&mut cx, (&mut f, &mut x, &mut y));
+    // The CPU pipeline without its pattern passes, so that the listing shows this chapter's
+    // ops (`Device::Cpu` runs the gate as one `SwiGluGate`: appendix A).
+    let pipeline = crate::backend::OpByOpCpuCompiler::default();
+    cx.compile(pipeline, (&mut f, &mut x, &mut y));
     insta::assert_snapshot!(crate::graph::viz::op_listing(&cx));
 }
 

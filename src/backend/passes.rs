@@ -35,17 +35,19 @@ pub type FastCpuCompiler = (
     super::fast_cpu::StridedMatMulPass,
     super::fast_cpu::FuseAttention,
     super::fast_cpu::FuseSwapPairs,
+    super::fast_cpu::FuseSwiGlu,
     super::fast_cpu::FuseElementwise,
     super::fast_cpu::StridedKernels,
 );
 
-/// [`FastCpuCompiler`] without its two pattern passes, [`FuseAttention`] and [`FuseSwapPairs`]:
-/// attention and RoPE's pair swap as the chapters build them, op by op (fused elementwise
-/// chains, strided matmuls). The chapters' op listings use it, so that they show the chapters'
+/// [`FastCpuCompiler`] without its three pattern passes, [`FuseAttention`], [`FuseSwapPairs`]
+/// and [`FuseSwiGlu`]: attention, RoPE's pair swap and the SwiGLU gate as the chapters build
+/// them, op by op (fused elementwise chains, strided matmuls). The chapters' op listings use it, so that they show the chapters'
 /// own ops; it is also the oracle of those passes' tests and the "before" of their benchmark.
 ///
 /// [`FuseAttention`]: super::fast_cpu::FuseAttention
 /// [`FuseSwapPairs`]: super::fast_cpu::FuseSwapPairs
+/// [`FuseSwiGlu`]: super::fast_cpu::FuseSwiGlu
 pub type OpByOpCpuCompiler = (
     CleanUpAndMatMuls,
     super::fast_cpu::StridedMatMulPass,

@@ -26,6 +26,7 @@ mod fuse;
 mod fuse_reduce;
 mod sgemm;
 mod swap_pairs;
+mod swiglu;
 use crate::graph::primitive::{reduce_axis, Primitive};
 pub use attention::{FuseAttention, FusedAttention, FusedAttentionGrad, SoftmaxConsts, TakeRange};
 use fuse::elementwise_step;
@@ -35,6 +36,7 @@ pub use sgemm::{
     sgemm, sgemm_gemm, sgemm_library, sgemm_matrixmultiply, Mat, MatMut, MatRef, Sgemm,
 };
 pub use swap_pairs::{FuseSwapPairs, SwapPairs};
+pub use swiglu::{FuseSwiGlu, GateConsts, SwiGluGate, SwiGluGradGate, SwiGluGradValue};
 
 /// One logical axis of a view, resolved to integers.
 #[derive(Clone, Copy, Debug)]

@@ -9,7 +9,7 @@
 //! cargo run --release --example forward -- 2 32 --stock   # luminal's stock CPU ops
 //! cargo run --release --example forward -- --threads 1 --run-backward --profile
 //! cargo run --release --example forward -- --threads 1 --run-backward --repeats 5
-//! cargo run --release --example forward -- --threads 1 --run-backward --no-fused-attention
+//! cargo run --release --example forward -- --threads 1 --run-backward --op-by-op
 //! ```
 //!
 //! The reference config: vocab 256, ctx 128, d_model 128, 4 layers, 4 heads, d_ff 384.
@@ -110,8 +110,8 @@ fn main() -> Result<()> {
     cx.to_retrieve.insert(loss_id);
     let (build, built) = (t.elapsed(), cx.graph.node_count());
     let t = Instant::now();
-    if args.iter().any(|a| a == "--no-fused-attention") {
-        // The "before" of the fused attention: the same pipeline without that pass.
+    if args.iter().any(|a| a == "--op-by-op") {
+        // The "before" of the pattern passes: the same pipeline without them (appendix A).
         let pipeline = transformer_course::backend::OpByOpCpuCompiler::default();
         cx.compile(pipeline, (&mut loss_id, &mut grads));
     } else {

@@ -2,7 +2,7 @@
 # Pre-norm vs post-norm, with and without learning-rate warmup, on chapter 11's copy task
 # (book chapter 6, "The original Transformer as a configuration").
 #
-# usage: scripts/ablation_norm_warmup.sh          (about 4 minutes on 2 cores)
+# usage: scripts/ablation_norm_warmup.sh          (about 3 minutes on 2 cores)
 #        LR=0.03 scripts/ablation_norm_warmup.sh  (the same at another peak learning rate, lr_min
 #                                                  = LR / 10; results in runs/ablation-lr0.03)
 #

@@ -6,6 +6,7 @@
 //! (batch, seq, d_ff) tensor forward and about eight backward. [`FuseSwiGlu`] recognises the
 //! exact chain and swaps in [`SwiGluGate`] (`h`), [`SwiGluGradGate`] (`dL/da`) and
 //! [`SwiGluGradValue`] (`dL/dv`), which recompute `e` and `r` from `a` instead of reading them.
+//! A graph without the backward is left alone: there the chain fuses into one op by itself.
 //! Each kernel runs the graph's own float operations, constants and order, so the results are
 //! the same bits.
 
@@ -77,7 +78,7 @@ unsafe fn zip3_avx2(
 }
 
 /// `h = silu(a) * v`. Inputs `a`, `v`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct SwiGluGate(pub GateConsts);
 
 impl Operator for SwiGluGate {
@@ -89,7 +90,7 @@ impl Operator for SwiGluGate {
 }
 
 /// `dL/da` given `dh`. Inputs `a`, `v`, `dh`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct SwiGluGradGate(pub GateConsts);
 
 impl Operator for SwiGluGradGate {
@@ -101,7 +102,7 @@ impl Operator for SwiGluGradGate {
             let t1 = dh * v; // d silu
             let direct = t1 * r; // through the product a * r
                                  // through r = 1 / (e + 1) and e = 2^(-a log2 e), as the autograd's rules chain
-            // (the graph's two `* -1` are the two negations)
+                                 // (the graph's two `* -1` are the two negations)
             let through_e = -(-(t1 * a * r * r) * e * c.ln2 * c.log2e);
             direct + through_e
         })
@@ -109,8 +110,27 @@ impl Operator for SwiGluGradGate {
 }
 
 /// `dL/dv = dh * silu(a)`. Inputs `a`, `dh`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct SwiGluGradValue(pub GateConsts);
+
+// Listings show the kernel's name only (its constants are the graph's).
+impl std::fmt::Debug for SwiGluGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwiGluGate")
+    }
+}
+
+impl std::fmt::Debug for SwiGluGradGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwiGluGradGate")
+    }
+}
+
+impl std::fmt::Debug for SwiGluGradValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SwiGluGradValue")
+    }
+}
 
 impl Operator for SwiGluGradValue {
     fn process(&mut self, inp: Vec<(InputTensor, ShapeTracker)>) -> Vec<Tensor> {
@@ -178,7 +198,11 @@ fn find(g: &G, e: NodeIndex) -> Option<Found> {
         ln2: std::f32::consts::LN_2,
     };
     let mut swaps = vec![(h, Kernel::Gate, vec![a, v])];
-    if !forward.iter().all(|n| inside(n, &nodes, &[])) {
+    if forward.iter().all(|n| inside(n, &nodes, &[])) {
+        // No backward reads the intermediates: `FuseElementwise` makes the chain one op anyway.
+        return None;
+    }
+    {
         // The backward: dv = dh * s, then da through both factors of s = a * r.
         let dv = g
             .consumers(silu)

@@ -274,7 +274,13 @@ mod random_shapes {
             let n = RmsNorm::<DModel>::new(&mut cx, d).unwrap();
             n.load(uniform(&mut rng, d, 2.0)).unwrap();
             let x = tensor::input::<(Batch, Seq, DModel)>(&mut cx, "x");
-            tensor::set(x, &[b, s, d], uniform(&mut rng, b * s * d, 2.0)).unwrap();
+            let values = uniform(&mut rng, b * s * d, 2.0);
+            // Rows whose RMS is below 0.5 are skipped: the norm's third derivative grows like
+            // 1/rms^3, and with it the central difference's truncation error (a row (0.1, -0.2)
+            // gave a normalised error of 0.025 with h = 1e-2, the backward being right).
+            let rms = |row: &[f32]| (row.iter().map(|v| v * v).sum::<f32>() / d as f32).sqrt();
+            prop_assume!(values.chunks(d).all(|row| rms(row) >= 0.5));
+            tensor::set(x, &[b, s, d], values).unwrap();
             let loss = weighted_sum(n.forward(x), &[b, s, d], seed);
             assert_gradcheck(&mut cx, [n.params(), vec![Param::of(x, &[b, s, d])]].concat(), loss);
         }

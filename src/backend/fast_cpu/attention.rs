@@ -260,41 +260,18 @@ fn softmax_block_any(
             continue;
         }
         let a = &mask.rows[i * t..i * t + j];
-        // LANES partial maxima and sums over whole chunks, so that the loops vectorise.
-        let whole = j - j % LANES;
+        // LANES partial maxima and sums, so that the loops vectorise.
         let mut max = [f32::NEG_INFINITY; LANES];
-        let step1 = |zj: &mut f32, a: f32, m: &mut f32| {
+        by_lanes(z, a, &mut max, |zj, a, m| {
             *zj = *zj * c.scale + (a - 1.0) * 1e9;
             *m = if *zj > *m { *zj } else { *m };
-        };
-        for (zb, ab) in z[..whole]
-            .chunks_exact_mut(LANES)
-            .zip(a.chunks_exact(LANES))
-        {
-            for k in 0..LANES {
-                step1(&mut zb[k], ab[k], &mut max[k]);
-            }
-        }
-        for (zj, &a) in z[whole..].iter_mut().zip(&a[whole..]) {
-            step1(zj, a, &mut max[0]);
-        }
+        });
         let max = max.into_iter().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = [0.0f32; LANES];
-        let step2 = |zj: &mut f32, a: f32, l: &mut f32| {
+        by_lanes(z, a, &mut sum, |zj, a, l| {
             *zj = exp2((*zj - max) * c.log2e) * a; // z + max * -1, as the graph: the same bits
             *l += *zj;
-        };
-        for (zb, ab) in z[..whole]
-            .chunks_exact_mut(LANES)
-            .zip(a.chunks_exact(LANES))
-        {
-            for k in 0..LANES {
-                step2(&mut zb[k], ab[k], &mut sum[k]);
-            }
-        }
-        for (zj, &a) in z[whole..].iter_mut().zip(&a[whole..]) {
-            step2(zj, a, &mut sum[0]);
-        }
+        });
         let l: f32 = sum.iter().sum();
         let inv = 1.0 / (l + (l < 0.5) as u8 as f32);
         for zj in z.iter_mut() {
@@ -302,6 +279,29 @@ fn softmax_block_any(
         }
     }
     // ANCHOR_END: softmax_rows
+}
+
+/// `step(z[j], a[j], acc[j % LANES])` along a row, in whole chunks of LANES (then the rest
+/// into `acc[0]`), so that the compiler vectorises the chunks.
+#[inline(always)]
+fn by_lanes(
+    z: &mut [f32],
+    a: &[f32],
+    acc: &mut [f32; LANES],
+    step: impl Fn(&mut f32, f32, &mut f32),
+) {
+    let whole = z.len() - z.len() % LANES;
+    for (zb, ab) in z[..whole]
+        .chunks_exact_mut(LANES)
+        .zip(a.chunks_exact(LANES))
+    {
+        for k in 0..LANES {
+            step(&mut zb[k], ab[k], &mut acc[k]);
+        }
+    }
+    for (zj, &a) in z[whole..].iter_mut().zip(&a[whole..]) {
+        step(zj, a, &mut acc[0]);
+    }
 }
 
 /// The scores' gradient from `dP` (in `db`, replaced) and `P` (`pb`), rows of `t` of which the

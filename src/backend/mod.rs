@@ -23,7 +23,8 @@ pub use passes::*;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Device {
     /// The fast CPU backend: [`CpuCompiler`]'s passes but its unary fusion, then the course's
-    /// own: batched matmuls, elementwise fusion and strided kernels ([`FastCpuCompiler`]).
+    /// own: batched matmuls, fused attention / RoPE swap / SwiGLU kernels, elementwise fusion
+    /// and strided kernels ([`FastCpuCompiler`]).
     #[default]
     Cpu,
     /// [`CpuCompiler`] with luminal's stock CPU ops: the previous pipeline, for comparison.

@@ -42,8 +42,9 @@ pub type FastCpuCompiler = (
 
 /// [`FastCpuCompiler`] without its three pattern passes, [`FuseAttention`], [`FuseSwapPairs`]
 /// and [`FuseSwiGlu`]: attention, RoPE's pair swap and the SwiGLU gate as the chapters build
-/// them, op by op (fused elementwise chains, strided matmuls). The chapters' op listings use it, so that they show the chapters'
-/// own ops; it is also the oracle of those passes' tests and the "before" of their benchmark.
+/// them, op by op (fused elementwise chains, strided matmuls). The chapters' op listings use
+/// it, so that they show the chapters' own ops; it is also the oracle of those passes' tests
+/// and the "before" of their benchmark.
 ///
 /// [`FuseAttention`]: super::fast_cpu::FuseAttention
 /// [`FuseSwapPairs`]: super::fast_cpu::FuseSwapPairs

@@ -5,6 +5,11 @@
 //! the order [`crate::backend::Device::Cpu`] runs them:
 //! - [`StridedMatMulPass`]: broadcast-multiply-and-sum patterns that are matrix products
 //!   (attention's batched ones) become [`StridedMatMul`], one sgemm per batch element;
+//! - three pattern passes that recognise chapter code exactly and run it as hand-written
+//!   kernels: [`FuseAttention`] (`attention.rs`: masked attention and its backward, the score
+//!   matrix never in memory), [`FuseSwapPairs`] (`swap_pairs.rs`: RoPE's pair swap) and
+//!   [`FuseSwiGlu`] (`swiglu.rs`: the SwiGLU gate and its backward); `tests/fused_attention.rs`,
+//!   `tests/swap_pairs.rs` and `tests/swiglu.rs` hold them to the op-by-op graph;
 //! - [`FuseElementwise`] (`fuse.rs`, `fuse_reduce.rs`): chains of elementwise ops become one
 //!   [`FusedElementwise`] program, and a reduction with the chain feeding it one
 //!   [`FusedReduce`];

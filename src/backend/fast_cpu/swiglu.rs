@@ -202,51 +202,49 @@ fn find(g: &G, e: NodeIndex) -> Option<Found> {
         // No backward reads the intermediates: `FuseElementwise` makes the chain one op anyway.
         return None;
     }
-    {
-        // The backward: dv = dh * s, then da through both factors of s = a * r.
-        let dv = g
-            .consumers(silu)
-            .into_iter()
-            .find(|&c| c != h && g.is::<op::Mul>(c))?;
-        let dh = g.other::<op::Mul>(dv, silu, false)?;
-        if !plain(&dh) {
-            return None;
-        }
-        let t1 = g.next::<op::Mul>(dh.0, |s| s.0 == v.0 && s.2 == v.2)?;
-        let t3 = g.next::<op::Mul>(t1, |s| s.0 == r)?;
-        let t4 = g.next::<op::Mul>(t1, |s| s.0 == a.0)?;
-        let t5 = g.next::<op::Mul>(t4, |s| s.0 == r)?;
-        let t6 = g.next::<op::Mul>(t5, |s| s.0 == r)?;
-        let t7 = g.next::<op::Mul>(t6, |s| g.is_const(s.0, -1.0))?;
-        let t8 = g.next::<op::Mul>(t7, |s| s.0 == e)?;
-        let t9 = g.next::<op::Mul>(t8, |s| g.is_const(s.0, std::f32::consts::LN_2))?;
-        consts.ln2 = g.constant(g.other::<op::Mul>(t9, t8, false)?.0)?;
-        let t10 = g.next::<op::Mul>(t9, |s| g.is_const(s.0, log2e))?;
-        let t11 = g.next::<op::Mul>(t10, |s| g.is_const(s.0, -1.0))?;
-        let da = g.next::<op::Add>(t11, |s| s.0 == t3)?;
-        let back = [t1, t3, t4, t5, t6, t7, t8, t9, t10, t11];
-        nodes.extend(back);
-        let ends = [h, dv, da];
-        if !nodes
-            .iter()
-            .filter(|n| **n != h)
-            .all(|n| inside(n, &nodes, &ends))
-        {
-            return None;
-        }
-        // Every elementwise edge inside reads a plain view (the kernels index flat).
-        let edges_plain = nodes.iter().chain(&[dv, da]).all(|&n| {
-            g.srcs(n)
-                .iter()
-                .all(|s| g.constant(s.0).is_some() || is_plain(&s.2))
-        });
-        if !edges_plain {
-            return None;
-        }
-        nodes.extend([dv, da]);
-        swaps.push((da, Kernel::GradGate, vec![a, v, dh]));
-        swaps.push((dv, Kernel::GradValue, vec![a, dh]));
+    // The backward: dv = dh * s, then da through both factors of s = a * r.
+    let dv = g
+        .consumers(silu)
+        .into_iter()
+        .find(|&c| c != h && g.is::<op::Mul>(c))?;
+    let dh = g.other::<op::Mul>(dv, silu, false)?;
+    if !plain(&dh) {
+        return None;
     }
+    let t1 = g.next::<op::Mul>(dh.0, |s| s.0 == v.0 && s.2 == v.2)?;
+    let t3 = g.next::<op::Mul>(t1, |s| s.0 == r)?;
+    let t4 = g.next::<op::Mul>(t1, |s| s.0 == a.0)?;
+    let t5 = g.next::<op::Mul>(t4, |s| s.0 == r)?;
+    let t6 = g.next::<op::Mul>(t5, |s| s.0 == r)?;
+    let t7 = g.next::<op::Mul>(t6, |s| g.is_const(s.0, -1.0))?;
+    let t8 = g.next::<op::Mul>(t7, |s| s.0 == e)?;
+    let t9 = g.next::<op::Mul>(t8, |s| g.is_const(s.0, std::f32::consts::LN_2))?;
+    consts.ln2 = g.constant(g.other::<op::Mul>(t9, t8, false)?.0)?;
+    let t10 = g.next::<op::Mul>(t9, |s| g.is_const(s.0, log2e))?;
+    let t11 = g.next::<op::Mul>(t10, |s| g.is_const(s.0, -1.0))?;
+    let da = g.next::<op::Add>(t11, |s| s.0 == t3)?;
+    let back = [t1, t3, t4, t5, t6, t7, t8, t9, t10, t11];
+    nodes.extend(back);
+    let ends = [h, dv, da];
+    if !nodes
+        .iter()
+        .filter(|n| **n != h)
+        .all(|n| inside(n, &nodes, &ends))
+    {
+        return None;
+    }
+    // Every elementwise edge inside reads a plain view (the kernels index flat).
+    let edges_plain = nodes.iter().chain(&[dv, da]).all(|&n| {
+        g.srcs(n)
+            .iter()
+            .all(|s| g.constant(s.0).is_some() || is_plain(&s.2))
+    });
+    if !edges_plain {
+        return None;
+    }
+    nodes.extend([dv, da]);
+    swaps.push((da, Kernel::GradGate, vec![a, v, dh]));
+    swaps.push((dv, Kernel::GradValue, vec![a, dh]));
     for &n in &nodes {
         let out = swaps.iter().any(|s| s.0 == n);
         if !out && (g.0.no_delete.contains(&n) || g.0.to_retrieve.contains(&n)) {
